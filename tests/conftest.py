@@ -12,6 +12,8 @@ from tests import netguard
 
 netguard.install()
 
+pytest_plugins = ["tests.fakes.fixtures_telegram", "tests.fakes.fixtures_anthropic"]
+
 # Settings read from the environment; a developer's real token or key must never leak into a test.
 _KEEL_ENV_PREFIXES = ("KEEL_", "TELEGRAM_", "ANTHROPIC_")
 
