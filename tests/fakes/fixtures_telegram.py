@@ -1,1 +1,20 @@
-"""pytest fixtures for the fake Telegram Bot API server (filled in by the harness work)."""
+"""pytest fixtures for the fake Telegram Bot API server (see tests/fakes/README.md)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest_asyncio
+
+from tests.fakes.telegram import FakeTelegram
+
+
+@pytest_asyncio.fixture
+async def fake_telegram() -> AsyncIterator[FakeTelegram]:
+    """A FakeTelegram listening on 127.0.0.1 for the duration of one test."""
+    server = FakeTelegram()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
