@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, ReplyParameters, Update
@@ -460,3 +461,56 @@ async def test_next_bot_message_names_the_chat_on_timeout(fake_telegram: FakeTel
     chat = fake_telegram.private_chat(fake_telegram.user())
     with pytest.raises(AssertionError, match=f"chat {chat.id}"):
         await fake_telegram.next_bot_message(chat.id, timeout=0.05)
+
+
+async def test_raw_http_json_query_string_and_method_case(fake_telegram: FakeTelegram) -> None:
+    """Other clients send JSON bodies or GET query strings; Telegram accepts all of them."""
+    chat = fake_telegram.private_chat(fake_telegram.user())
+    api = f"{fake_telegram.base_url}{fake_telegram.token}"
+    async with aiohttp.ClientSession() as http:
+        markup = {"inline_keyboard": [[{"text": "A", "callback_data": "a"}]]}
+        response = await http.post(f"{api}/SENDMESSAGE", json={
+            "chat_id": chat.id, "text": "*hi*", "parse_mode": "MarkdownV2", "reply_markup": markup})  # fmt: skip
+        body = await response.json()
+        assert response.status == 200 and body["ok"] is True
+        assert body["result"]["entities"] == [{"offset": 0, "length": 2, "type": "bold"}]
+        assert body["result"]["reply_markup"] == markup
+
+        response = await http.get(f"{api}/sendMessage", params={"chat_id": chat.id, "text": "q"})
+        assert (await response.json())["result"]["text"] == "q"
+
+        response = await http.post(f"{api}/sendMessage", json={"chat_id": chat.id})
+        assert response.status == 400
+        assert await response.json() == {
+            "ok": False, "error_code": 400, "description": "Bad Request: message text is empty"}  # fmt: skip
+
+        response = await http.get(f"{fake_telegram.base_url}not-a-token/getMe")
+        assert response.status == 404
+    assert [m["text"] for m in fake_telegram.sent(chat.id)] == ["hi", "q"]
+
+
+async def test_edits_and_deletes(fake_telegram: FakeTelegram, bot: Bot) -> None:
+    chat = fake_telegram.private_chat(fake_telegram.user())
+    said = fake_telegram.inject_text(chat, "meet at 5")
+    edited = fake_telegram.inject_edit(said["message"], "meet at 6")
+    [first, second] = await bot.get_updates()
+    assert first.message and first.message.text == "meet at 5"
+    assert second.edited_message and second.edited_message.text == "meet at 6"
+    assert second.edited_message.edit_date is not None
+    assert edited["edited_message"]["message_id"] == said["message"]["message_id"]
+
+    mine = await bot.send_message(chat.id, "draft <b>one</b>", parse_mode=ParseMode.HTML)
+    with pytest.raises(BadRequest, match="Message is not modified"):
+        await bot.edit_message_text("draft <b>one</b>", chat.id, mine.message_id,
+                                    parse_mode=ParseMode.HTML)  # fmt: skip
+    changed = await bot.edit_message_text("final", chat.id, mine.message_id)
+    assert isinstance(changed, type(mine)) and changed.text == "final"
+    with pytest.raises(BadRequest, match="Message to edit not found"):
+        await bot.edit_message_text("x", chat.id, 9999)
+    with pytest.raises(BadRequest, match="Message can't be edited"):
+        await bot.edit_message_text("x", chat.id, said["message"]["message_id"])
+
+    assert await bot.delete_message(chat.id, mine.message_id)
+    assert fake_telegram.sent(chat.id) == [] and fake_telegram.deleted[0]["text"] == "final"
+    with pytest.raises(BadRequest, match="Message to delete not found"):
+        await bot.delete_message(chat.id, mine.message_id)

@@ -324,7 +324,9 @@ class FakeTelegram:
         # what the bot did
         self.requests: list[RequestRecord] = []
         self._bot_messages: list[JSON] = []  # every message the bot sent, live dicts, in order
-        self.deleted: list[JSON] = []
+        self.deleted: list[JSON] = []  # messages the bot deleted, as they were
+        self._deleted_ids: set[tuple[int, int]] = set()
+        self.crashes: list[str] = []  # bugs in the fake itself; the fixture fails the test
         self.draft_log: list[JSON] = []
         self._current_draft: dict[tuple[int, int], JSON] = {}
         self.chat_action_log: list[JSON] = []
@@ -645,7 +647,8 @@ class FakeTelegram:
         return [
             copy.deepcopy(m)
             for m in self._bot_messages
-            if self._matches(m, chat_id, thread_id) and not m.get("_deleted")
+            if self._matches(m, chat_id, thread_id)
+            and (m["chat"]["id"], m["message_id"]) not in self._deleted_ids
         ]
 
     def drafts(self, chat_id: int | None = None) -> list[JSON]:
@@ -983,6 +986,10 @@ class FakeTelegram:
             record.status, record.response = 200, body
         except ApiError as exc:
             record.status, record.response = exc.status, exc.body()
+        except Exception as exc:  # a bug in the fake: answer like Telegram's 500, fail the test
+            self.crashes.append(f"{method}: {exc!r}")
+            record.status = 500
+            record.response = ApiError(500, f"Internal Server Error: fake crashed: {exc!r}").body()
         self._changed()
         return web.json_response(record.response, status=record.status)
 
@@ -1171,6 +1178,10 @@ class FakeTelegram:
             "supports_inline_queries": False,
             "can_connect_to_business": False,
             "has_main_web_app": False,
+            "has_topics_enabled": False,
+            "allows_users_to_create_topics": False,
+            "can_manage_bots": False,
+            "supports_guest_queries": False,
         }
 
     async def _api_setwebhook(self, params: dict[str, str], files: Files) -> tuple[bool, str]:
@@ -1297,7 +1308,7 @@ class FakeTelegram:
         if not ours and chat.type != "private" and not chat.bot_is_admin:
             raise bad_request("message can't be deleted")
         del chat.messages[message_id]
-        message["_deleted"] = True
+        self._deleted_ids.add((chat.id, message_id))
         self.deleted.append(copy.deepcopy(message))
         return True
 
@@ -1571,5 +1582,4 @@ def _without_reply(message: JSON) -> JSON:
     """A replied-to message as Telegram nests it: one level, no reply of its own."""
     nested = copy.deepcopy(message)
     nested.pop("reply_to_message", None)
-    nested.pop("_deleted", None)
     return nested

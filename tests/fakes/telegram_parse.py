@@ -1122,8 +1122,8 @@ _COMMON_TLDS = set(
     "blog news shop live space website fun club top link click email today world run".split()
 )
 
-_URL_CANDIDATE = re.compile(
-    r"(?:(?:https?|ftp|tonsite)://)?(?:[^\s/?#@<>\"']+@)?"
+_URL_CANDIDATE = re.compile(  # starts only where a word starts: linear on long words
+    r"(?<![\w@/.$#])(?:(?:https?|ftp|tonsite)://)?(?:[^\s/?#@<>\"']+@)?"
     r"(?:[\w\-]+\.)+[\w\-]+(?::\d{1,5})?(?:[/?#][^\s<>\"]*)?",
     re.IGNORECASE,
 )
@@ -1132,6 +1132,8 @@ _EMAIL = re.compile(r"^[a-zA-Z0-9_.+\-]+@[a-zA-Z0-9\-]+(?:\.[a-zA-Z0-9\-]+)*\.([
 
 def _find_urls(text: str) -> list[tuple[int, int, str]]:
     result: list[tuple[int, int, str]] = []
+    if "." not in text:
+        return result
     for match in _URL_CANDIDATE.finditer(text):
         start, candidate = match.start(), match.group(0)
         if start and (_is_word(text[start - 1]) or text[start - 1] in "@/.$#"):
