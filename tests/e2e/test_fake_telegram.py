@@ -514,3 +514,40 @@ async def test_edits_and_deletes(fake_telegram: FakeTelegram, bot: Bot) -> None:
     assert fake_telegram.sent(chat.id) == [] and fake_telegram.deleted[0]["text"] == "final"
     with pytest.raises(BadRequest, match="Message to delete not found"):
         await bot.delete_message(chat.id, mine.message_id)
+
+
+async def test_application_answers_inside_a_forum_topic(fake_telegram: FakeTelegram) -> None:
+    async def echo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        assert update.effective_message is not None
+        await update.effective_message.reply_text(f"got {update.effective_message.text}")
+
+    application = ApplicationBuilder().token(fake_telegram.token)
+    application = application.base_url(fake_telegram.base_url).build()
+    application.add_handler(MessageHandler(filters.TEXT, echo))
+    forum = fake_telegram.forum("Agents")
+    alice = fake_telegram.user("Alice")
+    topic = fake_telegram.create_topic(forum, "Ops", by=alice)  # the bot sees the service message
+    async with application:
+        await application.updater.start_polling(timeout=10)  # type: ignore[union-attr]
+        await application.start()
+        try:
+            said = fake_telegram.inject_text(forum, "status?", user=alice, thread=topic)
+            reply = await fake_telegram.next_bot_message(forum.id, topic.message_thread_id)
+        finally:
+            await application.updater.stop()  # type: ignore[union-attr]
+            await application.stop()
+    # PTB keeps the topic and quotes the user's message in groups
+    assert reply["text"] == "got status?" and reply["is_topic_message"] is True
+    assert reply["reply_to_message"]["message_id"] == said["message"]["message_id"]
+    assert said["message"]["reply_to_message"]["forum_topic_created"]["name"] == "Ops"
+
+
+async def test_text_mention_links_carry_the_user(fake_telegram: FakeTelegram, bot: Bot) -> None:
+    alice = fake_telegram.user("Alice", username="alice")
+    chat = fake_telegram.private_chat(alice)
+    message = await bot.send_message(
+        chat.id, f'<a href="tg://user?id={alice.id}">Alice</a>, approve?', parse_mode="HTML"
+    )
+    [mention] = message.entities
+    assert mention.type == "text_mention" and mention.user is not None
+    assert (mention.user.id, mention.user.first_name) == (alice.id, "Alice")

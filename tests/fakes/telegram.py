@@ -422,6 +422,8 @@ class FakeTelegram:
         chat = Chat(
             chat_id, "supergroup", title, username, is_forum=forum, bot_is_admin=bot_is_admin
         )
+        # message 1 is the service message that created the group (and thread 1 is General)
+        chat.next_message_id = 2
         self.chats[chat_id] = chat
         return chat
 
@@ -509,23 +511,24 @@ class FakeTelegram:
         user: User | None = None,
         caption: str | None = None,
         data: bytes = b"\xff\xd8\xff fake jpeg",
-        **kwargs: Any,
+        thread: Topic | int | None = None,
+        reply_to: JSON | int | None = None,
     ) -> JSON:
-        stored = self._store_file(data, "photos", "photo.jpg", "image/jpeg")
-        sizes = [
-            {
-                "file_id": stored.file_id + f"_{w}",
-                "file_unique_id": stored.file_unique_id + f"{w}",
-                "file_size": len(data),
-                "width": w,
-                "height": w * 3 // 4,
-            }
-            for w in (90, 320, 1280)
-        ]
-        sizes[-1]["file_id"] = stored.file_id
+        sizes = []
+        for width in (90, 320, 1280):  # Telegram sends several sizes, the largest last
+            stored = self._store_file(data, "photos", "photo.jpg", "image/jpeg")
+            sizes.append(
+                {
+                    "file_id": stored.file_id,
+                    "file_unique_id": stored.file_unique_id,
+                    "file_size": len(data),
+                    "width": width,
+                    "height": width * 3 // 4,
+                }
+            )
         content: JSON = {"photo": sizes, **self._caption(caption)}
         return self._emit(
-            "message", self._user_message(chat, user, None, None, content, **kwargs), chat=chat
+            "message", self._user_message(chat, user, thread, reply_to, content), chat=chat
         )
 
     def inject_voice(
@@ -535,7 +538,8 @@ class FakeTelegram:
         user: User | None = None,
         duration: int = 3,
         data: bytes = b"OggS fake voice",
-        **kwargs: Any,
+        thread: Topic | int | None = None,
+        reply_to: JSON | int | None = None,
     ) -> JSON:
         stored = self._store_file(data, "voice", "voice.oga", "audio/ogg")
         content = {
@@ -548,11 +552,17 @@ class FakeTelegram:
             }
         }
         return self._emit(
-            "message", self._user_message(chat, user, None, None, content, **kwargs), chat=chat
+            "message", self._user_message(chat, user, thread, reply_to, content), chat=chat
         )
 
     def inject_sticker(
-        self, chat: Chat, *, user: User | None = None, emoji: str = "👍", **kwargs: Any
+        self,
+        chat: Chat,
+        *,
+        user: User | None = None,
+        emoji: str = "👍",
+        thread: Topic | int | None = None,
+        reply_to: JSON | int | None = None,
     ) -> JSON:
         stored = self._store_file(b"RIFF fake webp", "stickers", "sticker.webp", "image/webp")
         content = {
@@ -570,7 +580,7 @@ class FakeTelegram:
             }
         }
         return self._emit(
-            "message", self._user_message(chat, user, None, None, content, **kwargs), chat=chat
+            "message", self._user_message(chat, user, thread, reply_to, content), chat=chat
         )
 
     def inject_document(
@@ -582,12 +592,13 @@ class FakeTelegram:
         user: User | None = None,
         mime_type: str = "application/octet-stream",
         caption: str | None = None,
-        **kwargs: Any,
+        thread: Topic | int | None = None,
+        reply_to: JSON | int | None = None,
     ) -> JSON:
         stored = self._store_file(data, "documents", filename, mime_type)
         content = {"document": self._document_dict(stored), **self._caption(caption)}
         return self._emit(
-            "message", self._user_message(chat, user, None, None, content, **kwargs), chat=chat
+            "message", self._user_message(chat, user, thread, reply_to, content), chat=chat
         )
 
     def press_button(
@@ -836,7 +847,12 @@ class FakeTelegram:
         file_id = f"BQACAgIAAxkBAAI{number:06d}{digest[:20]}"
         extension = (name or "file").rsplit(".", 1)[-1] if name and "." in name else "bin"
         stored = StoredFile(
-            file_id, f"AgAD{digest[:12]}", data, f"{folder}/file_{number}.{extension}", name, mime
+            file_id,
+            f"AgAD{number:04d}{digest[:8]}",
+            data,
+            f"{folder}/file_{number}.{extension}",
+            name,
+            mime,
         )
         self.files[file_id] = stored
         return stored
@@ -1057,7 +1073,7 @@ class FakeTelegram:
             except ValueError:
                 raise bad_request("can't parse entities JSON object") from None
         try:
-            return tp.parse_text(
+            text, parsed = tp.parse_text(
                 params.get(text_key, ""),
                 params.get("parse_mode"),
                 entities,
@@ -1065,6 +1081,16 @@ class FakeTelegram:
             )
         except tp.FormatError as exc:
             raise bad_request(_lower_first(exc.message)) from None
+        for entity in parsed:
+            if entity.type == "text_mention" and entity.user is not None:
+                # the Bot API prints a user it does not know with an empty first name
+                known = self.users.get(entity.user["id"])
+                entity.user = (
+                    known.to_dict()
+                    if known
+                    else {"id": entity.user["id"], "is_bot": False, "first_name": ""}
+                )
+        return text, parsed
 
     def _markup(self, params: dict[str, str]) -> JSON | None:
         raw = params.get("reply_markup")
@@ -1230,7 +1256,8 @@ class FakeTelegram:
             if generation != self._poll_generation:
                 raise ApiError(409, CONFLICT_POLL)
             if self._queue or self._closing or loop.time() >= deadline:
-                return copy.deepcopy(self._queue[:limit])
+                ready = [u for u in self._queue if u["update_id"] >= offset]
+                return copy.deepcopy(ready[:limit])
             await self._wait_change(deadline - loop.time())
 
     async def _api_sendmessage(self, params: dict[str, str], files: Files) -> JSON:
