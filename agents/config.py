@@ -1,0 +1,247 @@
+"""Configuration: environment variables (and ``.env``) through pydantic-settings, plus the optional
+``keel.toml`` for agents, schedules, prices and custom tool modules.
+
+Every setting has a sensible default except the two secrets; ``require_*`` methods turn a missing
+secret into an error that names the variable and says how to get it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from agents.errors import ConfigError, MissingSettingError
+from agents.pricing import Price, PriceTable
+
+DEFAULT_TELEGRAM_API_BASE_URL = "https://api.telegram.org/bot"
+DEFAULT_ROUTER_MODEL = "claude-haiku-4-5"
+DEFAULT_PLANNER_MODEL = "claude-sonnet-4-6"
+DEFAULT_EXECUTOR_MODEL = "claude-sonnet-4-6"
+DEFAULT_RUN_BUDGET_USD = 0.50
+DEFAULT_MAX_STEPS = 10
+DEFAULT_RUN_TIMEOUT_S = 600.0
+DEFAULT_TOOL_TIMEOUT_S = 15.0
+DEFAULT_MAX_TOKENS = 4096
+
+
+class Settings(BaseSettings):
+    """keel's settings. Each field is read from the environment variable named beside it."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=False)
+
+    telegram_bot_token: SecretStr | None = Field(
+        None, validation_alias="TELEGRAM_BOT_TOKEN", description="Bot token from @BotFather."
+    )
+    telegram_api_base_url: str = Field(
+        DEFAULT_TELEGRAM_API_BASE_URL, validation_alias="TELEGRAM_API_BASE_URL"
+    )
+    anthropic_api_key: SecretStr | None = Field(None, validation_alias="ANTHROPIC_API_KEY")
+    anthropic_base_url: str | None = Field(None, validation_alias="ANTHROPIC_BASE_URL")
+    anthropic_max_retries: int = Field(2, ge=0, le=10, validation_alias="KEEL_ANTHROPIC_MAX_RETRIES")
+
+    data_dir: Path = Field(Path("./data"), validation_alias="KEEL_DATA_DIR")
+    allowed_user_ids: Annotated[frozenset[int], NoDecode] = Field(
+        frozenset(), validation_alias="KEEL_ALLOWED_USER_IDS"
+    )
+    timezone: str = Field("UTC", validation_alias="KEEL_TIMEZONE")
+    config_path: Path | None = Field(None, validation_alias="KEEL_CONFIG")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", validation_alias="KEEL_LOG_LEVEL"
+    )
+
+    router_model: str = Field(DEFAULT_ROUTER_MODEL, validation_alias="KEEL_ROUTER_MODEL")
+    planner_model: str = Field(DEFAULT_PLANNER_MODEL, validation_alias="KEEL_PLANNER_MODEL")
+    executor_model: str = Field(DEFAULT_EXECUTOR_MODEL, validation_alias="KEEL_EXECUTOR_MODEL")
+
+    run_budget_usd: float = Field(DEFAULT_RUN_BUDGET_USD, gt=0, validation_alias="KEEL_RUN_BUDGET_USD")
+    max_steps: int = Field(DEFAULT_MAX_STEPS, ge=1, validation_alias="KEEL_MAX_STEPS")
+    run_timeout_s: float = Field(DEFAULT_RUN_TIMEOUT_S, gt=0, validation_alias="KEEL_RUN_TIMEOUT_S")
+    tool_timeout_s: float = Field(DEFAULT_TOOL_TIMEOUT_S, gt=0, validation_alias="KEEL_TOOL_TIMEOUT_S")
+    daily_budget_usd_per_user: float = Field(
+        5.0, gt=0, validation_alias="KEEL_DAILY_BUDGET_USD_PER_USER"
+    )
+    daily_budget_usd_total: float = Field(20.0, gt=0, validation_alias="KEEL_DAILY_BUDGET_USD")
+    trace_retention_days: int = Field(30, ge=1, validation_alias="KEEL_TRACE_RETENTION_DAYS")
+    fetch_allow_private: bool = Field(False, validation_alias="KEEL_FETCH_ALLOW_PRIVATE")
+
+    @field_validator("allowed_user_ids", mode="before")
+    @classmethod
+    def _parse_ids(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            ids = []
+            for part in value.replace(";", ",").split(","):
+                part = part.strip()
+                if not part:
+                    continue
+                if not part.lstrip("-").isdigit():
+                    raise ValueError(
+                        f"{part!r} is not a Telegram user id; use numbers separated by commas"
+                    )
+                ids.append(int(part))
+            return frozenset(ids)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"{value!r} is not an IANA time zone name (e.g. 'Europe/Madrid', 'UTC')"
+            ) from None
+        return value
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "keel.sqlite3"
+
+    @property
+    def traces_dir(self) -> Path:
+        return self.data_dir / "traces"
+
+    def require_telegram_token(self) -> str:
+        if self.telegram_bot_token is None or not self.telegram_bot_token.get_secret_value():
+            raise MissingSettingError(
+                "TELEGRAM_BOT_TOKEN",
+                "Create a bot with @BotFather in Telegram (/newbot), then put the token it gives "
+                "you in .env as TELEGRAM_BOT_TOKEN=123456:ABC... or export it.",
+            )
+        return self.telegram_bot_token.get_secret_value()
+
+    def require_anthropic_key(self) -> str:
+        if self.anthropic_api_key is None or not self.anthropic_api_key.get_secret_value():
+            raise MissingSettingError(
+                "ANTHROPIC_API_KEY",
+                "Create a key at console.anthropic.com (Settings → API keys), then put it in "
+                ".env as ANTHROPIC_API_KEY=sk-ant-... or export it.",
+            )
+        return self.anthropic_api_key.get_secret_value()
+
+    def secrets(self) -> list[str]:
+        """Secret values that must never reach a log or a trace."""
+        out = []
+        for secret in (self.telegram_bot_token, self.anthropic_api_key):
+            if secret is not None and secret.get_secret_value():
+                out.append(secret.get_secret_value())
+        return out
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and ``.env``; a wrong value becomes a ConfigError."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = ["The configuration has errors:"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "?"
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- keel.toml
+
+
+class LimitsConfig(BaseModel):
+    """Per-agent limits; anything left out falls back to the environment's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    budget_usd: float | None = Field(None, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    timeout_s: float | None = Field(None, gt=0)
+    tool_timeout_s: float | None = Field(None, gt=0)
+    max_tokens: int | None = Field(None, ge=1)
+
+
+class AgentConfig(BaseModel):
+    """An agent declared in keel.toml under ``[agents.<name>]``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str
+    system: str | None = None
+    system_file: Path | None = None
+    model: str | None = None
+    tools: list[str] = Field(default_factory=list)
+    pattern: Literal["react", "plan_execute"] = "react"
+    output: Literal["text"] = "text"
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+
+
+class ScheduleConfig(BaseModel):
+    """A scheduled run declared in keel.toml under ``[[schedules]]``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+    agent: str
+    cron: str
+    task: str
+    timezone: str | None = None
+    chat_id: int
+    thread_id: int | None = None
+    create_topic: bool = False
+    budget_usd: float | None = Field(None, gt=0)
+    misfire_grace_s: int = Field(3600, ge=1)
+
+
+class KeelFile(BaseModel):
+    """The optional keel.toml."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prices: dict[str, Price] = Field(default_factory=dict)
+    agents: dict[str, AgentConfig] = Field(default_factory=dict)
+    schedules: list[ScheduleConfig] = Field(default_factory=list)
+    tool_modules: list[str] = Field(default_factory=list)
+    default_agent: str = "assistant"
+
+
+def load_keel_file(path: Path | None) -> KeelFile:
+    """Parse keel.toml; no path means no file (all defaults). Errors name the file and the field."""
+    if path is None:
+        default = Path("keel.toml")
+        if not default.exists():
+            return KeelFile()
+        path = default
+    if not path.exists():
+        raise ConfigError(f"KEEL_CONFIG points at {str(path)!r}, which does not exist.")
+    try:
+        raw = tomllib.loads(path.read_text("utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{str(path)!r} is not valid TOML: {exc}") from None
+    try:
+        parsed = KeelFile.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{str(path)!r}: " + _explain(exc)) from None
+    for name, agent in parsed.agents.items():
+        if agent.system_file is not None and not agent.system_file.is_absolute():
+            agent.system_file = path.parent / agent.system_file
+        if agent.system is None and agent.system_file is None:
+            raise ConfigError(f"{str(path)!r}: agent {name!r} needs `system` or `system_file`.")
+    return parsed
+
+
+def price_table(keel_file: KeelFile) -> PriceTable:
+    return PriceTable.builtin().with_overrides(keel_file.prices)

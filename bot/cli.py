@@ -1,0 +1,113 @@
+"""The `keel` command line: a thin shell over the layers.
+
+Exit statuses: 0 success; 1 failure; 2 bad usage or configuration. `keel agent run` adds one per
+run status (see ``agents.run.EXIT_CODES``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+
+from agents.config import Settings, load_settings
+from agents.errors import ConfigError
+from agents.logs import configure_logging
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keel",
+        description="keel: a Telegram-first agent bot with bounded cost, bounded time, "
+        "replayable runs and graceful failure. Configured by environment variables (and .env); "
+        "agents and schedules in an optional keel.toml (KEEL_CONFIG).",
+        epilog="Start with `keel doctor` to see what is missing. Every command has --help.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="run the Telegram bot (long polling)",
+                       description="Run the bot: long polling, SQLite under KEEL_DATA_DIR, the "
+                       "scheduler in the same process. Stops cleanly on Ctrl-C or SIGTERM.")
+    p.set_defaults(handler=_cmd_run)
+
+    p = sub.add_parser("doctor", help="check the configuration and say how to fix it",
+                       description="Check tokens, keys, the data directory, the time zone, "
+                       "keel.toml and model prices. Exit 1 when something must be fixed.")
+    p.add_argument("--online", action="store_true",
+                   help="also call Telegram getMe and Anthropic's model list")
+    p.set_defaults(handler=_cmd_doctor)
+
+    db = sub.add_parser("db", help="database maintenance").add_subparsers(
+        dest="db_command", metavar="SUBCOMMAND", required=True)
+    p = db.add_parser("migrate", help="apply pending schema migrations (safe to repeat)")
+    p.set_defaults(handler=_cmd_db_migrate)
+
+    _register_runtime_commands(sub)
+    return parser
+
+
+def _register_runtime_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Commands over the agent runtime (agents, chat, traces, schedules)."""
+    from bot import cli_runtime
+
+    cli_runtime.register(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"keel: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(settings.log_level, settings.secrets())
+    handler: Handler = args.handler
+    try:
+        return handler(args, settings)
+    except ConfigError as exc:
+        print(f"keel: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    settings.require_telegram_token()
+    settings.require_anthropic_key()
+    from bot.app import run_bot
+
+    return run_bot(settings)
+
+
+def _cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.doctor import run_doctor
+
+    return run_doctor(settings, online=args.online)
+
+
+def _cmd_db_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from storage.db import Database
+    from storage.migrations import migrate
+
+    async def go() -> list[str]:
+        db = Database(settings.db_path)
+        await db.connect()
+        try:
+            return await migrate(db)
+        finally:
+            await db.close()
+
+    applied = asyncio.run(go())
+    print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
+    print(f"database: {settings.db_path.resolve()}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

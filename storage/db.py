@@ -1,0 +1,143 @@
+"""One SQLite database in WAL mode, with one door for every write.
+
+Two connections: the writer, used only inside ``Database.write()`` under a lock with an explicit
+``BEGIN IMMEDIATE``; and the reader, in autocommit mode, which sees only committed data (WAL lets it
+read while a write is open). A write that raises — cancellation included — is rolled back, so a
+cancelled task never leaves half a change behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+Params = Sequence[Any] | dict[str, Any]
+
+
+def now_iso() -> str:
+    """UTC now as ISO-8601 with microseconds; stored times compare correctly as text."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Database:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path) if str(path) != ":memory:" else path
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path | str, *, migrate: bool = True) -> Database:
+        db = cls(path)
+        await db.connect()
+        if migrate:
+            from storage.migrations import migrate as run_migrations
+
+            await run_migrations(db)
+        return db
+
+    async def connect(self) -> None:
+        if isinstance(self.path, Path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await self._connect()
+        await _pragma(self._writer, "journal_mode=WAL")
+        self._reader = await self._connect()
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(str(self.path), isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        for pragma in ("foreign_keys=ON", "busy_timeout=5000", "synchronous=NORMAL"):
+            await _pragma(conn, pragma)
+        return conn
+
+    async def close(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    async def __aenter__(self) -> Database:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------ the one door for writes
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Hold the write lock inside one transaction; commit on success, roll back on anything."""
+        conn = self._require(self._writer)
+        async with self._lock:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                # Shielded so that a second cancellation cannot interrupt the rollback itself.
+                await asyncio.shield(conn.rollback())
+                raise
+            else:
+                await conn.commit()
+
+    async def execute_write(self, sql: str, params: Params = ()) -> int:
+        """One statement in its own transaction; returns the row count (or lastrowid for inserts)."""
+        async with self.write() as conn:
+            cursor = await conn.execute(sql, params)
+            if sql.lstrip().upper().startswith("INSERT"):
+                return cursor.lastrowid or 0
+            return cursor.rowcount
+
+    # ------------------------------------------------------------ reads
+
+    async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
+        async with self._require(self._reader).execute(sql, params) as cursor:
+            row: sqlite3.Row | None = await cursor.fetchone()
+            return row
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
+        async with self._require(self._reader).execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    async def fetchval(self, sql: str, params: Params = ()) -> Any:
+        row = await self.fetchone(sql, params)
+        return None if row is None else row[0]
+
+    async def table_names(self) -> list[str]:
+        rows = await self.fetchall(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+            "ORDER BY name"
+        )
+        return [r["name"] for r in rows]
+
+    async def columns(self, table: str) -> list[str]:
+        if not table.isidentifier():
+            raise ValueError(f"not a table name: {table!r}")
+        rows = await self.fetchall(f"PRAGMA table_info({table})")
+        return [r["name"] for r in rows]
+
+    @staticmethod
+    def _require(conn: aiosqlite.Connection | None) -> aiosqlite.Connection:
+        if conn is None:
+            raise RuntimeError("Database is not connected; call `await db.connect()` first")
+        return conn
+
+
+async def _pragma(conn: aiosqlite.Connection, pragma: str) -> None:
+    # A statement left un-stepped keeps its lock: always drain and close the cursor.
+    async with conn.execute(f"PRAGMA {pragma}") as cursor:
+        await cursor.fetchall()
+
+
+def placeholders(values: Iterable[Any]) -> str:
+    return ", ".join("?" for _ in values)

@@ -1,0 +1,223 @@
+"""Append-only, numbered schema migrations.
+
+Never edit a migration that has shipped: add the next number. ``migrate()`` applies, in order, every
+migration whose name is not yet in ``schema_migrations``, each in its own write transaction, and is a
+no-op when everything is applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from storage.db import Database, now_iso
+
+
+@dataclass(frozen=True)
+class Migration:
+    name: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        "0001_initial",
+        """
+        CREATE TABLE conversations (
+            id            INTEGER PRIMARY KEY,
+            chat_id       INTEGER NOT NULL,
+            thread_id     INTEGER NOT NULL DEFAULT 0,   -- 0: no forum topic
+            pinned_agent  TEXT,                         -- set by /agent, cleared by /auto
+            current_agent TEXT,                         -- the router's last choice (a hint)
+            created_at    TEXT NOT NULL,
+            updated_at    TEXT NOT NULL,
+            UNIQUE (chat_id, thread_id)
+        );
+
+        -- One live session per (conversation, agent); /new archives it and a fresh one starts.
+        CREATE TABLE sessions (
+            id                 INTEGER PRIMARY KEY,
+            conversation_id    INTEGER NOT NULL REFERENCES conversations(id),
+            agent              TEXT NOT NULL,
+            created_at         TEXT NOT NULL,
+            archived_at        TEXT,
+            input_tokens       INTEGER NOT NULL DEFAULT 0,
+            cache_read_tokens  INTEGER NOT NULL DEFAULT 0,
+            cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens      INTEGER NOT NULL DEFAULT 0,
+            compactions        INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE UNIQUE INDEX sessions_live ON sessions (conversation_id, agent)
+            WHERE archived_at IS NULL;
+
+        -- Messages in Anthropic's shape (role + content blocks as JSON), in order per session.
+        CREATE TABLE messages (
+            id          INTEGER PRIMARY KEY,
+            session_id  INTEGER NOT NULL REFERENCES sessions(id),
+            seq         INTEGER NOT NULL,
+            role        TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+            content     TEXT NOT NULL,
+            kind        TEXT NOT NULL DEFAULT 'turn' CHECK (kind IN ('turn', 'summary')),
+            tokens      INTEGER NOT NULL DEFAULT 0,
+            run_id      TEXT,
+            archived_at TEXT,                         -- compacted away; kept for the record
+            created_at  TEXT NOT NULL,
+            UNIQUE (session_id, seq)
+        );
+
+        CREATE TABLE runs (
+            id                 TEXT PRIMARY KEY,      -- UUID; the correlation token for tools
+            trace_id           TEXT NOT NULL UNIQUE,
+            agent              TEXT NOT NULL,
+            kind               TEXT NOT NULL,         -- chat | scheduled | cli | resume
+            user_id            INTEGER,
+            chat_id            INTEGER,
+            thread_id          INTEGER,
+            session_id         INTEGER REFERENCES sessions(id),
+            status             TEXT NOT NULL,         -- running | completed | budget_exceeded | ...
+            status_detail      TEXT,
+            output             TEXT,
+            budget_usd         REAL NOT NULL,
+            cost_usd           REAL NOT NULL DEFAULT 0,
+            steps              INTEGER NOT NULL DEFAULT 0,
+            model_calls        INTEGER NOT NULL DEFAULT 0,
+            input_tokens       INTEGER NOT NULL DEFAULT 0,
+            output_tokens      INTEGER NOT NULL DEFAULT 0,
+            cache_read_tokens  INTEGER NOT NULL DEFAULT 0,
+            cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+            state              TEXT,                  -- JSON needed to resume (waiting_human)
+            started_at         TEXT NOT NULL,
+            ended_at           TEXT
+        );
+        CREATE INDEX runs_by_start ON runs (started_at);
+        CREATE INDEX runs_by_status ON runs (status);
+
+        CREATE TABLE escalations (
+            id          TEXT PRIMARY KEY,             -- short key used in callback_data
+            run_id      TEXT NOT NULL REFERENCES runs(id),
+            tool_use_id TEXT NOT NULL,
+            chat_id     INTEGER,
+            thread_id   INTEGER,
+            message_id  INTEGER,                      -- the question's Telegram message
+            reason      TEXT NOT NULL,
+            context     TEXT NOT NULL DEFAULT '',
+            options     TEXT NOT NULL DEFAULT '[]',   -- JSON list of strings
+            status      TEXT NOT NULL DEFAULT 'pending'
+                        CHECK (status IN ('pending', 'answered', 'expired', 'cancelled')),
+            answer      TEXT,
+            answered_by INTEGER,
+            answered_by_name TEXT,
+            answered_at TEXT,
+            created_at  TEXT NOT NULL,
+            expires_at  TEXT NOT NULL
+        );
+        CREATE INDEX escalations_pending ON escalations (status, expires_at);
+        CREATE INDEX escalations_by_message ON escalations (chat_id, message_id);
+
+        -- Results of side-effecting tool calls, stored before they are returned.
+        CREATE TABLE idempotency_keys (
+            run_id     TEXT NOT NULL,
+            tool       TEXT NOT NULL,
+            args_hash  TEXT NOT NULL,
+            result     TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (run_id, tool, args_hash)
+        );
+
+        -- Spend per day (UTC), user (0 = no user: scheduled and CLI runs) and agent.
+        CREATE TABLE usage_ledger (
+            day                TEXT NOT NULL,
+            user_id            INTEGER NOT NULL DEFAULT 0,
+            agent              TEXT NOT NULL,
+            cost_usd           REAL NOT NULL DEFAULT 0,
+            input_tokens       INTEGER NOT NULL DEFAULT 0,
+            output_tokens      INTEGER NOT NULL DEFAULT 0,
+            cache_read_tokens  INTEGER NOT NULL DEFAULT 0,
+            cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+            model_calls        INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (day, user_id, agent)
+        );
+
+        -- Telegram updates as received, deduplicated by update_id, for recovery after a crash.
+        CREATE TABLE inbox (
+            update_id   INTEGER PRIMARY KEY,
+            chat_id     INTEGER,
+            thread_id   INTEGER,
+            user_id     INTEGER,
+            payload     TEXT NOT NULL,
+            status      TEXT NOT NULL DEFAULT 'received'
+                        CHECK (status IN ('received', 'processing', 'done', 'ignored', 'failed')),
+            run_id      TEXT,
+            received_at TEXT NOT NULL,
+            done_at     TEXT
+        );
+        CREATE INDEX inbox_open ON inbox (status);
+
+        -- Replies to deliver; marked sent only when Telegram accepted them.
+        CREATE TABLE outbox (
+            id                  INTEGER PRIMARY KEY,
+            chat_id             INTEGER NOT NULL,
+            thread_id           INTEGER,
+            reply_to_message_id INTEGER,
+            kind                TEXT NOT NULL DEFAULT 'text',
+            payload             TEXT NOT NULL,
+            status              TEXT NOT NULL DEFAULT 'pending'
+                                CHECK (status IN ('pending', 'sent', 'failed')),
+            attempts            INTEGER NOT NULL DEFAULT 0,
+            last_error          TEXT,
+            telegram_message_ids TEXT,
+            inbox_update_id     INTEGER,
+            run_id              TEXT,
+            created_at          TEXT NOT NULL,
+            sent_at             TEXT
+        );
+        CREATE INDEX outbox_pending ON outbox (status);
+
+        -- One row per (schedule, local fire time): a DST repeat or a double fire runs once.
+        CREATE TABLE schedule_fires (
+            job        TEXT NOT NULL,
+            local_time TEXT NOT NULL,
+            run_id     TEXT,
+            fired_at   TEXT NOT NULL,
+            PRIMARY KEY (job, local_time)
+        );
+
+        -- Forum topics keel created for agents, so each is created once.
+        CREATE TABLE agent_topics (
+            agent      TEXT NOT NULL,
+            chat_id    INTEGER NOT NULL,
+            thread_id  INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (agent, chat_id)
+        );
+        """,
+    ),
+)
+
+
+async def migrate(db: Database) -> list[str]:
+    """Apply the migrations not yet applied; returns the names applied now (empty: nothing to do)."""
+    async with db.write() as conn:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+        )
+    applied = {r["name"] for r in await db.fetchall("SELECT name FROM schema_migrations")}
+    done: list[str] = []
+    for migration in MIGRATIONS:
+        if migration.name in applied:
+            continue
+        async with db.write() as conn:
+            for statement in _statements(migration.sql):
+                await conn.execute(statement)
+            await conn.execute(
+                "INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
+                (migration.name, now_iso()),
+            )
+        done.append(migration.name)
+    return done
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a migration into statements (executescript would commit our transaction)."""
+    lines = [line.split("--", 1)[0] for line in sql.splitlines()]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

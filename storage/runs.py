@@ -1,0 +1,126 @@
+"""Runs: one row per run, from start to its one final status."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from storage.db import Database, now_iso
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRecord:
+    id: str
+    trace_id: str
+    agent: str
+    kind: str
+    status: str
+    status_detail: str | None
+    output: str | None
+    user_id: int | None
+    chat_id: int | None
+    thread_id: int | None
+    session_id: int | None
+    budget_usd: float
+    cost_usd: float
+    steps: int
+    model_calls: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    state: dict[str, Any] | None
+    started_at: str
+    ended_at: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunTotals:
+    cost_usd: float
+    steps: int
+    model_calls: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+
+
+class RunRepository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def start(
+        self,
+        *,
+        run_id: str,
+        trace_id: str,
+        agent: str,
+        kind: str,
+        budget_usd: float,
+        user_id: int | None = None,
+        chat_id: int | None = None,
+        thread_id: int | None = None,
+        session_id: int | None = None,
+    ) -> None:
+        await self.db.execute_write(
+            "INSERT INTO runs (id, trace_id, agent, kind, user_id, chat_id, thread_id, session_id,"
+            " status, budget_usd, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)",
+            (run_id, trace_id, agent, kind, user_id, chat_id, thread_id, session_id, budget_usd,
+             now_iso()),
+        )
+
+    async def finish(
+        self,
+        run_id: str,
+        *,
+        status: str,
+        detail: str | None,
+        output: str | None,
+        totals: RunTotals,
+        state: dict[str, Any] | None = None,
+    ) -> None:
+        ended = None if status == "waiting_human" else now_iso()
+        await self.db.execute_write(
+            "UPDATE runs SET status = ?, status_detail = ?, output = ?, cost_usd = ?, steps = ?,"
+            " model_calls = ?, input_tokens = ?, output_tokens = ?, cache_read_tokens = ?,"
+            " cache_write_tokens = ?, state = ?, ended_at = ? WHERE id = ?",
+            (status, detail, output, totals.cost_usd, totals.steps, totals.model_calls,
+             totals.input_tokens, totals.output_tokens, totals.cache_read_tokens,
+             totals.cache_write_tokens, json.dumps(state) if state is not None else None, ended,
+             run_id),
+        )
+
+    async def set_status(self, run_id: str, status: str, detail: str | None = None) -> None:
+        await self.db.execute_write(
+            "UPDATE runs SET status = ?, status_detail = COALESCE(?, status_detail) WHERE id = ?",
+            (status, detail, run_id),
+        )
+
+    async def get(self, run_id: str) -> RunRecord | None:
+        row = await self.db.fetchone("SELECT * FROM runs WHERE id = ? OR trace_id = ?", (run_id, run_id))
+        return None if row is None else _record(row)
+
+    async def recent(self, *, limit: int = 10, user_id: int | None = None) -> list[RunRecord]:
+        if user_id is None:
+            rows = await self.db.fetchall(
+                "SELECT * FROM runs ORDER BY started_at DESC LIMIT ?", (limit,)
+            )
+        else:
+            rows = await self.db.fetchall(
+                "SELECT * FROM runs WHERE user_id = ? ORDER BY started_at DESC LIMIT ?",
+                (user_id, limit),
+            )
+        return [_record(r) for r in rows]
+
+    async def with_status(self, status: str) -> list[RunRecord]:
+        rows = await self.db.fetchall(
+            "SELECT * FROM runs WHERE status = ? ORDER BY started_at", (status,)
+        )
+        return [_record(r) for r in rows]
+
+
+def _record(row: Any) -> RunRecord:
+    data = dict(row)
+    data["state"] = json.loads(data["state"]) if data["state"] else None
+    return RunRecord(**data)

@@ -1,0 +1,58 @@
+"""The usage ledger: what was spent per UTC day, user and agent, for daily caps and /cost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from storage.db import Database
+
+SYSTEM_USER = 0  # scheduled and command-line runs
+
+
+def today() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d")
+
+
+@dataclass(frozen=True, kw_only=True)
+class UsageDelta:
+    cost_usd: float
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    model_calls: int = 1
+
+
+class UsageLedger:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def add(self, *, user_id: int | None, agent: str, delta: UsageDelta, day: str | None = None) -> None:
+        await self.db.execute_write(
+            "INSERT INTO usage_ledger (day, user_id, agent, cost_usd, input_tokens, output_tokens,"
+            " cache_read_tokens, cache_write_tokens, model_calls) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (day, user_id, agent) DO UPDATE SET"
+            " cost_usd = cost_usd + excluded.cost_usd,"
+            " input_tokens = input_tokens + excluded.input_tokens,"
+            " output_tokens = output_tokens + excluded.output_tokens,"
+            " cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,"
+            " cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,"
+            " model_calls = model_calls + excluded.model_calls",
+            (day or today(), user_id or SYSTEM_USER, agent, delta.cost_usd, delta.input_tokens,
+             delta.output_tokens, delta.cache_read_tokens, delta.cache_write_tokens,
+             delta.model_calls),
+        )
+
+    async def spent(self, *, user_id: int | None = None, day: str | None = None) -> float:
+        """USD spent on ``day`` (default today) by ``user_id``, or by everyone when None."""
+        if user_id is None:
+            value = await self.db.fetchval(
+                "SELECT COALESCE(SUM(cost_usd), 0) FROM usage_ledger WHERE day = ?", (day or today(),)
+            )
+        else:
+            value = await self.db.fetchval(
+                "SELECT COALESCE(SUM(cost_usd), 0) FROM usage_ledger WHERE day = ? AND user_id = ?",
+                (day or today(), user_id),
+            )
+        return float(value or 0.0)

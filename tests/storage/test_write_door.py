@@ -1,0 +1,86 @@
+import asyncio
+
+import pytest
+
+from storage.db import Database
+
+
+async def _count(db: Database) -> int:
+    return int(await db.fetchval("SELECT COUNT(*) FROM conversations"))
+
+
+async def test_a_cancelled_write_leaves_nothing_half_written(db: Database) -> None:
+    inside = asyncio.Event()
+
+    async def two_rows_then_wait() -> None:
+        async with db.write() as conn:
+            await conn.execute(
+                "INSERT INTO conversations (chat_id, thread_id, created_at, updated_at)"
+                " VALUES (1, 0, 'x', 'x')"
+            )
+            inside.set()
+            await asyncio.Event().wait()  # cancelled here, between the two statements
+            await conn.execute(
+                "INSERT INTO conversations (chat_id, thread_id, created_at, updated_at)"
+                " VALUES (2, 0, 'x', 'x')"
+            )
+
+    task = asyncio.create_task(two_rows_then_wait())
+    await inside.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await _count(db) == 0
+    # The door is free again and works.
+    async with db.write() as conn:
+        await conn.execute(
+            "INSERT INTO conversations (chat_id, thread_id, created_at, updated_at)"
+            " VALUES (3, 0, 'x', 'x')"
+        )
+    assert await _count(db) == 1
+
+
+async def test_an_exception_rolls_back_the_whole_write(db: Database) -> None:
+    with pytest.raises(RuntimeError):
+        async with db.write() as conn:
+            await conn.execute(
+                "INSERT INTO conversations (chat_id, thread_id, created_at, updated_at)"
+                " VALUES (1, 0, 'x', 'x')"
+            )
+            raise RuntimeError("boom")
+    assert await _count(db) == 0
+
+
+async def test_readers_do_not_see_an_open_write(db: Database) -> None:
+    inside = asyncio.Event()
+    release = asyncio.Event()
+
+    async def writer() -> None:
+        async with db.write() as conn:
+            await conn.execute(
+                "INSERT INTO conversations (chat_id, thread_id, created_at, updated_at)"
+                " VALUES (1, 0, 'x', 'x')"
+            )
+            inside.set()
+            await release.wait()
+
+    task = asyncio.create_task(writer())
+    await inside.wait()
+    assert await _count(db) == 0
+    release.set()
+    await task
+    assert await _count(db) == 1
+
+
+async def test_writes_are_serialised(db: Database) -> None:
+    async def add(chat: int) -> None:
+        async with db.write() as conn:
+            await conn.execute(
+                "INSERT INTO conversations (chat_id, thread_id, created_at, updated_at)"
+                " VALUES (?, 0, 'x', 'x')",
+                (chat,),
+            )
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(add(i) for i in range(50)))
+    assert await _count(db) == 50
