@@ -297,6 +297,10 @@ async def test_inline_keyboards(fake_telegram: FakeTelegram, bot: Bot) -> None:
         await bot.answer_callback_query(query["id"])
     with pytest.raises(BadRequest, match="Query is too old"):
         await bot.answer_callback_query("12345")
+    late = fake_telegram.press_button(again.to_dict(), text="Yes")["callback_query"]
+    fake_telegram.expire_callback_queries()
+    with pytest.raises(BadRequest, match="Query is too old"):
+        await bot.answer_callback_query(late["id"])
 
 
 async def test_send_document_multipart(fake_telegram: FakeTelegram, bot: Bot) -> None:

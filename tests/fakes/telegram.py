@@ -645,6 +645,11 @@ class FakeTelegram:
         self._callback_queries[query_id] = {"query": query, "answered": False}
         return self._emit("callback_query", query, chat=chat)
 
+    def expire_callback_queries(self) -> None:
+        """Every query not answered yet becomes too old to answer (as after a bot restart)."""
+        for pending in self._callback_queries.values():
+            pending["answered"] = True
+
     def delivered(self, update: JSON) -> bool:
         """Whether Telegram would give this update to the bot (privacy mode, allowed_updates)."""
         return all(u is not update for u in self.undelivered)
