@@ -555,3 +555,54 @@ async def test_text_mention_links_carry_the_user(fake_telegram: FakeTelegram, bo
     [mention] = message.entities
     assert mention.type == "text_mention" and mention.user is not None
     assert (mention.user.id, mention.user.first_name) == (alice.id, "Alice")
+
+
+# Parsing as TDLib parses (the fake's parser was checked against TDLib's own test vectors).
+PARSED = [
+    ("<i>é</i> <s>x</s><u>y</u>", "HTML", "é xy",
+     [("italic", 0, 1), ("strikethrough", 2, 1), ("underline", 3, 1)]),
+    ("<b>a</b><b>b</b>", "HTML", "ab", [("bold", 0, 2)]),  # touching entities merge
+    ("<b>a<code>b</code></b>", "HTML", "ab", [("bold", 0, 1), ("code", 1, 1)]),
+    ("<blockquote expandable>q</blockquote>", "HTML", "q", [("expandable_blockquote", 0, 1)]),
+    ("x &lt;&amp;&gt; &nbsp; &#9731;", "HTML", "x <&> &nbsp; ☃", []),
+    ("<a>site.org</a>", "HTML", "site.org", [("text_link", 0, 8)]),
+    ("__u__ ~s~ `c` [t](tg://user?id=5)", "MarkdownV2", "u s c t",
+     [("underline", 0, 1), ("strikethrough", 2, 1), ("code", 4, 1), ("text_mention", 6, 1)]),
+    (">one\n>two||\nthree", "MarkdownV2", "one\ntwo\nthree", [("expandable_blockquote", 0, 8)]),
+    ("*a* _b_ `c` [d](http://e.org)", "Markdown", "a b c d",
+     [("bold", 0, 1), ("italic", 2, 1), ("code", 4, 1), ("text_link", 6, 1)]),
+    ("ping @keel_dev /run@keel_test_bot $TON #x1", None, "ping @keel_dev /run@keel_test_bot $TON #x1",
+     [("mention", 5, 9), ("bot_command", 15, 18), ("cashtag", 34, 4), ("hashtag", 39, 3)]),
+]  # fmt: skip
+REFUSED = [
+    ("<p>x</p>", "HTML", 'Unsupported start tag "p" at byte offset 0'),
+    ("é<b>x</i>", "HTML", 'Unmatched end tag at byte offset 6, expected "</b>", found "</i>"'),
+    ("<span>x</span>", "HTML", 'Tag "span" must have class "tg-spoiler" at byte offset 0'),
+    ('<a href=x">', "HTML", "Unexpected end of name token at byte offset 8"),
+    ("2+2", "MarkdownV2", "Character '+' is reserved and must be escaped with the preceding '\\'"),
+    ("é *x", "MarkdownV2", "Can't find end of Bold entity at byte offset 3"),
+    ("[x](y", "MarkdownV2", "Can't find end of a URL at byte offset 4"),
+    ("_x", "Markdown", "Can't find end of the entity starting at byte offset 0"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "mode", "plain", "entities"), PARSED)
+async def test_entities_parse_like_telegram(
+    fake_telegram: FakeTelegram, bot: Bot, text: str, mode: str | None, plain: str,
+    entities: list[tuple[str, int, int]],
+) -> None:  # fmt: skip
+    chat = fake_telegram.private_chat(fake_telegram.user(id=5))
+    message = await bot.send_message(chat.id, text, parse_mode=mode)
+    assert message.text == plain
+    assert [(e.type, e.offset, e.length) for e in message.entities] == entities
+
+
+@pytest.mark.parametrize(("text", "mode", "reason"), REFUSED)
+async def test_markup_errors_like_telegram(
+    fake_telegram: FakeTelegram, bot: Bot, text: str, mode: str, reason: str
+) -> None:
+    chat = fake_telegram.private_chat(fake_telegram.user())
+    with pytest.raises(BadRequest, match="Can't parse entities"):
+        await bot.send_message(chat.id, text, parse_mode=mode)
+    description = fake_telegram.requests[-1].response["description"]  # type: ignore[index]
+    assert description.startswith(f"Bad Request: can't parse entities: {reason}")

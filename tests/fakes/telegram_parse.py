@@ -281,13 +281,15 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 
 
 def link_user_id(url: str) -> int | None:
-    match = _TG_USER_LINK.match(url.strip())
+    match = _TG_USER_LINK.match(url)
     return int(match.group(1)) if match else None
 
 
 def check_link(url: str) -> str | None:
     """The normalised link Telegram stores for a text_link, or None when it drops the link."""
-    link = url.strip()
+    link = url
+    if not link or any(ch.isspace() for ch in link):
+        return None
     lower = link.lower()
     for scheme in ("tonsite", "tg", "ton"):
         if lower.startswith(scheme + ":"):
