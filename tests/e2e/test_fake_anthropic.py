@@ -600,12 +600,15 @@ async def test_nothing_scripted_is_recorded_not_invented(
 async def test_responder_answers_from_the_request(
     fake_anthropic: FakeAnthropic, client: anthropic.AsyncAnthropic
 ) -> None:
-    def echo(request: RecordedRequest) -> Reply:
-        return reply(f"turn {len(request.messages)}")
+    def model(request: RecordedRequest) -> Reply:
+        if request.tool_results:
+            return reply(f"the tool said {request.tool_results[0]['content']}")
+        return reply(f"turn {len(request.messages)}: {request.last_user_text}")
 
-    fake_anthropic.responder = echo
+    fake_anthropic.responder = model
     result = await client.messages.create(model=MODEL, max_tokens=64, messages=USER)
-    assert result.content[0].type == "text" and result.content[0].text == "turn 1"
+    assert result.content[0].type == "text"
+    assert result.content[0].text == "turn 1: What is the weather in Paris?"
 
 
 async def test_latency_and_client_timeout(
@@ -616,3 +619,90 @@ async def test_latency_and_client_timeout(
         await client.with_options(timeout=0.1, max_retries=0).messages.create(
             model=MODEL, max_tokens=64, messages=USER
         )
+
+
+async def test_script_the_model_could_not_produce_is_flagged(
+    fake_anthropic: FakeAnthropic, client: anthropic.AsyncAnthropic
+) -> None:
+    fake_anthropic.enqueue(reply(tool_use("launch_rocket", {})))
+    with pytest.raises(anthropic.InternalServerError):
+        await client.messages.create(
+            model=MODEL, max_tokens=64, tools=[WEATHER_TOOL], messages=USER
+        )
+    (flagged,) = fake_anthropic.unexpected
+    assert flagged.note and "launch_rocket" in flagged.note
+
+
+async def test_dropping_thinking_in_a_tool_loop_is_rejected(
+    fake_anthropic: FakeAnthropic, client: anthropic.AsyncAnthropic
+) -> None:
+    think: dict[str, Any] = {"type": "enabled", "budget_tokens": 1024}
+    call = tool_use("get_weather", {"city": "Paris"})
+    fake_anthropic.enqueue(reply(call))  # the fake puts the thinking block first, like the API
+    first = await client.messages.create(
+        model=MODEL, max_tokens=2048, thinking=think, tools=[WEATHER_TOOL], messages=USER
+    )
+    assert [b.type for b in first.content] == ["thinking", "tool_use"]
+    result = {"type": "tool_result", "tool_use_id": call["id"], "content": "sunny"}
+    stripped: list[Any] = [
+        *USER,
+        {"role": "assistant", "content": [call]},
+        {"role": "user", "content": [result]},
+    ]
+    with pytest.raises(anthropic.BadRequestError) as err:
+        await client.messages.create(
+            model=MODEL, max_tokens=2048, thinking=think, tools=[WEATHER_TOOL], messages=stripped
+        )
+    assert "must start with a thinking block" in str(err.value.api_message)
+
+
+async def test_opus_4_7_omits_thinking_text_by_default(
+    fake_anthropic: FakeAnthropic, client: anthropic.AsyncAnthropic
+) -> None:
+    fake_anthropic.enqueue(reply(thinking("secret reasoning " * 20), "Answer."))
+    result = await client.messages.create(
+        model="claude-opus-4-7", max_tokens=4096, thinking={"type": "adaptive"}, messages=USER
+    )
+    block = result.content[0]
+    assert block.type == "thinking" and block.thinking == "" and block.signature
+    assert result.usage.output_tokens > 100  # the reasoning is billed even though omitted
+
+
+async def test_max_tokens_zero_prewarms_the_cache(
+    fake_anthropic: FakeAnthropic, client: anthropic.AsyncAnthropic
+) -> None:
+    system: list[Any] = [
+        {"type": "text", "text": LONG_SYSTEM, "cache_control": {"type": "ephemeral"}}
+    ]
+    warm = await client.messages.create(model=MODEL, max_tokens=0, system=system, messages=USER)
+    assert warm.content == [] and warm.stop_reason == "max_tokens"
+    assert warm.usage.output_tokens == 0 and warm.usage.cache_creation_input_tokens
+    assert fake_anthropic.unexpected == []  # no scripted reply was needed
+
+
+async def test_automatic_top_level_cache_control(
+    fake_anthropic: FakeAnthropic, client: anthropic.AsyncAnthropic
+) -> None:
+    fake_anthropic.enqueue(reply("one"), reply("two"))
+    messages: list[Any] = [{"role": "user", "content": LONG_SYSTEM}]
+    first = await client.messages.create(
+        model=MODEL, max_tokens=64, cache_control={"type": "ephemeral"}, messages=messages
+    )
+    messages += [{"role": "assistant", "content": "one"}, {"role": "user", "content": "more"}]
+    second = await client.messages.create(
+        model=MODEL, max_tokens=64, cache_control={"type": "ephemeral"}, messages=messages
+    )
+    assert first.usage.cache_creation_input_tokens
+    assert second.usage.cache_read_input_tokens == first.usage.cache_creation_input_tokens
+
+
+async def test_base_url_from_environment(
+    fake_anthropic: FakeAnthropic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", fake_anthropic.base_url)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-from-env")
+    fake_anthropic.add_reply("hello")
+    async with anthropic.AsyncAnthropic() as env_client:
+        await env_client.messages.create(model=MODEL, max_tokens=64, messages=USER)
+    assert fake_anthropic.last_request.api_key == "sk-from-env"
+    assert fake_anthropic.last_request.headers["anthropic-version"]

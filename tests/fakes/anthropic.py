@@ -25,14 +25,17 @@ from aiohttp import web
 from tests.fakes.anthropic_cache import (
     CacheUsage,
     PromptCache,
+    apply_stop_sequences,
     canonical,
     count_input_tokens,
     estimate_block_tokens,
     prefix_items,
+    truncate_output,
 )
 from tests.fakes.anthropic_validate import (
     ApiError,
     ModelRules,
+    impossible_reply,
     sign_thinking,
     thinking_type,
     validate,
@@ -65,6 +68,7 @@ class ModelSpec:
     thinking_enabled: bool = True
     thinking_adaptive: bool = False
     prefill: bool = True
+    thinking_display: str = "summarized"  # default `display` of thinking blocks
     line: str | None = None
     lifecycle: str = "active"
     deprecated_at: str | None = None
@@ -136,6 +140,7 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
         "claude-opus-4-7", "Claude Opus 4.7", "2026-04-16T00:00:00Z",
         max_tokens=128_000, context_window=1_000_000, min_cacheable_tokens=4096,
         thinking_enabled=False, thinking_adaptive=True, prefill=False, line="opus",
+        thinking_display="omitted",
     ),
     ModelSpec(
         "claude-sonnet-4-6", "Claude Sonnet 4.6", "2026-02-17T00:00:00Z",
@@ -281,6 +286,7 @@ class RecordedRequest:
     events: list[tuple[str, JSON]] = field(default_factory=list)
     usage: JSON | None = None
     error: JSON | None = None
+    note: str | None = None  # why the fake could not answer (see FakeAnthropic.unexpected)
 
     @property
     def model(self) -> str | None:
@@ -289,6 +295,27 @@ class RecordedRequest:
     @property
     def messages(self) -> list[JSON]:
         return list(self.body.get("messages") or []) if isinstance(self.body, dict) else []
+
+    @property
+    def last_user_text(self) -> str:
+        """The text blocks of the last user message, joined (handy in a responder)."""
+        users = [m for m in self.messages if m.get("role") == "user"]
+        if not users:
+            return ""
+        content = users[-1].get("content")
+        if isinstance(content, str):
+            return content
+        return "".join(str(b.get("text", "")) for b in content or [] if b.get("type") == "text")
+
+    @property
+    def tool_results(self) -> list[JSON]:
+        """The tool_result blocks of the last message (empty unless it answers tool calls)."""
+        if not self.messages:
+            return []
+        content = self.messages[-1].get("content")
+        if not isinstance(content, list):
+            return []
+        return [b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"]
 
     @property
     def api_key(self) -> str | None:
@@ -389,6 +416,13 @@ class FakeAnthropic:
 
     def add_error(self, item: ErrorReply) -> None:
         self.queue.append(item)
+
+    def reset(self) -> None:
+        """Forget the script, the recorded requests and the prompt cache."""
+        self.queue.clear()
+        self.requests.clear()
+        self.unexpected.clear()
+        self.cache.clear()
 
     @property
     def pending(self) -> int:
@@ -557,15 +591,16 @@ class FakeAnthropic:
             return await self._send(request, rec, self._message(spec, Reply([]), body, usage))
         scripted = await self._next_scripted(rec)
         if scripted is None:
-            self.unexpected.append(rec)
-            return self._error(
+            return self._script_problem(
                 rec,
-                500,
-                "api_error",
                 "FakeAnthropic has no scripted response for this request (queue empty, no "
                 "responder); script one with enqueue()/add_reply() or set responder.",
-                {"x-should-retry": "false"},
             )
+        problem = None
+        if isinstance(scripted, Reply):
+            problem = impossible_reply(scripted.content, scripted.stop_reason, body)
+        if problem is not None:
+            return self._script_problem(rec, f"FakeAnthropic script error: {problem}")
         latency = scripted.latency if scripted.latency is not None else self.default_latency
         if latency:
             await asyncio.sleep(latency)
@@ -578,6 +613,13 @@ class FakeAnthropic:
         usage = self.cache.account(spec.id, items, self.min_cacheable(spec))
         message = self._message(spec, scripted, body, usage)
         return await self._send(request, rec, message, scripted)
+
+    def _script_problem(self, rec: RecordedRequest, message: str) -> web.Response:
+        """Not an API behaviour: the test's script cannot answer this request. Recorded in
+        ``unexpected`` and answered 500 with x-should-retry: false (so the SDK does not retry)."""
+        rec.note = message
+        self.unexpected.append(rec)
+        return self._error(rec, 500, "api_error", message, {"x-should-retry": "false"})
 
     async def _next_scripted(self, rec: RecordedRequest) -> Scripted | None:
         if self.queue:
@@ -599,12 +641,12 @@ class FakeAnthropic:
         if thinking_type(body) == "enabled" and body["max_tokens"] > 0:
             if not content or content[0].get("type") not in ("thinking", "redacted_thinking"):
                 content.insert(0, thinking(""))  # with `enabled`, a reply always starts thinking
-        stop_reason = scripted.stop_reason
+        stop_reason = scripted.stop_reason if body["max_tokens"] > 0 else "max_tokens"
         stop_sequence = None
-        content, hit = _apply_stop_sequences(content, body.get("stop_sequences") or [])
+        content, hit = apply_stop_sequences(content, body.get("stop_sequences") or [])
         if hit is not None:
             stop_reason, stop_sequence = "stop_sequence", hit
-        content, truncated = _truncate(content, int(body["max_tokens"]))
+        content, truncated = truncate_output(content, int(body["max_tokens"]), sign_thinking)
         if truncated:
             stop_reason, stop_sequence = "max_tokens", None
         if stop_reason is None:
@@ -612,6 +654,8 @@ class FakeAnthropic:
             stop_reason = "tool_use" if has_tool else "end_turn"
         output = sum(estimate_block_tokens(b) for b in content)
         output = min(max(output, 1), int(body["max_tokens"]))
+        if _thinking_display(body, spec) == "omitted":  # billed in full, returned empty
+            content = [_omit_thinking(b) for b in content]
         return {
             "id": _rand_id("msg_01"),
             "type": "message",
@@ -743,52 +787,20 @@ class FakeAnthropic:
         return events
 
 
+def _thinking_display(body: JSON, spec: ModelSpec) -> str:
+    config = body.get("thinking")
+    display = config.get("display") if isinstance(config, dict) else None
+    return str(display or spec.thinking_display)
+
+
+def _omit_thinking(block: JSON) -> JSON:
+    if block.get("type") != "thinking":
+        return block
+    return {**block, "thinking": "", "signature": sign_thinking("")}
+
+
 def _chunks(value: str, size: int) -> list[str]:
     return [value[i : i + size] for i in range(0, len(value), size)]
-
-
-def _apply_stop_sequences(content: list[JSON], stops: list[str]) -> tuple[list[JSON], str | None]:
-    for index, block in enumerate(content):
-        if block.get("type") != "text":
-            continue
-        found = [(block["text"].find(s), s) for s in stops if s and s in block["text"]]
-        if found:
-            pos, seq = min(found)
-            cut = {**block, "text": block["text"][:pos]}
-            kept = content[:index] + ([cut] if cut["text"] else [])
-            return kept, seq
-    return content, None
-
-
-def _truncate(content: list[JSON], budget: int) -> tuple[list[JSON], bool]:
-    """Keep what fits in ``budget`` output tokens (by THE estimate); cut text/thinking inside."""
-    kept: list[JSON] = []
-    for block in content:
-        cost = estimate_block_tokens(block)
-        if cost <= budget:
-            kept.append(block)
-            budget -= cost
-            continue
-        key = {"text": "text", "thinking": "thinking"}.get(str(block.get("type")))
-        if key is not None:
-            lo, hi = 0, len(block[key])
-            while lo < hi:  # longest prefix whose block still fits
-                mid = (lo + hi + 1) // 2
-                if estimate_block_tokens(_cut(block, key, mid)) <= budget:
-                    lo = mid
-                else:
-                    hi = mid - 1
-            if lo > 0:
-                kept.append(_cut(block, key, lo))
-        return kept, True
-    return kept, False
-
-
-def _cut(block: JSON, key: str, length: int) -> JSON:
-    cut = {**block, key: block[key][:length]}
-    if key == "thinking":
-        cut["signature"] = sign_thinking(cut["thinking"])
-    return cut
 
 
 __all__ = [

@@ -231,3 +231,54 @@ class PromptCache:
 def _ttl(cache_control: JSON | None) -> str:
     ttl = (cache_control or {}).get("ttl", "5m")
     return ttl if ttl in TTL_SECONDS else "5m"
+
+
+# ------------------------------------------------------------------------- output (same estimate)
+
+
+def apply_stop_sequences(content: list[JSON], stops: list[str]) -> tuple[list[JSON], str | None]:
+    """Cut the first text block at the earliest stop sequence (which is not returned)."""
+    for index, block in enumerate(content):
+        if block.get("type") != "text":
+            continue
+        found = [(block["text"].find(s), s) for s in stops if s and s in block["text"]]
+        if found:
+            pos, seq = min(found)
+            cut = {**block, "text": block["text"][:pos]}
+            kept = content[:index] + ([cut] if cut["text"] else [])
+            return kept, seq
+    return content, None
+
+
+def truncate_output(
+    content: list[JSON], budget: int, sign: Callable[[str], str]
+) -> tuple[list[JSON], bool]:
+    """Keep what fits in ``budget`` output tokens (by THE estimate), cutting a text or thinking
+    block inside (a cut thinking block is re-signed with ``sign``); blocks after it are dropped."""
+    kept: list[JSON] = []
+    for block in content:
+        cost = estimate_block_tokens(block)
+        if cost <= budget:
+            kept.append(block)
+            budget -= cost
+            continue
+        key = {"text": "text", "thinking": "thinking"}.get(str(block.get("type")))
+        if key is not None:
+            lo, hi = 0, len(block[key])
+            while lo < hi:  # longest prefix whose block still fits
+                mid = (lo + hi + 1) // 2
+                if estimate_block_tokens(_cut(block, key, mid, sign)) <= budget:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            if lo > 0:
+                kept.append(_cut(block, key, lo, sign))
+        return kept, True
+    return kept, False
+
+
+def _cut(block: JSON, key: str, length: int, sign: Callable[[str], str]) -> JSON:
+    cut = {**block, key: block[key][:length]}
+    if key == "thinking":
+        cut["signature"] = sign(cut["thinking"])
+    return cut

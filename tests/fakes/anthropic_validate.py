@@ -404,3 +404,20 @@ def _check_cache_control(body: JSON) -> None:
                 "cache_control block with ttl='5m'."
             )
         seen_5m = seen_5m or ttl == "5m"
+
+
+def impossible_reply(content: list[JSON], stop_reason: str | None, body: JSON) -> str | None:
+    """Why a scripted reply is one the real model could not give to this request (a test bug)."""
+    names = {str(t.get("name")) for t in body.get("tools") or [] if isinstance(t, dict)}
+    calls = [b.get("name") for b in content if b.get("type") == "tool_use"]
+    for name in calls:
+        if name not in names:
+            return f"scripted tool_use {name!r} is not among the request's tools {sorted(names)}"
+    choice = body.get("tool_choice") or {}
+    if choice.get("type") == "none" and calls:
+        return "scripted tool_use, but the request has tool_choice none"
+    if choice.get("type") in ("any", "tool") and not calls and stop_reason != "refusal":
+        return f"the request forces tool use ({choice}) but the scripted reply calls no tool"
+    if choice.get("type") == "tool" and any(n != choice.get("name") for n in calls):
+        return f"the request forces tool {choice.get('name')!r}, the script calls {calls}"
+    return None
