@@ -706,3 +706,16 @@ async def test_base_url_from_environment(
         await env_client.messages.create(model=MODEL, max_tokens=64, messages=USER)
     assert fake_anthropic.last_request.api_key == "sk-from-env"
     assert fake_anthropic.last_request.headers["anthropic-version"]
+
+
+async def test_a_crashing_responder_is_recorded(
+    fake_anthropic: FakeAnthropic, client: anthropic.AsyncAnthropic
+) -> None:
+    def broken(request: RecordedRequest) -> Reply:
+        raise KeyError("oops")
+
+    fake_anthropic.responder = broken
+    with pytest.raises(anthropic.InternalServerError):
+        await client.messages.create(model=MODEL, max_tokens=64, messages=USER)
+    assert len(fake_anthropic.message_requests) == 1  # x-should-retry: false, no SDK retries
+    assert "KeyError" in (fake_anthropic.unexpected[0].note or "")

@@ -489,6 +489,8 @@ class FakeAnthropic:
             raise ApiError(404, "not_found_error", "Not Found")
         except ApiError as err:
             return self._error(rec, err.status, err.error_type, err.message)
+        except Exception as exc:  # a bug in a responder or in the fake: make it visible
+            return self._script_problem(rec, f"FakeAnthropic crashed: {exc!r}")
 
     def _check_auth(self, rec: RecordedRequest) -> None:
         auth = rec.headers.get("authorization", "")
