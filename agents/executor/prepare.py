@@ -1,0 +1,64 @@
+"""Prepare a turn: the exact request for the next model call, with its cache breakpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from agents.caching import system_blocks, tools_without_markers, with_moving_breakpoint
+from agents.model.types import ModelRequest
+from agents.run import Run
+from agents.tokens import estimate
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """The byte-stable part of every request in a run: tools and system."""
+
+    system: list[dict[str, Any]]
+    tools: list[dict[str, Any]]
+    sha256: str
+    tokens: int
+
+    @classmethod
+    def build(cls, system: str, tools: list[dict[str, Any]]) -> Prefix:
+        blocks = system_blocks(system)
+        clean_tools = tools_without_markers(tools)
+        digest = hashlib.sha256(
+            json.dumps([clean_tools, blocks], sort_keys=True, ensure_ascii=False).encode()
+        ).hexdigest()
+        return cls(blocks, clean_tools, digest, estimate(clean_tools) + estimate(blocks))
+
+
+def build_request(
+    run: Run,
+    prefix: Prefix,
+    messages: list[dict[str, Any]],
+    *,
+    max_tokens: int,
+    thinking: dict[str, Any] | None = None,
+    tool_choice: dict[str, Any] | None = None,
+) -> ModelRequest:
+    return ModelRequest(
+        model=run.model,
+        max_tokens=max_tokens,
+        system=prefix.system,
+        tools=prefix.tools,
+        messages=with_moving_breakpoint(messages),
+        thinking=thinking,
+        tool_choice=tool_choice,
+    )
+
+
+def budget_note(left_usd: float, cap_usd: float) -> dict[str, Any]:
+    """Told to the model once spend passes the warning line, so it can wrap up."""
+    return {
+        "type": "text",
+        "text": (
+            f"[keel] Budget note: ${left_usd:.4f} of this run's ${cap_usd:.2f} budget is left. "
+            "Wrap up now: finish with the best answer you can give, and avoid further tool calls "
+            "unless they are essential."
+        ),
+    }

@@ -1,0 +1,95 @@
+"""The real model client: ``anthropic.AsyncAnthropic`` behind the seam.
+
+The SDK retries 408/409/429/5xx and connection errors itself (bounded by ``max_retries``, honouring
+``retry-after``); what is left after that becomes a ``ModelCallError``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anthropic
+
+from agents.errors import ModelCallError
+from agents.model.types import ModelRequest, ModelResponse, OnText, usage_from_api
+
+
+class AnthropicModelClient:
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str | None = None,
+        max_retries: int = 2,
+        timeout_s: float = 600.0,
+    ) -> None:
+        self._client = anthropic.AsyncAnthropic(
+            api_key=api_key, base_url=base_url, max_retries=max_retries, timeout=timeout_s
+        )
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def create(self, request: ModelRequest, *, on_text: OnText | None = None) -> ModelResponse:
+        body = request.to_api()
+        started = time.monotonic()
+        try:
+            if on_text is None:
+                raw = await self._client.messages.with_raw_response.create(**body)
+                message = raw.parse()
+                request_id = raw.headers.get("request-id")
+            else:
+                async with self._client.messages.stream(**body) as stream:
+                    async for event in stream:
+                        if event.type == "text":
+                            await on_text(event.text)
+                    message = await stream.get_final_message()
+                request_id = getattr(message, "_request_id", None)
+        except anthropic.APIStatusError as exc:
+            raise ModelCallError(
+                f"model API answered {exc.status_code}: {_error_message(exc)}",
+                status=exc.status_code,
+                retryable=exc.status_code in (408, 409, 429) or exc.status_code >= 500,
+            ) from None
+        except anthropic.APIConnectionError as exc:
+            raise ModelCallError(f"model API unreachable: {exc}", retryable=True) from None
+        except anthropic.APIError as exc:  # e.g. an error event in the middle of a stream
+            raise ModelCallError(f"model API error: {exc}", retryable=True) from None
+        dumped: dict[str, Any] = message.model_dump(mode="json", exclude_none=True)
+        return ModelResponse(
+            id=dumped.get("id", ""),
+            model=dumped.get("model", request.model),
+            content=[_clean_block(b) for b in dumped.get("content", [])],
+            stop_reason=dumped.get("stop_reason"),
+            usage=usage_from_api(dumped.get("usage")),
+            request_id=request_id,
+            latency_s=time.monotonic() - started,
+        )
+
+
+def _error_message(exc: anthropic.APIStatusError) -> str:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error")
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])
+    return str(exc.message)
+
+
+def _clean_block(block: dict[str, Any]) -> dict[str, Any]:
+    """A response block in the shape it is sent back in (drops SDK-only fields)."""
+    kind = block.get("type")
+    if kind == "text":
+        out: dict[str, Any] = {"type": "text", "text": block.get("text", "")}
+        if block.get("citations"):
+            out["citations"] = block["citations"]
+        return out
+    if kind == "tool_use":
+        return {"type": "tool_use", "id": block["id"], "name": block["name"],
+                "input": block.get("input", {})}
+    if kind == "thinking":
+        return {"type": "thinking", "thinking": block.get("thinking", ""),
+                "signature": block.get("signature", "")}
+    if kind == "redacted_thinking":
+        return {"type": "redacted_thinking", "data": block.get("data", "")}
+    return block
