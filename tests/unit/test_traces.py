@@ -1,0 +1,84 @@
+import gzip
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from datetime import date, timedelta
+from pathlib import Path
+
+from storage.traces import REDACTED, Redactor, TraceStore
+
+
+def test_events_are_appended_with_sequence_and_secrets_scrubbed(tmp_path: Path) -> None:
+    store = TraceStore(tmp_path, redactor=Redactor(["sk-ant-secret-key"]))
+    w = store.writer(trace_id="t1", run_id="r1")
+    w.emit("run_start", agent="a")
+    w.emit("model_request", headers={"x-api-key": "whatever"}, note="key sk-ant-secret-key here")
+    w.close()
+    events = store.read("t1")
+    assert [e["seq"] for e in events] == [1, 2]
+    assert {e["type"] for e in events} == {"run_start", "model_request"}
+    assert all(e["trace_id"] == "t1" and e["run_id"] == "r1" and "ts" in e for e in events)
+    text = store.find("t1").path.read_text()  # type: ignore[union-attr]
+    assert "sk-ant-secret-key" not in text and REDACTED in text
+    assert events[1]["headers"]["x-api-key"] == REDACTED
+
+
+def test_a_killed_writer_leaves_complete_lines(tmp_path: Path) -> None:
+    script = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+        from pathlib import Path
+        from storage.traces import TraceStore
+        w = TraceStore(Path({str(tmp_path)!r})).writer(trace_id="t", run_id="r")
+        for i in range(50):
+            w.emit("model_response", i=i, content=[{{"type": "text", "text": "x" * 500}}])
+        os.kill(os.getpid(), 9)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], timeout=30)
+    assert proc.returncode == -9
+    events = TraceStore(tmp_path).read("t")
+    assert [e["i"] for e in events] == list(range(50))
+    for line in TraceStore(tmp_path).find("t").path.read_text().splitlines():  # type: ignore[union-attr]
+        json.loads(line)
+
+
+def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
+    store = TraceStore(tmp_path)
+    w = store.writer(trace_id="t", run_id="r")
+    w.emit("run_start")
+    w.close()
+    with store.find("t").path.open("a") as fh:  # type: ignore[union-attr]
+        fh.write('{"ts": "2026-01-01", "type": "mod')
+    assert [e["type"] for e in store.read("t")] == ["run_start"]
+
+
+def test_resumed_writer_continues_the_sequence(tmp_path: Path) -> None:
+    store = TraceStore(tmp_path)
+    w = store.writer(trace_id="t", run_id="r")
+    w.emit("a")
+    w.close()
+    w = store.writer(trace_id="t", run_id="r")
+    w.emit("b")
+    w.close()
+    assert [(e["type"], e["seq"]) for e in store.read("t")] == [("a", 1), ("b", 2)]
+
+
+def test_housekeeping_gzips_old_days_and_deletes_past_retention(tmp_path: Path) -> None:
+    store = TraceStore(tmp_path)
+    today = date(2026, 11, 24)
+    for age in (0, 1, 40):
+        w = store.writer(trace_id=f"t{age}", run_id="r", day=today - timedelta(days=age))
+        w.emit("run_start", age=age)
+        w.close()
+    zipped, deleted = store.housekeep(retention_days=30, today=today)
+    assert (zipped, deleted) == (1, 1)
+    assert store.find("t0").path.suffix == ".jsonl"  # type: ignore[union-attr]
+    old = store.find("t1")
+    assert old is not None and old.path.name.endswith(".jsonl.gz")
+    assert store.read("t1")[0]["age"] == 1
+    with gzip.open(old.path, "rt") as fh:
+        assert json.loads(fh.readline())["age"] == 1
+    assert store.find("t40") is None
+    assert not os.path.exists(tmp_path / (today - timedelta(days=40)).isoformat())
