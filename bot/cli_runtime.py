@@ -1,9 +1,234 @@
-"""`keel agent`, `keel chat`, `keel trace`, `keel schedule`: commands over the agent runtime."""
+"""`keel agent`, `keel chat`, `keel trace`: commands over the agent runtime (no Telegram)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from agents.config import Settings
+from agents.errors import DailyCapExceeded, KeelError
+from agents.run import EXIT_CODES, RunResult, describe
+
+EXIT_USAGE = 2
+LOCAL_CHAT_ID = -1  # the terminal's conversation, beside Telegram's (which are never negative -1)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Filled in as the runtime lands."""
+    agent = sub.add_parser("agent", help="list agents or run one headless").add_subparsers(
+        dest="agent_command", metavar="SUBCOMMAND", required=True)
+    p = agent.add_parser("list", help="the agents keel knows (built-in and keel.toml)")
+    p.set_defaults(handler=_agent_list)
+    codes = ", ".join(f"{v} {k}" for k, v in sorted(EXIT_CODES.items(), key=lambda kv: kv[1]))
+    p = agent.add_parser(
+        "run", help="run an agent once on a task and print its answer",
+        description="Run NAME on TASK headless, within its limits, and print the final output. "
+        f"Exit status: {codes}, 2 bad usage or configuration.")
+    p.add_argument("name", metavar="NAME", help="agent name (see `keel agent list`)")
+    p.add_argument("task", metavar="TASK", help="what the agent should do")
+    p.add_argument("--budget-usd", type=float, help="cap for this run in USD")
+    p.add_argument("--max-steps", type=int, help="most tool calls")
+    p.add_argument("--timeout", type=float, metavar="S", help="wall-clock deadline in seconds")
+    p.add_argument("--json", action="store_true", help="print one JSON object with the result")
+    p.set_defaults(handler=_agent_run)
+
+    p = sub.add_parser("chat", help="talk to an agent in the terminal (same sessions as the bot)",
+                       description="A terminal conversation with AGENT (default: the default "
+                       "agent), with history, caching, compaction and limits as in Telegram. "
+                       "Type /new for a fresh session, /quit or Ctrl-D to leave.")
+    p.add_argument("agent", nargs="?", metavar="AGENT")
+    p.set_defaults(handler=_chat)
+
+    trace = sub.add_parser("trace", help="read run traces").add_subparsers(
+        dest="trace_command", metavar="SUBCOMMAND", required=True)
+    p = trace.add_parser("list", help="traces of a day (default: all days)")
+    p.add_argument("--date", metavar="YYYY-MM-DD")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_trace_list)
+    p = trace.add_parser("show", help="a run's summary, or the exact JSON of one model request")
+    p.add_argument("id", metavar="ID", help="trace id (or a unique prefix of it)")
+    p.add_argument("--request", type=int, metavar="N", help="print the N-th model request (1-based)")
+    p.add_argument("--json", action="store_true", help="print the raw events")
+    p.set_defaults(handler=_trace_show)
+
+
+async def _open_runtime(settings: Settings) -> Any:
+    from agents.runtime import Runtime
+
+    return await Runtime.open(settings)
+
+
+# ------------------------------------------------------------------ keel agent
+
+
+def _agent_list(args: argparse.Namespace, settings: Settings) -> int:
+    from agents.config import load_keel_file
+    from agents.runtime import build_agents
+    from agents.tools import builtin_registry, load_tool_modules
+
+    keel_file = load_keel_file(settings.config_path)
+    registry = builtin_registry()
+    load_tool_modules(registry, keel_file.tool_modules)
+    for spec in build_agents(settings, keel_file, registry).values():
+        model = spec.model or settings.executor_model
+        print(f"{spec.name:<12} {spec.description}")
+        print(f"{'':<12} model {model}, pattern {spec.pattern}, tools: {', '.join(spec.tools) or '-'}"
+              f"; budget ${spec.limits.budget_usd:.2f}, {spec.limits.max_steps} steps, "
+              f"{spec.limits.timeout_s:g} s")
+    return 0
+
+
+def _agent_run(args: argparse.Namespace, settings: Settings) -> int:
+    return asyncio.run(_agent_run_async(args, settings))
+
+
+async def _agent_run_async(args: argparse.Namespace, settings: Settings) -> int:
+    from agents.runtime import RunRequest
+
+    runtime = await _open_runtime(settings)
+    try:
+        spec = runtime.agent(args.name)
+        limits = spec.limits.overridden(budget_usd=args.budget_usd, max_steps=args.max_steps,
+                                        timeout_s=args.timeout)
+        task = {"role": "user", "content": [{"type": "text", "text": args.task}]}
+        try:
+            result = await runtime.run(RunRequest(agent=spec.name, messages=[task], new_from=0,
+                                                  kind="cli", limits=limits))
+        except DailyCapExceeded as exc:
+            print(f"keel: {exc}", file=sys.stderr)
+            return EXIT_CODES["budget_exceeded"]
+    except KeelError as exc:
+        print(f"keel: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        await runtime.close()
+    _print_result(result, as_json=args.json)
+    return result.exit_code
+
+
+def _print_result(result: RunResult, *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result.as_json(), ensure_ascii=False))
+        return
+    if result.output:
+        print(result.output)
+    if result.status != "completed":
+        print(f"\n[{result.status}] {describe(result.status)}"
+              + (f": {result.detail}" if result.detail else ""), file=sys.stderr)
+    print(f"[run {result.run_id} · trace {result.trace_id} · ${result.cost_usd:.4f} · "
+          f"{result.steps} tool call(s) · cache hit {result.usage.cache_hit_ratio:.0%}]",
+          file=sys.stderr)
+
+
+# ------------------------------------------------------------------ keel chat
+
+
+def _chat(args: argparse.Namespace, settings: Settings) -> int:
+    return asyncio.run(_chat_async(args, settings))
+
+
+async def _chat_async(args: argparse.Namespace, settings: Settings) -> int:
+    from agents.sessions import Sessions
+
+    runtime = await _open_runtime(settings)
+    try:
+        agent = runtime.agent(args.agent or runtime.default_agent).name
+        sessions = Sessions(runtime)
+        interactive = sys.stdin.isatty()
+        if interactive:
+            print(f"keel chat with {agent!r}. /new starts a fresh session, /quit leaves.")
+        loop = asyncio.get_running_loop()
+        while True:
+            if interactive:
+                print("you> ", end="", flush=True)
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            if not line:
+                break
+            text = line.strip()
+            if not text:
+                continue
+            if text in ("/quit", "/exit"):
+                break
+            if text == "/new":
+                conversation = await runtime.conversations.get_or_create(LOCAL_CHAT_ID, None)
+                await runtime.conversations.archive_sessions(conversation.id)
+                print("(fresh session)")
+                continue
+            try:
+                turn = await sessions.turn(chat_id=LOCAL_CHAT_ID, thread_id=None, agent=agent,
+                                           content=[{"type": "text", "text": text}], user_id=None,
+                                           kind="cli")
+            except KeelError as exc:
+                print(f"keel: {exc}", file=sys.stderr)
+                continue
+            result = turn.result
+            print(f"{agent}> {result.output or ''}".rstrip())
+            stats = await runtime.conversations.session_stats(turn.session_id)
+            print(f"  [{result.status} · ${result.cost_usd:.4f} · in {result.usage.input_tokens} "
+                  f"· cache read {result.usage.cache_read_tokens} · write "
+                  f"{result.usage.cache_write_tokens} · session cache hit "
+                  f"{stats.cache_hit_ratio:.0%} · trace {result.trace_id}]", file=sys.stderr)
+    except KeelError as exc:
+        print(f"keel: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        await runtime.close()
+    return 0
+
+
+# ------------------------------------------------------------------ keel trace
+
+
+def _trace_store(settings: Settings) -> Any:
+    from storage.traces import TraceStore
+
+    return TraceStore(settings.traces_dir)
+
+
+def _trace_list(args: argparse.Namespace, settings: Settings) -> int:
+    from agents.trace_view import summarise
+
+    rows = []
+    for item in _trace_store(settings).list(args.date):
+        s = summarise(_trace_store(settings).read(item.trace_id))
+        rows.append({"trace_id": item.trace_id, "day": item.day, "agent": s.agent,
+                     "status": s.status, "cost_usd": round(s.cost_usd, 6), "steps": s.steps,
+                     "model_calls": s.model_calls})
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False))
+        return 0
+    if not rows:
+        print("no traces" + (f" on {args.date}" if args.date else ""))
+        return 0
+    for r in rows:
+        print(f"{r['day']}  {r['trace_id']}  {r['agent'] or '?':<12} {r['status']:<16} "
+              f"${r['cost_usd']:.4f}  {r['steps']} tool call(s)")
+    return 0
+
+
+def _trace_show(args: argparse.Namespace, settings: Settings) -> int:
+    from agents.trace_view import reconstruct_requests, render_summary, summarise
+
+    store = _trace_store(settings)
+    try:
+        events = store.read(args.id)
+    except FileNotFoundError:
+        print(f"keel: no trace {args.id!r} under {settings.traces_dir} "
+              "(see `keel trace list`)", file=sys.stderr)
+        return 1
+    if args.json:
+        for e in events:
+            print(json.dumps(e, ensure_ascii=False))
+        return 0
+    if args.request is not None:
+        bodies = reconstruct_requests(events)
+        if not 1 <= args.request <= len(bodies):
+            print(f"keel: trace {args.id!r} has {len(bodies)} model request(s); "
+                  f"ask for 1..{len(bodies)}", file=sys.stderr)
+            return EXIT_USAGE
+        print(json.dumps(bodies[args.request - 1], ensure_ascii=False, indent=2))
+        return 0
+    print(render_summary(summarise(events)))
+    return 0

@@ -91,11 +91,9 @@ class Database:
                 await conn.commit()
 
     async def execute_write(self, sql: str, params: Params = ()) -> int:
-        """One statement in its own transaction; returns the row count (or lastrowid for inserts)."""
+        """One statement in its own transaction; returns the number of rows it changed."""
         async with self.write() as conn:
             cursor = await conn.execute(sql, params)
-            if sql.lstrip().upper().startswith("INSERT"):
-                return cursor.lastrowid or 0
             return cursor.rowcount
 
     # ------------------------------------------------------------ reads

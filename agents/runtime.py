@@ -1,0 +1,274 @@
+"""The runtime: everything a run needs, assembled once per process, free of Telegram.
+
+The bot, the scheduler and the command line all start runs through ``Runtime.run`` so the same
+limits, traces, ledger and statuses hold whichever door a run came in by.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agents.catalog import builtin_agents
+from agents.config import KeelFile, Settings, load_keel_file, price_table
+from agents.errors import ConfigError, DailyCapExceeded, KeelError
+from agents.executor import Hooks, execute
+from agents.executor.loop import OnProgress
+from agents.model.types import ModelClient
+from agents.pricing import PriceTable, Usage
+from agents.router import RouteDecision, route
+from agents.run import Run, RunKind, RunResult, new_id
+from agents.spec import AgentSpec, Limits
+from agents.tools import ToolRegistry, builtin_registry, load_tool_modules
+from agents.tools.contract import ToolContext
+from storage.conversations import ConversationRepository
+from storage.db import Database
+from storage.idempotency import IdempotencyStore
+from storage.runs import RunRepository, RunTotals
+from storage.traces import Redactor, TraceStore
+from storage.usage import UsageDelta, UsageLedger
+
+log = logging.getLogger(__name__)
+
+
+class UnknownAgentError(KeelError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(f"No agent named {name!r}. Known agents: {', '.join(sorted(known))}.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRequest:
+    """Who asks which agent to do what, and where the answer goes."""
+
+    agent: str
+    messages: list[dict[str, Any]]
+    """History (oldest first) followed by this run's task message."""
+    new_from: int
+    kind: RunKind = "cli"
+    user_id: int | None = None
+    chat_id: int | None = None
+    thread_id: int | None = None
+    session_id: int | None = None
+    limits: Limits | None = None
+    route: RouteDecision | None = None
+    """How the agent was chosen; its cost counts against this run's budget."""
+
+
+class Runtime:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        db: Database,
+        model: ModelClient,
+        registry: ToolRegistry,
+        agents: dict[str, AgentSpec],
+        prices: PriceTable,
+        keel_file: KeelFile,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.model = model
+        self.registry = registry
+        self.agents = agents
+        self.prices = prices
+        self.keel_file = keel_file
+        self.traces = TraceStore(settings.traces_dir, redactor=Redactor(settings.secrets()))
+        self.runs = RunRepository(db)
+        self.usage = UsageLedger(db)
+        self.idempotency = IdempotencyStore(db)
+        self.conversations = ConversationRepository(db)
+        self._active: dict[str, tuple[Run, asyncio.Task[Any]]] = {}
+
+    # ------------------------------------------------------------------ assembly
+
+    @classmethod
+    async def open(
+        cls,
+        settings: Settings,
+        *,
+        model: ModelClient | None = None,
+        registry: ToolRegistry | None = None,
+    ) -> Runtime:
+        keel_file = load_keel_file(settings.config_path)
+        prices = price_table(keel_file)
+        registry = registry or builtin_registry()
+        if keel_file.tool_modules:
+            load_tool_modules(registry, keel_file.tool_modules)
+        agents = build_agents(settings, keel_file, registry)
+        for spec in agents.values():
+            prices.require(spec.model or settings.executor_model)
+        if model is None:
+            from agents.model.anthropic_client import AnthropicModelClient
+
+            model = AnthropicModelClient(
+                api_key=settings.require_anthropic_key(),
+                base_url=settings.anthropic_base_url,
+                max_retries=settings.anthropic_max_retries,
+                timeout_s=settings.run_timeout_s,
+            )
+        db = await Database.open(settings.db_path)
+        return cls(settings=settings, db=db, model=model, registry=registry, agents=agents,
+                   prices=prices, keel_file=keel_file)
+
+    async def close(self) -> None:
+        close: Callable[[], Any] | None = getattr(self.model, "close", None)
+        if close is not None:
+            await close()
+        await self.db.close()
+
+    def agent(self, name: str) -> AgentSpec:
+        try:
+            return self.agents[name]
+        except KeyError:
+            raise UnknownAgentError(name, list(self.agents)) from None
+
+    @property
+    def default_agent(self) -> str:
+        name = self.keel_file.default_agent
+        return name if name in self.agents else next(iter(self.agents))
+
+    # ------------------------------------------------------------------ runs
+
+    async def check_daily_caps(self, user_id: int | None) -> None:
+        if user_id is not None:
+            spent = await self.usage.spent(user_id=user_id)
+            if spent >= self.settings.daily_budget_usd_per_user:
+                raise DailyCapExceeded(f"user {user_id}", spent,
+                                       self.settings.daily_budget_usd_per_user)
+        total = await self.usage.spent()
+        if total >= self.settings.daily_budget_usd_total:
+            raise DailyCapExceeded("all users", total, self.settings.daily_budget_usd_total)
+
+    async def run(
+        self,
+        request: RunRequest,
+        *,
+        on_progress: OnProgress | None = None,
+        run_id: str | None = None,
+    ) -> RunResult:
+        """Start and finish one run. Raises only for what prevents a start (config, daily caps)."""
+        spec = self.agent(request.agent)
+        model_name = spec.model or self.settings.executor_model
+        price = self.prices.require(model_name)
+        await self.check_daily_caps(request.user_id)
+        limits = request.limits or spec.limits
+        trace_id, rid = new_id(), run_id or new_id()
+        trace = self.traces.writer(trace_id=trace_id, run_id=rid)
+        run = Run(agent=spec, model=model_name, price=price, limits=limits, trace=trace,
+                  kind=request.kind, id=rid, trace_id=trace_id, user_id=request.user_id,
+                  chat_id=request.chat_id, thread_id=request.thread_id)
+        await self.runs.start(run_id=run.id, trace_id=run.trace_id, agent=spec.name,
+                              kind=request.kind, budget_usd=limits.budget_usd,
+                              user_id=request.user_id, chat_id=request.chat_id,
+                              thread_id=request.thread_id, session_id=request.session_id)
+        trace.emit("run_start", agent=spec.name, kind=request.kind, model=model_name,
+                   pattern=spec.pattern, user_id=request.user_id, chat_id=request.chat_id,
+                   thread_id=request.thread_id, session_id=request.session_id,
+                   limits=_limits_dict(limits), tools=list(spec.tools),
+                   history_messages=request.new_from)
+        if request.route is not None:
+            trace.emit("route", **request.route.trace_payload())
+            if request.route.cost_usd:
+                run.budget.spent_usd += request.route.cost_usd
+                run.usage = run.usage + request.route.usage
+                await self._record_usage(run, request.route.usage, request.route.cost_usd)
+        task = asyncio.current_task()
+        if task is not None:
+            self._active[run.id] = (run, task)
+        try:
+            result = await execute(
+                run, model=self.model, catalog=self.registry.catalog(list(spec.tools)),
+                tool_ctx=self._tool_context(run), messages=request.messages,
+                new_from=request.new_from,
+                hooks=Hooks(on_usage=self._record_usage, on_progress=on_progress),
+            )
+        finally:
+            self._active.pop(run.id, None)
+        await self._finish(run, result)
+        return result
+
+    def cancel(self, run_id: str) -> bool:
+        """Ask a running run to stop; it ends as ``cancelled``. False if it is not running here."""
+        entry = self._active.get(run_id)
+        if entry is None:
+            return False
+        run, task = entry
+        run.cancel_requested = True
+        task.cancel()
+        return True
+
+    def active_runs(self) -> list[Run]:
+        return [run for run, _ in self._active.values()]
+
+    async def route(self, text: str, *, current: str | None) -> RouteDecision:
+        """Pick the agent for a message with the router model (falls back to the default)."""
+        model = self.settings.router_model
+        return await route(self.model, model=model, price=self.prices.require(model),
+                           agents=self.agents, text=text, current=current,
+                           default=self.default_agent)
+
+    def _tool_context(self, run: Run) -> ToolContext:
+        return ToolContext(
+            run_id=run.id, agent=run.agent.name, emit=run.trace.emit,
+            idempotency=self.idempotency, default_timeout_s=run.limits.tool_timeout_s,
+            user_id=run.user_id, chat_id=run.chat_id, thread_id=run.thread_id,
+            timezone=self.settings.timezone,
+            extras={"fetch_allow_private": self.settings.fetch_allow_private},
+        )
+
+    async def _record_usage(self, run: Run, usage: Usage, cost: float) -> None:
+        # Written per call, so spend survives a crash mid-run and daily caps see it at once.
+        await self.usage.add(user_id=run.user_id, agent=run.agent.name, delta=UsageDelta(
+            cost_usd=cost, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens,
+        ))
+
+    async def _finish(self, run: Run, result: RunResult) -> None:
+        totals = RunTotals(
+            cost_usd=result.cost_usd, steps=result.steps, model_calls=result.model_calls,
+            input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens,
+            cache_read_tokens=result.usage.cache_read_tokens,
+            cache_write_tokens=result.usage.cache_write_tokens,
+        )
+        summary = result.as_json()
+        summary.pop("run_id"), summary.pop("trace_id")
+        run.trace.emit("run_end", **summary)
+        run.trace.close()
+        await asyncio.shield(self.runs.finish(
+            run.id, status=result.status, detail=result.detail, output=result.output,
+            totals=totals, state=result.state,
+        ))
+
+
+def _limits_dict(limits: Limits) -> dict[str, Any]:
+    return {"budget_usd": limits.budget_usd, "max_steps": limits.max_steps,
+            "timeout_s": limits.timeout_s, "tool_timeout_s": limits.tool_timeout_s,
+            "max_tokens": limits.max_tokens, "max_model_calls": limits.model_call_cap}
+
+
+def build_agents(settings: Settings, keel_file: KeelFile, registry: ToolRegistry) -> dict[str, AgentSpec]:
+    """Built-in agents plus those in keel.toml (a keel.toml agent replaces a built-in of its name)."""
+    defaults = Limits.from_settings(settings)
+    agents = builtin_agents(defaults)
+    for name, cfg in keel_file.agents.items():
+        system = cfg.system
+        if system is None and cfg.system_file is not None:
+            try:
+                system = cfg.system_file.read_text("utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"agent {name!r}: cannot read system_file: {exc}") from None
+        agents[name] = AgentSpec(
+            name=name, description=cfg.description, system=system or "", model=cfg.model,
+            tools=tuple(cfg.tools), limits=defaults.overridden(cfg.limits), pattern=cfg.pattern,
+        )
+    known = set(registry.names())
+    for spec in agents.values():
+        missing = [t for t in spec.tools if t not in known]
+        if missing:
+            raise ConfigError(f"agent {spec.name!r} names unknown tool(s) {missing}; known tools: "
+                              f"{', '.join(sorted(known))}")
+    return agents

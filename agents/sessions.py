@@ -1,0 +1,196 @@
+"""Sessions: a conversation's history per agent, loaded per message, appended per turn, compacted
+rarely.
+
+A *turn* starts with a person's message and ends with the agent's answer; every turn in stored
+history is resolved (runs that stop early leave a closed transcript), so compaction can always cut
+at a turn boundary and never in the middle of a tool loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import Any
+
+from agents.executor.loop import OnProgress
+from agents.router import RouteDecision
+from agents.run import RunResult
+from agents.runtime import RunRequest, Runtime
+from agents.spec import AgentSpec, Limits
+from agents.tokens import estimate
+from storage.conversations import StoredMessage
+
+log = logging.getLogger(__name__)
+
+DEFAULT_COMPACT_AT_TOKENS = 24_000
+"""Compact when the live history passes this estimate…"""
+DEFAULT_COMPACT_TO_FRACTION = 0.4
+"""…down to this fraction of it, so compaction (and the cache break it causes) stays rare."""
+KEEP_RECENT_TURNS = 2
+
+COMPACTOR = AgentSpec(
+    name="_compactor",
+    description="internal: summarises old conversation turns",
+    system=(
+        "You compress conversation history for an assistant. Write a faithful summary of the "
+        "conversation you are given: the person's goals, facts they stated (names, numbers, "
+        "preferences, decisions), what the assistant answered or did, and anything left open. "
+        "Keep concrete details that later turns may need. Plain prose or bullets, no preamble, "
+        "at most 300 words."
+    ),
+    limits=Limits(budget_usd=0.05, max_steps=1, timeout_s=60, max_tokens=1024),
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TurnResult:
+    result: RunResult
+    session_id: int
+    agent: str
+    compacted: bool
+
+
+class Sessions:
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        compact_at_tokens: int = DEFAULT_COMPACT_AT_TOKENS,
+        compact_to_fraction: float = DEFAULT_COMPACT_TO_FRACTION,
+    ) -> None:
+        self.runtime = runtime
+        self.compact_at_tokens = compact_at_tokens
+        self.compact_to_fraction = compact_to_fraction
+        self.repo = runtime.conversations
+
+    async def turn(
+        self,
+        *,
+        chat_id: int,
+        thread_id: int | None,
+        agent: str,
+        content: list[dict[str, Any]],
+        user_id: int | None,
+        kind: str = "chat",
+        on_progress: OnProgress | None = None,
+        run_id: str | None = None,
+        route: RouteDecision | None = None,
+    ) -> TurnResult:
+        """One person's message through one run; history appended; compaction when due."""
+        conversation = await self.repo.get_or_create(chat_id, thread_id)
+        session_id = await self.repo.live_session(conversation.id, agent)
+        history = await self.repo.history(session_id)
+        messages = to_messages(history)
+        task = {"role": "user", "content": content}
+        request = RunRequest(
+            agent=agent, messages=[*messages, task], new_from=len(messages),
+            kind="chat" if kind == "chat" else "cli", user_id=user_id, chat_id=chat_id,
+            thread_id=thread_id, session_id=session_id, route=route,
+        )
+        result = await self.runtime.run(request, on_progress=on_progress, run_id=run_id)
+        if result.status != "waiting_human":
+            await self.record(session_id, result)
+        compacted = await self.maybe_compact(session_id, user_id=user_id)
+        return TurnResult(result=result, session_id=session_id, agent=agent, compacted=compacted)
+
+    async def record(self, session_id: int, result: RunResult) -> None:
+        """Append a finished run's transcript and its usage to the session."""
+        await self.repo.append(
+            session_id, [(m["role"], m["content"], estimate(m)) for m in result.messages],
+            run_id=result.run_id,
+        )
+        await self.repo.add_session_usage(
+            session_id, input_tokens=result.usage.input_tokens,
+            cache_read=result.usage.cache_read_tokens, cache_write=result.usage.cache_write_tokens,
+            output=result.usage.output_tokens,
+        )
+
+    # ------------------------------------------------------------------ compaction
+
+    async def maybe_compact(self, session_id: int, *, user_id: int | None) -> bool:
+        history = await self.repo.history(session_id)
+        total = sum(m.tokens for m in history)
+        if total <= self.compact_at_tokens:
+            return False
+        turns = split_turns(history)
+        if len(turns) <= KEEP_RECENT_TURNS:
+            return False
+        target = self.compact_at_tokens * self.compact_to_fraction
+        chosen: list[StoredMessage] = []
+        remaining = total
+        for turn in turns[:-KEEP_RECENT_TURNS]:
+            if remaining <= target:
+                break
+            chosen.extend(turn)
+            remaining -= sum(m.tokens for m in turn)
+        if not chosen:
+            return False
+        summary = await self._summarise(chosen, user_id=user_id)
+        if summary is None:
+            log.warning("session %s: summarising failed; dropping %d old messages", session_id,
+                        len(chosen))
+            await self.repo.compact(session_id, [m.id for m in chosen], None, 0)
+        else:
+            block = [{"type": "text", "text": f"[Summary of the earlier conversation]\n{summary}"}]
+            await self.repo.compact(session_id, [m.id for m in chosen], block, estimate(block))
+        return True
+
+    async def _summarise(self, messages: list[StoredMessage], *, user_id: int | None) -> str | None:
+        transcript = render_transcript(messages)
+        if COMPACTOR.name not in self.runtime.agents:
+            self.runtime.agents[COMPACTOR.name] = replace(
+                COMPACTOR, model=self.runtime.settings.router_model)
+        try:
+            result = await self.runtime.run(RunRequest(
+                agent=COMPACTOR.name,
+                messages=[{"role": "user", "content": [{"type": "text", "text": transcript}]}],
+                new_from=0, kind="cli", user_id=user_id,
+            ))
+        except Exception as exc:  # caps, config: fall back to dropping
+            log.warning("compaction run could not start: %s", exc)
+            return None
+        if result.status != "completed" or not result.output:
+            return None
+        return result.output
+
+
+def to_messages(history: list[StoredMessage]) -> list[dict[str, Any]]:
+    """Stored history → request messages; adjacent same-role messages are merged (a summary sits
+    before the next person's message)."""
+    out: list[dict[str, Any]] = []
+    for m in history:
+        if out and out[-1]["role"] == m.role:
+            out[-1] = {"role": m.role, "content": [*out[-1]["content"], *m.content]}
+        else:
+            out.append({"role": m.role, "content": list(m.content)})
+    return out
+
+
+def _is_turn_start(m: StoredMessage) -> bool:
+    return m.role == "user" and not any(b.get("type") == "tool_result" for b in m.content)
+
+
+def split_turns(history: list[StoredMessage]) -> list[list[StoredMessage]]:
+    turns: list[list[StoredMessage]] = []
+    for m in history:
+        if not turns or (_is_turn_start(m) and turns[-1][-1].role == "assistant"):
+            turns.append([m])
+        else:
+            turns[-1].append(m)
+    return turns
+
+
+def render_transcript(messages: list[StoredMessage]) -> str:
+    lines = ["Summarise this conversation:", ""]
+    for m in messages:
+        for block in m.content:
+            kind = block.get("type")
+            if kind == "text":
+                lines.append(f"{m.role}: {block['text']}")
+            elif kind == "tool_use":
+                lines.append(f"{m.role} called {block['name']}({block.get('input')})")
+            elif kind == "tool_result":
+                content = block.get("content")
+                text = content if isinstance(content, str) else str(content)
+                lines.append(f"tool result: {text[:500]}")
+    return "\n".join(lines)

@@ -1,0 +1,126 @@
+"""keel's own event types, converted from Telegram updates at the edge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from telegram import Message, Update
+
+ChatType = Literal["private", "group", "supergroup", "channel"]
+MediaKind = Literal["photo", "voice", "audio", "video", "video_note", "sticker", "document",
+                    "animation", "location", "contact", "poll", "other"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class IncomingMessage:
+    update_id: int
+    chat_id: int
+    chat_type: str
+    thread_id: int | None  # forum topic, or None
+    message_id: int
+    user_id: int
+    user_name: str
+    text: str  # text or caption ("" when there is none)
+    media: MediaKind | None
+    mentions_bot: bool
+    replies_to_bot: bool
+    reply_to_message_id: int | None
+    edited: bool
+
+    @property
+    def is_private(self) -> bool:
+        return self.chat_type == "private"
+
+    @property
+    def conversation(self) -> tuple[int, int]:
+        return (self.chat_id, self.thread_id or 0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ButtonPress:
+    update_id: int
+    query_id: str
+    chat_id: int | None
+    thread_id: int | None
+    message_id: int | None
+    user_id: int
+    user_name: str
+    data: str
+
+
+_MEDIA_ATTRS: tuple[MediaKind, ...] = ("photo", "voice", "audio", "video", "video_note",
+                                       "sticker", "document", "animation", "location", "contact",
+                                       "poll")
+
+
+def media_kind(message: Message) -> MediaKind | None:
+    for kind in _MEDIA_ATTRS:
+        if getattr(message, kind, None):
+            return kind
+    if message.text is None and message.caption is None:
+        return "other"
+    return None
+
+
+def from_update(update: Update, *, bot_id: int, bot_username: str | None) -> IncomingMessage | None:
+    message = update.message or update.edited_message
+    if message is None or message.from_user is None:
+        return None
+    text = message.text or message.caption or ""
+    mentions = False
+    if bot_username:
+        handle = f"@{bot_username}".lower()
+        for entity, value in message.parse_entities(["mention"]).items():
+            mentions = mentions or value.lower() == handle
+        for entity, value in message.parse_caption_entities(["mention"]).items():
+            mentions = mentions or value.lower() == handle
+        if mentions:
+            text = _strip_mention(text, handle)
+    reply = message.reply_to_message
+    # In a forum, every message "replies" to the topic's creation message; that is not a reply.
+    is_topic_root = bool(reply and reply.forum_topic_created)
+    replies_to_bot = bool(reply and not is_topic_root and reply.from_user
+                          and reply.from_user.id == bot_id)
+    user = message.from_user
+    return IncomingMessage(
+        update_id=update.update_id,
+        chat_id=message.chat_id,
+        chat_type=message.chat.type,
+        thread_id=message.message_thread_id if message.is_topic_message else None,
+        message_id=message.message_id,
+        user_id=user.id,
+        user_name=user.full_name or user.username or str(user.id),
+        text=text.strip(),
+        media=media_kind(message),
+        mentions_bot=mentions,
+        replies_to_bot=replies_to_bot,
+        reply_to_message_id=reply.message_id if reply and not is_topic_root else None,
+        edited=update.edited_message is not None,
+    )
+
+
+def _strip_mention(text: str, handle: str) -> str:
+    lowered = text.lower()
+    at = lowered.find(handle)
+    if at < 0:
+        return text
+    return (text[:at] + text[at + len(handle):]).strip()
+
+
+def press_from_update(update: Update) -> ButtonPress | None:
+    query = update.callback_query
+    if query is None:
+        return None
+    message = query.message
+    chat_id = message.chat.id if message is not None else None
+    thread_id = None
+    message_id = None
+    if isinstance(message, Message):
+        message_id = message.message_id
+        thread_id = message.message_thread_id if message.is_topic_message else None
+    return ButtonPress(
+        update_id=update.update_id, query_id=query.id, chat_id=chat_id, thread_id=thread_id,
+        message_id=message_id, user_id=query.from_user.id,
+        user_name=query.from_user.full_name or str(query.from_user.id), data=query.data or "",
+    )

@@ -1,0 +1,57 @@
+"""The inbox: every Telegram update worth answering, stored (deduplicated by update_id) before it
+is processed, so a crash between receiving and answering is recovered on restart."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from storage.db import Database, now_iso
+
+InboxStatus = Literal["received", "processing", "done", "ignored", "failed"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class InboxItem:
+    update_id: int
+    chat_id: int | None
+    thread_id: int | None
+    user_id: int | None
+    payload: dict[str, Any]
+    status: InboxStatus
+
+
+class Inbox:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def receive(self, *, update_id: int, chat_id: int | None, thread_id: int | None,
+                      user_id: int | None, payload: dict[str, Any]) -> bool:
+        """Store an update; False if it was already stored (a redelivery)."""
+        inserted = await self.db.execute_write(
+            "INSERT OR IGNORE INTO inbox (update_id, chat_id, thread_id, user_id, payload,"
+            " received_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (update_id, chat_id, thread_id, user_id, json.dumps(payload, ensure_ascii=False),
+             now_iso()),
+        )
+        return inserted == 1
+
+    async def status(self, update_id: int) -> InboxStatus | None:
+        value = await self.db.fetchval("SELECT status FROM inbox WHERE update_id = ?", (update_id,))
+        return value  # type: ignore[no-any-return,unused-ignore]
+
+    async def mark(self, update_id: int, status: InboxStatus, *, run_id: str | None = None) -> None:
+        done = now_iso() if status in ("done", "ignored", "failed") else None
+        await self.db.execute_write(
+            "UPDATE inbox SET status = ?, run_id = COALESCE(?, run_id), done_at = ? WHERE update_id = ?",
+            (status, run_id, done, update_id),
+        )
+
+    async def unfinished(self) -> list[InboxItem]:
+        rows = await self.db.fetchall(
+            "SELECT * FROM inbox WHERE status IN ('received', 'processing') ORDER BY update_id"
+        )
+        return [InboxItem(update_id=r["update_id"], chat_id=r["chat_id"], thread_id=r["thread_id"],
+                          user_id=r["user_id"], payload=json.loads(r["payload"]),
+                          status=r["status"]) for r in rows]
