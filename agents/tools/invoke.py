@@ -51,10 +51,10 @@ def error_outcome(error: ToolError, *, attempts: int = 1) -> ToolOutcome:
 async def execute(tool: Tool, call: ToolCall, ctx: ToolContext, locks: KeyedLocks) -> ToolOutcome:
     """Run ``call`` against ``tool``; ``version`` and ``duration_s`` are left to the caller."""
     try:
-        args = tool.args_model.model_validate(call.input)
-    except ValidationError as exc:
-        return error_outcome(invalid_arguments(tool, exc))
-    try:
+        try:
+            args = tool.args_model.model_validate(call.input)
+        except ValidationError as exc:
+            return error_outcome(invalid_arguments(tool, exc))
         if not tool.dedupes:
             return await _bounded(tool, args, call, ctx)
         return await _once_per_run(tool, args, call, ctx, locks)

@@ -139,8 +139,8 @@ class Catalog:
     def _resolve(self, called: str, ctx: ToolContext) -> Tool:
         versions = self._tools.get(called)
         if versions is not None:
-            pins = ctx.extras.get("tool_versions") or {}
-            pinned = pins.get(called)
+            pins = ctx.extras.get("tool_versions")
+            pinned = pins.get(called) if isinstance(pins, dict) else None
             for tool in versions:
                 if tool.version == pinned:
                     return tool

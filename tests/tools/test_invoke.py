@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from agents.tools import (
     Catalog,
@@ -242,3 +242,21 @@ async def test_async_emit_is_awaited(make_ctx: MakeCtx) -> None:
 
     await catalog(lookup).invoke(call("lookup", city="Rome"), make_ctx(emit=emit))
     assert seen == ["tool_call", "tool_result"]
+
+
+class Picky(ToolArgs):
+    value: str
+
+    @field_validator("value")
+    @classmethod
+    def _explode(cls, value: str) -> str:
+        raise RuntimeError("validator bug")
+
+
+async def test_a_bug_in_an_arguments_validator_is_an_internal_error(ctx: ToolContext) -> None:
+    @tool(description="Picky. Returns nothing.")
+    async def picky(args: Picky) -> str:
+        return "never"
+
+    outcome = await catalog(picky).invoke(call("picky", value="x"), ctx)
+    assert error_of(outcome.content)["error"] == "internal_error"
