@@ -78,6 +78,8 @@ class Run:
     model_calls: int = 0
     usage: Usage = field(default_factory=Usage)
     cancel_requested: bool = False
+    last_call_shrunk: bool = False
+    """The last call's max_tokens was cut to fit the budget."""
 
     def __post_init__(self) -> None:
         self.budget = BudgetMeter(self.limits.budget_usd)

@@ -7,6 +7,7 @@ limits, traces, ledger and statuses hold whichever door a run came in by.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -176,9 +177,7 @@ class Runtime:
                 run.budget.spent_usd += request.route.cost_usd
                 run.usage = run.usage + request.route.usage
                 await self._record_usage(run, request.route.usage, request.route.cost_usd)
-        task = asyncio.current_task()
-        if task is not None:
-            self._active[run.id] = (run, task)
+        self._track(run)
         try:
             result = await execute(
                 run, model=self.model, catalog=self.registry.catalog(list(spec.tools)),
@@ -190,6 +189,59 @@ class Runtime:
             self._active.pop(run.id, None)
         await self._finish(run, result)
         return result
+
+    async def resume(
+        self,
+        run_id: str,
+        answer: str,
+        *,
+        on_progress: OnProgress | None = None,
+    ) -> RunResult:
+        """Continue a ``waiting_human`` run with the human's answer as the escalation's result.
+
+        The run keeps its ids, trace file, spend, step count and the time it had used; waiting
+        for the human does not count against its deadline."""
+        record = await self.runs.get(run_id)
+        if record is None or record.state is None:
+            raise KeelError(f"run {run_id!r} has no saved state to resume")
+        if not await self.runs.claim_waiting(record.id):
+            raise KeelError(f"run {run_id!r} is {record.status}, not waiting for an answer")
+        state = record.state
+        spec = self.agent(record.agent)
+        model_name = spec.model or self.settings.executor_model
+        limits = Limits(**state["limits"])
+        trace = self.traces.writer(trace_id=record.trace_id, run_id=record.id)
+        run = Run(agent=spec, model=model_name, price=self.prices.require(model_name),
+                  limits=limits, trace=trace, kind="resume", id=record.id,
+                  trace_id=record.trace_id, user_id=record.user_id, chat_id=record.chat_id,
+                  thread_id=record.thread_id)
+        run.started -= float(state.get("elapsed_s", 0.0))
+        run.steps = int(state.get("steps", 0))
+        run.model_calls = int(state.get("model_calls", 0))
+        run.budget.spent_usd = float(state.get("spent_usd", record.cost_usd))
+        run.budget.warned = bool(state.get("warned", False))
+        run.usage = Usage(input_tokens=record.input_tokens, output_tokens=record.output_tokens,
+                          cache_read_tokens=record.cache_read_tokens,
+                          cache_write_5m_tokens=record.cache_write_tokens)
+        messages = answer_escalation(state["messages"], state["tool_use_id"], answer)
+        trace.emit("resume", tool_use_id=state["tool_use_id"], answer=answer)
+        self._track(run)
+        try:
+            result = await execute(
+                run, model=self.model, catalog=self.registry.catalog(list(spec.tools)),
+                tool_ctx=self._tool_context(run), messages=messages,
+                new_from=int(state.get("new_from", 0)),
+                hooks=Hooks(on_usage=self._record_usage, on_progress=on_progress),
+            )
+        finally:
+            self._active.pop(run.id, None)
+        await self._finish(run, result)
+        return result
+
+    def _track(self, run: Run) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._active[run.id] = (run, task)
 
     def cancel(self, run_id: str) -> bool:
         """Ask a running run to stop; it ends as ``cancelled``. False if it is not running here."""
@@ -242,6 +294,20 @@ class Runtime:
             run.id, status=result.status, detail=result.detail, output=result.output,
             totals=totals, state=result.state,
         ))
+
+
+def answer_escalation(messages: list[dict[str, Any]], tool_use_id: str, answer: str) -> list[dict[str, Any]]:
+    """The parked messages with the escalation's tool_result replaced by the human's answer."""
+    out = [dict(m) for m in messages]
+    last = out[-1]
+    blocks = []
+    for block in last["content"]:
+        if block.get("type") == "tool_result" and block.get("tool_use_id") == tool_use_id:
+            block = {"type": "tool_result", "tool_use_id": tool_use_id,
+                     "content": json.dumps({"human_answer": answer}, ensure_ascii=False)}
+        blocks.append(block)
+    out[-1] = {**last, "content": blocks}
+    return out
 
 
 def _limits_dict(limits: Limits) -> dict[str, Any]:

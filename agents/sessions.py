@@ -55,11 +55,11 @@ class Sessions:
         self,
         runtime: Runtime,
         *,
-        compact_at_tokens: int = DEFAULT_COMPACT_AT_TOKENS,
+        compact_at_tokens: int | None = None,
         compact_to_fraction: float = DEFAULT_COMPACT_TO_FRACTION,
     ) -> None:
         self.runtime = runtime
-        self.compact_at_tokens = compact_at_tokens
+        self.compact_at_tokens = compact_at_tokens or runtime.settings.compact_at_tokens
         self.compact_to_fraction = compact_to_fraction
         self.repo = runtime.conversations
 

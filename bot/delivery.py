@@ -138,7 +138,7 @@ class TelegramNotifier:
 
 
 def _retry_after_seconds(exc: RetryAfter) -> float:
-    value = exc._retry_after if hasattr(exc, "_retry_after") else exc.retry_after  # noqa: SLF001
+    value = exc._retry_after if hasattr(exc, "_retry_after") else exc.retry_after
     return float(value.total_seconds() if hasattr(value, "total_seconds") else value)
 
 

@@ -71,10 +71,9 @@ def from_update(update: Update, *, bot_id: int, bot_username: str | None) -> Inc
     mentions = False
     if bot_username:
         handle = f"@{bot_username}".lower()
-        for entity, value in message.parse_entities(["mention"]).items():
-            mentions = mentions or value.lower() == handle
-        for entity, value in message.parse_caption_entities(["mention"]).items():
-            mentions = mentions or value.lower() == handle
+        found = [*message.parse_entities(["mention"]).values(),
+                 *message.parse_caption_entities(["mention"]).values()]
+        mentions = any(value.lower() == handle for value in found)
         if mentions:
             text = _strip_mention(text, handle)
     reply = message.reply_to_message

@@ -169,6 +169,10 @@ class KeelBot:
 
     async def recover(self) -> tuple[int, int]:
         """Send pending replies, then answer received-but-unanswered updates. Returns counts."""
+        interrupted = await self.runtime.runs.fail_interrupted("interrupted: the bot stopped "
+                                                               "while this run was working")
+        if interrupted:
+            log.warning("%d run(s) were interrupted by the last stop", interrupted)
         sent = 0
         for item in await self.outbox.pending():
             try:

@@ -97,6 +97,21 @@ class RunRepository:
             (status, detail, run_id),
         )
 
+    async def claim_waiting(self, run_id: str) -> bool:
+        """waiting_human → running, once: two answers racing resume the run only once."""
+        return await self.db.execute_write(
+            "UPDATE runs SET status = 'running' WHERE id = ? AND status = 'waiting_human'",
+            (run_id,),
+        ) == 1
+
+    async def fail_interrupted(self, detail: str) -> int:
+        """Runs left 'running' by a process that died; returns how many were closed."""
+        return await self.db.execute_write(
+            "UPDATE runs SET status = 'failed', status_detail = ?, ended_at = ?"
+            " WHERE status = 'running'",
+            (detail, now_iso()),
+        )
+
     async def get(self, run_id: str) -> RunRecord | None:
         row = await self.db.fetchone("SELECT * FROM runs WHERE id = ? OR trace_id = ?", (run_id, run_id))
         return None if row is None else _record(row)

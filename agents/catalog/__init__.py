@@ -7,8 +7,13 @@ from importlib import resources
 from agents.spec import AgentSpec, Limits
 
 
-def _prompt(name: str) -> str:
+def _read(name: str) -> str:
     return resources.files("agents.catalog").joinpath(f"{name}.md").read_text("utf-8").strip()
+
+
+def _prompt(name: str) -> str:
+    """An agent's own prompt followed by the house rules every built-in agent shares."""
+    return f"{_read(name)}\n\n{_read('house_rules')}"
 
 
 def builtin_agents(defaults: Limits) -> dict[str, AgentSpec]:

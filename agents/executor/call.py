@@ -77,6 +77,7 @@ async def call_model(
     cost = run.budget.settle(run.price, response.usage)
     run.usage = run.usage + response.usage
     anchor.update(response.usage, len(messages))
+    run.last_call_shrunk = reservation.max_tokens < run.limits.max_tokens
     run.trace.emit(
         "model_response",
         n=n,

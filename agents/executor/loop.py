@@ -13,6 +13,7 @@ Every exit sets exactly one status:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -68,7 +69,7 @@ async def execute(
     messages = list(messages)
     try:
         async with asyncio.timeout_at(_loop_time(run.deadline)):
-            outcome = await _loop(run, model, catalog, tool_ctx, prefix, messages, hooks)
+            outcome = await _loop(run, model, catalog, tool_ctx, prefix, messages, hooks, new_from)
     except TimeoutError:
         run.trace.emit("limit", limit="timeout", timeout_s=run.limits.timeout_s,
                        elapsed_s=round(run.elapsed_s, 3))
@@ -108,6 +109,7 @@ async def _loop(
     prefix: Prefix,
     messages: list[dict[str, Any]],
     hooks: Hooks,
+    new_from: int,
 ) -> _Outcome:
     anchor = InputAnchor()
     sent_before = 0
@@ -144,6 +146,12 @@ async def _loop(
             assert run.agent.output_type is not None
             messages.append(_with_extra(repair_request(check.error, run.agent.output_type), extra))
             continue
+        if turn.kind == "truncated" and run.last_call_shrunk:
+            run.trace.emit("budget_halt", spent_usd=round(run.budget.spent_usd, 8),
+                           cap_usd=run.budget.cap_usd, needed_usd=0, reason="answer cut short")
+            return _Outcome("budget_exceeded", f"the answer was cut short: only "
+                            f"${run.budget.left_usd:.4f} of the ${run.budget.cap_usd:.2f} budget "
+                            "was left for it", turn.text + " …" if turn.text else None)
         if turn.kind == "truncated":
             if turn.text and run.agent.output_type is None:
                 return _Outcome("completed", "the answer was cut at max_tokens", turn.text + " …")
@@ -177,17 +185,21 @@ async def _loop(
             run.trace.emit("escalation", tool_use_id=block["id"], reason=outcome.escalation.reason,
                            options=list(outcome.escalation.options))
             return _Outcome("waiting_human", f"asked a human: {outcome.escalation.reason}",
-                            escalation=pending, state=_resume_state(run, messages, block["id"]))
+                            escalation=pending,
+                            state=_resume_state(run, messages, block["id"], new_from))
 
 
 def _with_extra(message: dict[str, Any], extra: list[dict[str, Any]]) -> dict[str, Any]:
     return {**message, "content": list(message["content"]) + extra} if extra else message
 
 
-def _resume_state(run: Run, messages: list[dict[str, Any]], tool_use_id: str) -> dict[str, Any]:
+def _resume_state(run: Run, messages: list[dict[str, Any]], tool_use_id: str,
+                  new_from: int) -> dict[str, Any]:
     return {
         "messages": messages,
+        "new_from": new_from,
         "tool_use_id": tool_use_id,
+        "limits": dataclasses.asdict(run.limits),
         "spent_usd": run.budget.spent_usd,
         "warned": run.budget.warned,
         "steps": run.steps,

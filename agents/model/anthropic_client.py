@@ -37,7 +37,7 @@ class AnthropicModelClient:
         try:
             if on_text is None:
                 raw = await self._client.messages.with_raw_response.create(**body)
-                message = raw.parse()
+                message = await raw.parse()
                 request_id = raw.headers.get("request-id")
             else:
                 async with self._client.messages.stream(**body) as stream:
