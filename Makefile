@@ -27,7 +27,7 @@ run: $(STAMP_RUN)  ## run the bot (long polling, SQLite under ./data)
 	$(BIN)/keel run
 
 lint: $(STAMP_DEV)  ## ruff and mypy
-	$(BIN)/ruff check bot agents storage tests bench
+	$(BIN)/ruff check bot agents storage tests $(wildcard bench)
 	$(BIN)/mypy
 
 pytest: $(STAMP_DEV)  ## the test suite only

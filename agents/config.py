@@ -73,6 +73,7 @@ class Settings(BaseSettings):
         5.0, gt=0, validation_alias="KEEL_DAILY_BUDGET_USD_PER_USER"
     )
     daily_budget_usd_total: float = Field(20.0, gt=0, validation_alias="KEEL_DAILY_BUDGET_USD")
+    escalation_ttl_s: float = Field(86_400, gt=0, validation_alias="KEEL_ESCALATION_TTL_S")
     compact_at_tokens: int = Field(24_000, ge=1000, validation_alias="KEEL_COMPACT_AT_TOKENS")
     trace_retention_days: int = Field(30, ge=1, validation_alias="KEEL_TRACE_RETENTION_DAYS")
     fetch_allow_private: bool = Field(False, validation_alias="KEEL_FETCH_ALLOW_PRIVATE")

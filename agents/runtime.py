@@ -195,6 +195,7 @@ class Runtime:
         run_id: str,
         answer: str,
         *,
+        answered_by: str | None = None,
         on_progress: OnProgress | None = None,
     ) -> RunResult:
         """Continue a ``waiting_human`` run with the human's answer as the escalation's result.
@@ -223,8 +224,9 @@ class Runtime:
         run.usage = Usage(input_tokens=record.input_tokens, output_tokens=record.output_tokens,
                           cache_read_tokens=record.cache_read_tokens,
                           cache_write_5m_tokens=record.cache_write_tokens)
-        messages = answer_escalation(state["messages"], state["tool_use_id"], answer)
-        trace.emit("resume", tool_use_id=state["tool_use_id"], answer=answer)
+        messages = answer_escalation(state["messages"], state["tool_use_id"], answer, answered_by)
+        trace.emit("resume", tool_use_id=state["tool_use_id"], answer=answer,
+                   answered_by=answered_by)
         self._track(run)
         try:
             result = await execute(
@@ -296,7 +298,8 @@ class Runtime:
         ))
 
 
-def answer_escalation(messages: list[dict[str, Any]], tool_use_id: str, answer: str) -> list[dict[str, Any]]:
+def answer_escalation(messages: list[dict[str, Any]], tool_use_id: str, answer: str,
+                      answered_by: str | None = None) -> list[dict[str, Any]]:
     """The parked messages with the escalation's tool_result replaced by the human's answer."""
     out = [dict(m) for m in messages]
     last = out[-1]
@@ -304,7 +307,8 @@ def answer_escalation(messages: list[dict[str, Any]], tool_use_id: str, answer: 
     for block in last["content"]:
         if block.get("type") == "tool_result" and block.get("tool_use_id") == tool_use_id:
             block = {"type": "tool_result", "tool_use_id": tool_use_id,
-                     "content": json.dumps({"human_answer": answer}, ensure_ascii=False)}
+                     "content": json.dumps({"answer": answer, "answered_by": answered_by},
+                                           ensure_ascii=False)}
         blocks.append(block)
     out[-1] = {**last, "content": blocks}
     return out

@@ -82,6 +82,10 @@ async def _post_init(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
     app.bot_data["runtime"] = runtime
     keel = KeelBot(runtime, app.bot)
     app.bot_data["keel"] = keel
+    app.bot_data["on_button"] = keel.escalations.on_button
+    if app.job_queue is not None:
+        app.job_queue.run_repeating(_expire_escalations, interval=60, first=1,
+                                    name="expire-escalations")
     try:
         await app.bot.set_my_commands(bot_commands())
     except TelegramError as exc:
@@ -94,6 +98,12 @@ async def _post_init(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
     if not settings.allowed_user_ids:
         log.warning("KEEL_ALLOWED_USER_IDS is empty: the bot serves nobody and tells each person "
                     "their id")
+
+
+async def _expire_escalations(context: ContextTypes.DEFAULT_TYPE) -> None:
+    keel: KeelBot | None = context.bot_data.get("keel")
+    if keel is not None:
+        await keel.escalations.expire()
 
 
 async def _post_shutdown(app: Application[Any, Any, Any, Any, Any, Any]) -> None:

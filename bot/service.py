@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
 
 from telegram import Bot
 
@@ -61,6 +64,9 @@ class KeelBot:
         self.inbox = Inbox(runtime.db)
         self.locks = ConversationLocks()
         self.active: dict[tuple[int, int], str] = {}  # conversation → running run id
+        from bot.escalations import Escalations
+
+        self.escalations = Escalations(self, ttl=timedelta(seconds=self.settings.escalation_ttl_s))
 
     # ------------------------------------------------------------------ gates
 
@@ -97,6 +103,10 @@ class KeelBot:
                 thread_id=message.thread_id, reply_to=message.message_id)
             return
         if not message.text:
+            return
+        if message.reply_to_message_id is not None and message.replies_to_bot and \
+                await self.escalations.on_reply(message.chat_id, message.reply_to_message_id,
+                                                message.text, message.user_id, message.user_name):
             return
         fresh = await self.inbox.receive(
             update_id=message.update_id, chat_id=message.chat_id, thread_id=message.thread_id,
@@ -152,6 +162,11 @@ class KeelBot:
         except KeelError as exc:
             await self._reply(message, f"⚠️ {exc}", run_id=run_id)
             return
+        if turn.result.status == "waiting_human":
+            await self.inbox.mark(message.update_id, "done", run_id=run_id)
+            await self.escalations.ask(turn.result, chat_id=message.chat_id,
+                                       thread_id=message.thread_id)
+            return
         await self._reply(message, answer_text(turn.result), run_id=turn.result.run_id)
 
     async def _reply(self, message: IncomingMessage, markdown: str, *, run_id: str | None) -> None:
@@ -186,13 +201,30 @@ class KeelBot:
             if message is None:
                 await self.inbox.mark(entry.update_id, "ignored")
                 continue
-            asyncio.create_task(self.process(message))
+            spawn(self.process(message), f"recover update {entry.update_id}")
             answered += 1
         return sent, answered
 
     def cancel(self, key: tuple[int, int]) -> bool:
         run_id = self.active.get(key)
         return bool(run_id) and self.runtime.cancel(run_id)  # type: ignore[arg-type]
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def spawn(coro: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
+    """Run ``coro`` in the background, keep a reference, and log (never lose) its failure."""
+    task = asyncio.create_task(coro, name=what)
+    _background.add(task)
+
+    def done(t: asyncio.Task[None]) -> None:
+        _background.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            log.error("background task %r failed", what, exc_info=t.exception())
+
+    task.add_done_callback(done)
+    return task
 
 
 def answer_text(result: RunResult) -> str:

@@ -1,0 +1,106 @@
+"""Escalations answered inline: buttons, free-text replies, double presses, restarts, expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tests.e2e.conftest import BotWorld, start_bot, stop_bot
+from tests.fakes.anthropic import RecordedRequest, Reply, reply, tool_use
+
+pytestmark = pytest.mark.e2e
+
+QUESTION = {"reason": "Refund over the limit", "context": "Order 1234, 180 EUR, customer asks a refund.",
+            "options": ["Approve", "Reject"]}
+
+
+def escalating_agent(req: RecordedRequest) -> Reply:
+    results = req.tool_results
+    if not results:
+        return reply("Let me check with a human.", tool_use("escalate_to_human", QUESTION))
+    answer = json.loads(results[0]["content"])
+    return reply(f"Done: {answer['answer']} (decided by {answer['answered_by']}).")
+
+
+async def _question(w: BotWorld) -> dict:  # type: ignore[type-arg]
+    w.answer(escalating_agent)
+    w.telegram.inject_text(w.alice_chat, "Please refund order 1234")
+    question = await w.telegram.next_bot_message(w.alice_chat.id, timeout=10)
+    runtime = w.app.bot_data["runtime"]
+    for _ in range(500):  # the bot stores the question's message id right after Telegram's answer
+        if await runtime.db.fetchval("SELECT message_id FROM escalations") is not None:
+            break
+        await asyncio.sleep(0.01)
+    return question
+
+
+async def test_a_button_press_resumes_and_completes_the_run(bot_world: BotWorld) -> None:
+    w = bot_world
+    question = await _question(w)
+    assert "Decision needed" in question["text"] and "Refund over the limit" in question["text"]
+    keyboard = question["reply_markup"]["inline_keyboard"]
+    assert [row[0]["text"] for row in keyboard] == ["Approve", "Reject"]
+    assert all(len(row[0]["callback_data"].encode()) <= 64 for row in keyboard)
+    runtime = w.app.bot_data["runtime"]
+    [record] = await runtime.runs.recent()
+    assert record.status == "waiting_human"
+
+    # two people press at once: the first answer wins, the second changes nothing
+    press = w.telegram.press_button(question, text="Approve", user=w.alice)
+    second = w.telegram.press_button(question, text="Reject", user=w.bob)
+    final = await w.telegram.next_bot_message(w.alice_chat.id, timeout=10)
+    assert final["text"] == "Done: Approve (decided by Alice)."
+    assert w.telegram.answered(press["callback_query"]["id"])
+    edited = next(m for m in w.telegram.sent(w.alice_chat.id) if m["message_id"] == question["message_id"])
+    assert "Decision: Approve" in edited["text"] and "Alice" in edited["text"]
+    assert "reply_markup" not in edited or not edited["reply_markup"].get("inline_keyboard")
+    record = await runtime.runs.get(record.id)
+    assert record.status == "completed" and record.steps == 1
+
+    await w.telegram.wait_for(lambda: w.telegram.answered(second["callback_query"]["id"]), timeout=5)
+    assert "Already answered by Alice" in str(w.telegram.answered(second["callback_query"]["id"]))
+    assert len(w.agent_requests) == 2  # the question, then one resumed call
+    texts = [m["text"] for m in w.telegram.sent(w.alice_chat.id)]
+    assert sum(t.startswith("Done:") for t in texts) == 1
+
+
+async def test_a_reply_answers_a_free_text_escalation(bot_world: BotWorld) -> None:
+    w = bot_world
+    question = await _question(w)
+    w.telegram.inject_reply(question, "Refund half of it", user=w.alice)
+    final = await w.telegram.wait_for(
+        lambda: next((m for m in w.telegram.sent(w.alice_chat.id) if m["text"].startswith("Done")), None),
+        timeout=10)
+    assert final["text"] == "Done: Refund half of it (decided by Alice)."
+
+
+async def test_the_run_resumes_after_a_bot_restart(bot_world: BotWorld) -> None:
+    w = bot_world
+    question = await _question(w)
+    await stop_bot(w.app)
+    w.app = await start_bot(w.settings)  # same data directory: a new process would see the same
+    w.telegram.press_button(question, text="Reject", user=w.alice)
+    final = await w.telegram.wait_for(
+        lambda: next((m for m in w.telegram.sent(w.alice_chat.id) if m["text"].startswith("Done")), None),
+        timeout=10)
+    assert final["text"] == "Done: Reject (decided by Alice)."
+
+
+async def test_an_unanswered_escalation_expires_and_cancels_the_run(bot_world: BotWorld) -> None:
+    w = bot_world
+    question = await _question(w)
+    runtime = w.app.bot_data["runtime"]
+    await runtime.db.execute_write("UPDATE escalations SET expires_at = '2000-01-01T00:00:00.000000Z'")
+    assert await w.app.bot_data["keel"].escalations.expire() == 1
+    note = await w.telegram.wait_for(
+        lambda: next((m for m in w.telegram.sent(w.alice_chat.id) if "Nobody answered" in m["text"]), None),
+        timeout=5)
+    assert note is not None
+    [record] = await runtime.runs.recent()
+    assert record.status == "cancelled" and "expired" in (record.status_detail or "")
+    edited = next(m for m in w.telegram.sent(w.alice_chat.id)
+                  if m["message_id"] == question["message_id"])
+    assert "Expired unanswered" in edited["text"]
+    assert not (edited.get("reply_markup") or {}).get("inline_keyboard")  # no buttons left
