@@ -30,7 +30,7 @@ DELIVERY_ATTEMPTS = 3
 DELIVERY_BACKOFF_S = 2.0
 """Wait before the second attempt; doubled before each next one."""
 
-OnEscalation = Callable[[RunResult, int, "int | None"], Awaitable[None]]
+OnEscalation = Callable[[RunResult, int, int | None], Awaitable[None]]
 """The bot's escalation flow: post the question of a parked run into (chat, thread)."""
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -79,12 +79,13 @@ class ScheduledRunner:
     async def __call__(self, job: ScheduledJob, scheduled: datetime, run_id: str) -> ScheduledOutcome:
         thread_id, note = await self.thread_for(job)
         when = scheduled.astimezone(job.tz).strftime("%Y-%m-%d %H:%M")
+        spec = self.runtime.agents.get(job.agent)  # unknown: runtime.run refuses it below
         request = RunRequest(
             agent=job.agent, kind="scheduled", chat_id=job.chat_id, thread_id=thread_id,
             messages=[{"role": "user", "content": [{"type": "text", "text": (
                 f"[Scheduled run {job.name!r} for {when} ({job.timezone})]\n\n{job.task}")}]}],
-            new_from=0, limits=self.runtime.agent(job.agent).limits.overridden(
-                budget_usd=job.budget_usd) if job.agent in self.runtime.agents else None,
+            new_from=0,
+            limits=spec.limits.overridden(budget_usd=job.budget_usd) if spec else None,
         )
         try:
             result = await self.runtime.run(request, run_id=run_id)
