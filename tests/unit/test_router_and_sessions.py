@@ -1,0 +1,75 @@
+"""The router's fallbacks and compaction's fallback, with the scripted model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agents.errors import ModelCallError
+from agents.runtime import Runtime
+from agents.sessions import Sessions
+from tests.fakes.scripted_model import ScriptedModel, reply, tool_call
+
+
+async def test_the_router_picks_from_the_enum(make_runtime: Any) -> None:
+    model = ScriptedModel(tool_call("route", {"agent": "researcher"}))
+    runtime: Runtime = await make_runtime(model)
+    decision = await runtime.route("find me three papers", current="assistant")
+    assert (decision.agent, decision.reason) == ("researcher", "router")
+    request = model.requests[0]
+    assert request.tool_choice == {"type": "tool", "name": "route"}
+    enum = request.tools[0]["input_schema"]["properties"]["agent"]["enum"]
+    assert enum == ["assistant", "briefing", "researcher"]  # no internal agents
+    assert "Current agent: assistant" in request.messages[0]["content"][0]["text"]
+    assert decision.cost_usd > 0
+
+
+async def test_an_invalid_or_failed_router_answer_falls_back_to_the_default(make_runtime: Any) -> None:
+    model = ScriptedModel(tool_call("route", {"agent": "hacker"}),
+                          ModelCallError("model API answered 529: Overloaded", status=529))
+    runtime: Runtime = await make_runtime(model)
+    invalid = await runtime.route("x", current=None)
+    failed = await runtime.route("y", current=None)
+    assert (invalid.agent, failed.agent) == ("assistant", "assistant")
+    assert "invalid answer 'hacker'" in invalid.reason and "529" in failed.reason
+
+
+async def test_the_route_decision_is_traced_and_billed_to_the_run(make_runtime: Any) -> None:
+    model = ScriptedModel(tool_call("route", {"agent": "assistant"}), reply("hi"))
+    runtime: Runtime = await make_runtime(model)
+    sessions = Sessions(runtime)
+    decision = await runtime.route("hello", current=None)
+    turn = await sessions.turn(chat_id=5, thread_id=None, agent=decision.agent,
+                               content=[{"type": "text", "text": "hello"}], user_id=1, route=decision)
+    events = runtime.traces.read(turn.result.trace_id)
+    route = next(e for e in events if e["type"] == "route")
+    assert route["agent"] == "assistant" and route["reason"] == "router"
+    assert turn.result.cost_usd > decision.cost_usd > 0
+
+
+async def test_compaction_falls_back_to_dropping_old_turns_when_summarising_fails(
+    make_runtime: Any,
+) -> None:
+    long = "words " * 800  # ~1,600 estimated tokens per message
+    summarise_attempts = []
+
+    def answer(request: Any) -> Any:
+        if "compress conversation history" in request.system[0]["text"]:
+            summarise_attempts.append(request)
+            raise ModelCallError("model API answered 500: boom", status=500)
+        return reply(f"answer {long}")
+
+    model = ScriptedModel(*[answer] * 6)
+    runtime: Runtime = await make_runtime(model, KEEL_COMPACT_AT_TOKENS="6000")
+    sessions = Sessions(runtime)
+    compacted = []
+    for i in range(4):
+        turn = await sessions.turn(chat_id=9, thread_id=None, agent="assistant",
+                                   content=[{"type": "text", "text": f"q{i} {long}"}], user_id=None)
+        compacted.append(turn.compacted)
+    assert compacted == [False, False, True, True]
+    assert len(summarise_attempts) == 2
+    history = await runtime.conversations.history(turn.session_id)
+    # the oldest turns were dropped (no summary), the latest two kept verbatim
+    assert [m.content[0]["text"][:3] for m in history] == ["q2 ", "ans", "q3 ", "ans"]
+    assert all(m.kind == "turn" for m in history)
+    model.assert_all_used()
