@@ -11,13 +11,14 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, assert_never
 
 from agents.catalog import builtin_agents
 from agents.config import KeelFile, Settings, load_keel_file, price_table
 from agents.errors import ConfigError, DailyCapExceeded, KeelError
 from agents.executor import Hooks, execute
 from agents.executor.loop import OnProgress
+from agents.executor.plan import execute_plan, resume_plan
 from agents.model.types import ModelClient
 from agents.pricing import PriceTable, Usage
 from agents.router import RouteDecision, route
@@ -102,6 +103,8 @@ class Runtime:
         agents = build_agents(settings, keel_file, registry)
         for spec in agents.values():
             prices.require(spec.model or settings.executor_model)
+            if spec.pattern == "plan_execute":
+                prices.require(settings.planner_model)
         if model is None:
             from agents.model.anthropic_client import AnthropicModelClient
 
@@ -178,13 +181,22 @@ class Runtime:
                 run.usage = run.usage + request.route.usage
                 await self._record_usage(run, request.route.usage, request.route.cost_usd)
         self._track(run)
+        catalog = self.registry.catalog(list(spec.tools))
+        hooks = Hooks(on_usage=self._record_usage, on_progress=on_progress)
         try:
-            result = await execute(
-                run, model=self.model, catalog=self.registry.catalog(list(spec.tools)),
-                tool_ctx=self._tool_context(run), messages=request.messages,
-                new_from=request.new_from,
-                hooks=Hooks(on_usage=self._record_usage, on_progress=on_progress),
-            )
+            match spec.pattern:
+                case "react":
+                    result = await execute(
+                        run, model=self.model, catalog=catalog, tool_ctx=self._tool_context(run),
+                        messages=request.messages, new_from=request.new_from, hooks=hooks)
+                case "plan_execute":
+                    planner = self.settings.planner_model
+                    result = await execute_plan(
+                        run, model=self.model, catalog=catalog, tool_ctx=self._tool_context(run),
+                        messages=request.messages, new_from=request.new_from, hooks=hooks,
+                        planner_model=planner, planner_price=self.prices.require(planner))
+                case _:
+                    assert_never(spec.pattern)
         finally:
             self._active.pop(run.id, None)
         await self._finish(run, result)
@@ -228,13 +240,19 @@ class Runtime:
         trace.emit("resume", tool_use_id=state["tool_use_id"], answer=answer,
                    answered_by=answered_by)
         self._track(run)
+        catalog = self.registry.catalog(list(spec.tools))
+        hooks = Hooks(on_usage=self._record_usage, on_progress=on_progress)
         try:
-            result = await execute(
-                run, model=self.model, catalog=self.registry.catalog(list(spec.tools)),
-                tool_ctx=self._tool_context(run), messages=messages,
-                new_from=int(state.get("new_from", 0)),
-                hooks=Hooks(on_usage=self._record_usage, on_progress=on_progress),
-            )
+            if state.get("pattern") == "plan_execute":
+                planner = self.settings.planner_model
+                result = await resume_plan(
+                    run, model=self.model, catalog=catalog, tool_ctx=self._tool_context(run),
+                    state=state, messages=messages, hooks=hooks, planner_model=planner,
+                    planner_price=self.prices.require(planner))
+            else:
+                result = await execute(
+                    run, model=self.model, catalog=catalog, tool_ctx=self._tool_context(run),
+                    messages=messages, new_from=int(state.get("new_from", 0)), hooks=hooks)
         finally:
             self._active.pop(run.id, None)
         await self._finish(run, result)

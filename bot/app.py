@@ -26,6 +26,8 @@ from telegram.ext import (
 
 from agents.config import Settings
 from agents.runtime import Runtime
+from agents.schedule import Scheduler, jobs_from_config
+from agents.scheduled import ScheduledRunner
 from bot.commands import HANDLERS, bot_commands
 from bot.events import from_update
 from bot.service import KeelBot
@@ -92,6 +94,14 @@ async def _post_init(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
         log.warning("could not register commands: %s", exc)
     zipped, deleted = runtime.traces.housekeep(retention_days=settings.trace_retention_days)
     sent, answered = await keel.recover()
+    # After recover(): it fails runs left 'running', which must not include catch-up runs.
+    jobs = jobs_from_config(runtime.keel_file.schedules, default_timezone=settings.timezone,
+                            agents=runtime.agents)
+    if jobs:
+        scheduler = Scheduler(runtime.db, jobs, ScheduledRunner(
+            runtime, keel.notifier, on_escalation=_escalation_poster(keel)))
+        await scheduler.start()
+        app.bot_data["scheduler"] = scheduler
     log.info("keel is up as @%s: %d agents; recovered %d pending repl(ies), re-answering %d "
              "message(s); traces: %d gzipped, %d deleted", app.bot.username,
              len(runtime.agents), sent, answered, zipped, deleted)
@@ -106,7 +116,17 @@ async def _expire_escalations(context: ContextTypes.DEFAULT_TYPE) -> None:
         await keel.escalations.expire()
 
 
+def _escalation_poster(keel: KeelBot) -> Any:
+    async def post(result: Any, chat_id: int, thread_id: int | None) -> None:
+        await keel.escalations.ask(result, chat_id=chat_id, thread_id=thread_id)
+
+    return post
+
+
 async def _post_shutdown(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
+    scheduler: Scheduler | None = app.bot_data.get("scheduler")
+    if scheduler is not None:
+        await scheduler.shutdown()
     runtime: Runtime | None = app.bot_data.get("runtime")
     if runtime is not None:
         await runtime.close()

@@ -53,9 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_runtime_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Commands over the agent runtime (agents, chat, traces, schedules)."""
-    from bot import cli_runtime
+    from bot import cli_runtime, cli_schedule
 
     cli_runtime.register(sub)
+    cli_schedule.register(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,6 +82,9 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     settings.require_telegram_token()
     settings.require_anthropic_key()
     from bot.app import run_bot
+    from bot.cli_schedule import load_jobs
+
+    load_jobs(settings)  # a bad schedule is a configuration error before anything starts
 
     return run_bot(settings)
 

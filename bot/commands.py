@@ -20,6 +20,8 @@ COMMANDS: list[tuple[str, str]] = [
     ("cost", "today's spend and what is left"),
     ("runs", "your recent runs"),
     ("trace", "a run's trace: /trace ID"),
+    ("schedules", "scheduled agents, next runs and worst-case spend"),
+    ("run", "run a scheduled agent now: /run NAME"),
 ]
 
 
@@ -175,7 +177,47 @@ async def trace(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
             thread_id=message.message_thread_id if message.is_topic_message else None)
 
 
+async def schedules(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Scheduled jobs: next run in local time and worst-case daily spend."""
+    from agents.schedule import worst_case_daily_usd
+
+    scheduler = context.bot_data.get("scheduler")
+    if scheduler is None or not scheduler.jobs:
+        await _reply(update, context, "No schedules. Add `[[schedules]]` to keel.toml.")
+        return
+    lines = ["**Schedules**"]
+    for job in scheduler.jobs.values():
+        upcoming = job.next_fire(scheduler.now())
+        when = upcoming.astimezone(job.tz).strftime("%a %d %b %H:%M %Z") if upcoming else "never"
+        lines.append(f"• `{job.name}` — `{job.agent}`, `{job.cron}` ({job.timezone}); next {when}; "
+                     f"≤ {job.runs_per_day()} run(s)/day × ${job.budget_usd:.2f} = "
+                     f"${job.worst_case_daily_usd():.2f}/day worst case")
+    total = worst_case_daily_usd(list(scheduler.jobs.values()))
+    lines.append(f"\nAll schedules, worst case: ${total:.2f} per day.")
+    await _reply(update, context, "\n".join(lines))
+
+
+async def run_now(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Run a scheduled agent now, outside its schedule."""
+    from datetime import UTC, datetime
+
+    from agents.run import new_id
+    from bot.service import spawn
+
+    scheduler = context.bot_data.get("scheduler")
+    names = sorted(scheduler.jobs) if scheduler else []
+    if not context.args or scheduler is None or context.args[0] not in scheduler.jobs:
+        await _reply(update, context, "Usage: `/run NAME` — one of: "
+                     + (", ".join(f"`{n}`" for n in names) or "(no schedules)"))
+        return
+    job = scheduler.jobs[context.args[0]]
+    await _reply(update, context, f"Running `{job.name}` now; its outcome will be posted where "
+                 "it always is.")
+    spawn(scheduler.on_fire(job, datetime.now(UTC), new_id()), f"/run {job.name}")
+
+
 HANDLERS = {
     "start": start, "help": help_, "agents": agents, "agent": agent, "auto": auto, "new": new,
-    "cancel": cancel, "cost": cost, "runs": runs, "trace": trace,
+    "cancel": cancel, "cost": cost, "runs": runs, "trace": trace, "schedules": schedules,
+    "run": run_now,
 }

@@ -41,7 +41,7 @@ class Hooks:
 
 
 @dataclass
-class _Outcome:
+class Outcome:
     status: RunStatus
     detail: str | None = None
     output: str | None = None
@@ -67,31 +67,40 @@ async def execute(
     run.trace.emit("prefix", sha256=prefix.sha256, model=run.model, system=prefix.system,
                    tools=prefix.tools, tokens_estimate=prefix.tokens)
     messages = list(messages)
+    outcome = await bounded(
+        run, lambda: run_loop(run, model, catalog, tool_ctx, prefix, messages, hooks, new_from))
+    transcript = messages[new_from:]
+    if outcome.status not in ("completed", "waiting_human"):
+        transcript = close_transcript(transcript, f"run {outcome.status}: {outcome.detail}")
+    return result_of(run, outcome, transcript)
+
+
+async def bounded(run: Run, body: Callable[[], Awaitable[Outcome]]) -> Outcome:
+    """Run ``body`` inside the run's deadline and turn every way out into one Outcome."""
     try:
-        async with asyncio.timeout_at(_loop_time(run.deadline)):
-            outcome = await _loop(run, model, catalog, tool_ctx, prefix, messages, hooks, new_from)
+        async with asyncio.timeout_at(loop_deadline(run.deadline)):
+            return await body()
     except TimeoutError:
         run.trace.emit("limit", limit="timeout", timeout_s=run.limits.timeout_s,
                        elapsed_s=round(run.elapsed_s, 3))
-        outcome = _Outcome("timeout", f"the run passed its {run.limits.timeout_s:g} s deadline "
-                           f"after {run.steps} tool call(s); in-flight calls were cancelled")
+        return Outcome("timeout", f"the run passed its {run.limits.timeout_s:g} s deadline "
+                       f"after {run.steps} tool call(s); in-flight calls were cancelled")
     except asyncio.CancelledError:
         if not run.cancel_requested:
             run.trace.emit("error", where="run", message="run task cancelled (shutdown)")
             raise
-        outcome = _Outcome("cancelled", "cancelled on request")
-        _uncancel()
+        uncancel()
+        return Outcome("cancelled", "cancelled on request")
     except ModelCallError as exc:
         run.trace.emit("error", where="model", message=str(exc), status=exc.status)
-        outcome = _Outcome("failed", f"the model API failed: {exc}")
+        return Outcome("failed", f"the model API failed: {exc}")
     except Exception as exc:  # a bug must still end the run with a status and a trace
         run.trace.emit("error", where="executor", message=f"{type(exc).__name__}: {exc}",
                        traceback=traceback.format_exc())
-        outcome = _Outcome("failed", f"internal error: {type(exc).__name__}")
+        return Outcome("failed", f"internal error: {type(exc).__name__}")
 
-    transcript = messages[new_from:]
-    if outcome.status not in ("completed", "waiting_human"):
-        transcript = close_transcript(transcript, f"run {outcome.status}: {outcome.detail}")
+
+def result_of(run: Run, outcome: Outcome, transcript: list[dict[str, Any]]) -> RunResult:
     return RunResult(
         run_id=run.id, trace_id=run.trace_id, agent=run.agent.name, status=outcome.status,
         detail=outcome.detail, output=outcome.output, output_data=outcome.data,
@@ -101,7 +110,7 @@ async def execute(
     )
 
 
-async def _loop(
+async def run_loop(
     run: Run,
     model: ModelClient,
     catalog: ToolCatalog,
@@ -110,13 +119,13 @@ async def _loop(
     messages: list[dict[str, Any]],
     hooks: Hooks,
     new_from: int,
-) -> _Outcome:
+) -> Outcome:
     anchor = InputAnchor()
     sent_before = 0
     while True:
         if run.model_calls >= run.limits.model_call_cap:
             run.trace.emit("limit", limit="model_calls", max=run.limits.model_call_cap)
-            return _Outcome("step_limit", f"stopped after {run.model_calls} model calls without "
+            return Outcome("step_limit", f"stopped after {run.model_calls} model calls without "
                             "a final answer")
         try:
             response = await call_model(
@@ -126,7 +135,7 @@ async def _loop(
         except BudgetHalt as halt:
             run.trace.emit("budget_halt", spent_usd=round(run.budget.spent_usd, 8),
                            cap_usd=run.budget.cap_usd, needed_usd=round(halt.needed_usd, 8))
-            return _Outcome("budget_exceeded", f"spent ${run.budget.spent_usd:.4f} of the "
+            return Outcome("budget_exceeded", f"spent ${run.budget.spent_usd:.4f} of the "
                             f"${run.budget.cap_usd:.2f} budget; the next call could cost "
                             f"${halt.needed_usd:.4f}")
         sent_before = len(messages)
@@ -141,7 +150,7 @@ async def _loop(
         if turn.kind == "final":
             check = validate_output(turn.text, run.agent.output_type)
             if check.error is None:
-                return _Outcome("completed", None, turn.text, check.data)
+                return Outcome("completed", None, turn.text, check.data)
             run.trace.emit("output_invalid", error=check.error)
             assert run.agent.output_type is not None
             messages.append(_with_extra(repair_request(check.error, run.agent.output_type), extra))
@@ -149,28 +158,28 @@ async def _loop(
         if turn.kind == "truncated" and run.last_call_shrunk:
             run.trace.emit("budget_halt", spent_usd=round(run.budget.spent_usd, 8),
                            cap_usd=run.budget.cap_usd, needed_usd=0, reason="answer cut short")
-            return _Outcome("budget_exceeded", f"the answer was cut short: only "
+            return Outcome("budget_exceeded", f"the answer was cut short: only "
                             f"${run.budget.left_usd:.4f} of the ${run.budget.cap_usd:.2f} budget "
                             "was left for it", turn.text + " …" if turn.text else None)
         if turn.kind == "truncated":
             if turn.text and run.agent.output_type is None:
-                return _Outcome("completed", "the answer was cut at max_tokens", turn.text + " …")
-            return _Outcome("failed", "the model's answer was cut at max_tokens before it was usable")
+                return Outcome("completed", "the answer was cut at max_tokens", turn.text + " …")
+            return Outcome("failed", "the model's answer was cut at max_tokens before it was usable")
         if turn.kind == "refused":
-            return _Outcome("failed", "the model declined to answer", turn.text or None)
+            return Outcome("failed", "the model declined to answer", turn.text or None)
         if turn.kind == "empty":
-            return _Outcome("failed", "the model returned an empty answer")
+            return Outcome("failed", "the model returned an empty answer")
 
         # turn.kind == "tools"
         if run.steps + len(turn.tool_uses) > run.limits.max_steps:
             run.trace.emit("limit", limit="steps", max=run.limits.max_steps, used=run.steps,
                            requested=len(turn.tool_uses))
-            return _Outcome("step_limit", f"the agent wanted more than {run.limits.max_steps} "
+            return Outcome("step_limit", f"the agent wanted more than {run.limits.max_steps} "
                             "tool calls; stopped before running more")
         if run.budget.exhausted:
             run.trace.emit("budget_halt", spent_usd=round(run.budget.spent_usd, 8),
                            cap_usd=run.budget.cap_usd, needed_usd=0)
-            return _Outcome("budget_exceeded", f"spent the whole ${run.budget.cap_usd:.2f} budget")
+            return Outcome("budget_exceeded", f"spent the whole ${run.budget.cap_usd:.2f} budget")
         run.steps += len(turn.tool_uses)
         if hooks.on_progress is not None:
             for block in turn.tool_uses:
@@ -184,7 +193,7 @@ async def _loop(
             pending = PendingEscalation(request=outcome.escalation, tool_use_id=block["id"])
             run.trace.emit("escalation", tool_use_id=block["id"], reason=outcome.escalation.reason,
                            options=list(outcome.escalation.options))
-            return _Outcome("waiting_human", f"asked a human: {outcome.escalation.reason}",
+            return Outcome("waiting_human", f"asked a human: {outcome.escalation.reason}",
                             escalation=pending,
                             state=_resume_state(run, messages, block["id"], new_from))
 
@@ -228,7 +237,7 @@ async def _safe(awaitable: Awaitable[None]) -> None:
         pass
 
 
-def _loop_time(deadline_monotonic: float) -> float:
+def loop_deadline(deadline_monotonic: float) -> float:
     """time.monotonic() deadline → the running loop's clock."""
     import time
 
@@ -236,7 +245,7 @@ def _loop_time(deadline_monotonic: float) -> float:
     return loop.time() + (deadline_monotonic - time.monotonic())
 
 
-def _uncancel() -> None:
+def uncancel() -> None:
     task = asyncio.current_task()
     if task is not None:
         task.uncancel()

@@ -24,17 +24,14 @@ continues the parked step with the human's answer and then the rest of the plan.
 
 from __future__ import annotations
 
-import asyncio
 import re
-import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agents.budget import BudgetHalt
-from agents.errors import ModelCallError
-from agents.executor.loop import Hooks, _loop, _loop_time, _Outcome, _uncancel
+from agents.executor.loop import Hooks, Outcome, bounded, result_of, run_loop
 from agents.executor.prepare import Prefix
 from agents.executor.resolve import close_transcript
 from agents.model.types import ModelClient
@@ -175,28 +172,8 @@ async def _run(
     for p in (planner.prefix, prefix):
         run.trace.emit("prefix", sha256=p.sha256, model=planner_model if p is planner.prefix
                        else run.model, system=p.system, tools=p.tools, tokens_estimate=p.tokens)
-    try:
-        async with asyncio.timeout_at(_loop_time(run.deadline)):
-            outcome = await _walk(run, model, catalog, tool_ctx, prefix, planner, walk, hooks,
-                                  parked)
-    except TimeoutError:
-        run.trace.emit("limit", limit="timeout", timeout_s=run.limits.timeout_s,
-                       elapsed_s=round(run.elapsed_s, 3))
-        outcome = _Outcome("timeout", f"the run passed its {run.limits.timeout_s:g} s deadline "
-                           f"after {run.steps} tool call(s); in-flight calls were cancelled")
-    except asyncio.CancelledError:
-        if not run.cancel_requested:
-            run.trace.emit("error", where="run", message="run task cancelled (shutdown)")
-            raise
-        outcome = _Outcome("cancelled", "cancelled on request")
-        _uncancel()
-    except ModelCallError as exc:
-        run.trace.emit("error", where="model", message=str(exc), status=exc.status)
-        outcome = _Outcome("failed", f"the model API failed: {exc}")
-    except Exception as exc:  # a bug must still end the run with a status and a trace
-        run.trace.emit("error", where="executor", message=f"{type(exc).__name__}: {exc}",
-                       traceback=traceback.format_exc())
-        outcome = _Outcome("failed", f"internal error: {type(exc).__name__}")
+    outcome = await bounded(run, lambda: _walk(run, model, catalog, tool_ctx, prefix, planner,
+                                               walk, hooks, parked))
 
     transcript = walk.base[walk.new_from:]
     if outcome.status == "completed":
@@ -204,13 +181,7 @@ async def _run(
                                     "content": [{"type": "text", "text": outcome.output or ""}]}]
     elif outcome.status != "waiting_human":
         transcript = close_transcript(transcript, f"run {outcome.status}: {outcome.detail}")
-    return RunResult(
-        run_id=run.id, trace_id=run.trace_id, agent=run.agent.name, status=outcome.status,
-        detail=outcome.detail, output=outcome.output, output_data=outcome.data,
-        cost_usd=run.budget.spent_usd, budget_usd=run.budget.cap_usd, steps=run.steps,
-        model_calls=run.model_calls, usage=run.usage, duration_s=run.elapsed_s,
-        messages=transcript, escalation=outcome.escalation, state=outcome.state,
-    )
+    return result_of(run, outcome, transcript)
 
 
 async def _walk(
@@ -223,7 +194,7 @@ async def _walk(
     walk: _Walk,
     hooks: Hooks,
     parked: list[dict[str, Any]] | None,
-) -> _Outcome:
+) -> Outcome:
     if walk.plan is None:
         halted = await _plan(run, model, planner, walk, hooks, None)
         if halted is not None:
@@ -233,7 +204,7 @@ async def _walk(
         assert plan is not None
         if walk.index >= len(plan.steps):
             last = walk.results[-1]
-            return _Outcome("completed", None, last.output, walk.data)
+            return Outcome("completed", None, last.output, walk.data)
         step = plan.steps[walk.index]
         is_last = walk.index == len(plan.steps) - 1
         if parked is not None:
@@ -246,7 +217,7 @@ async def _walk(
         # Only the answer the person gets must match the agent's declared output type.
         agent = run.agent if is_last else replace(run.agent, output_type=None)
         with _swapped_agent(run, agent):
-            outcome = await _loop(run, model, catalog, tool_ctx, prefix, messages, hooks,
+            outcome = await run_loop(run, model, catalog, tool_ctx, prefix, messages, hooks,
                                   walk.new_from)
         reason: str | None = None
         if outcome.status == "completed":
@@ -269,7 +240,7 @@ async def _walk(
         if reason is None:  # a run-wide limit or cancellation: it ends the run as it is
             return outcome
         if walk.replans >= MAX_REPLANS:
-            return _Outcome("failed", f"step {step.id} failed after {walk.replans} re-plan(s): "
+            return Outcome("failed", f"step {step.id} failed after {walk.replans} re-plan(s): "
                             f"{reason}", outcome.output)
         halted = await _plan(run, model, planner, walk, hooks,
                              Failure(step_id=step.id, reason=reason))
@@ -278,7 +249,7 @@ async def _walk(
 
 
 async def _plan(run: Run, model: ModelClient, planner: Planner, walk: _Walk, hooks: Hooks,
-                failure: Failure | None) -> _Outcome | None:
+                failure: Failure | None) -> Outcome | None:
     """Plan (or re-plan from ``failure``); None when the walk can go on, else how the run ends."""
     if failure is None:
         first = planning_message(walk.task)
@@ -290,12 +261,12 @@ async def _plan(run: Run, model: ModelClient, planner: Planner, walk: _Walk, hoo
     except BudgetHalt as halt:
         run.trace.emit("budget_halt", spent_usd=round(run.budget.spent_usd, 8),
                        cap_usd=run.budget.cap_usd, needed_usd=round(halt.needed_usd, 8))
-        return _Outcome("budget_exceeded", f"spent ${run.budget.spent_usd:.4f} of the "
+        return Outcome("budget_exceeded", f"spent ${run.budget.spent_usd:.4f} of the "
                         f"${run.budget.cap_usd:.2f} budget; the next call could cost "
                         f"${halt.needed_usd:.4f}")
     except PlanningFailed as exc:
         where = "planning" if failure is None else f"re-planning from step {failure.step_id}"
-        return _Outcome("failed", f"{where} failed: {exc}")
+        return Outcome("failed", f"{where} failed: {exc}")
     if failure is None:
         walk.plan = Plan.from_draft(draft)
     else:
