@@ -101,3 +101,9 @@ def test_every_command_has_help(tmp_path: Path) -> None:
         result = _keel(*args, cwd=tmp_path)
         assert result.returncode == 0, (args, result.stderr)
         assert "usage: keel" in result.stdout
+
+
+def test_the_example_keel_toml_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "keel.example.toml"
+    parsed = load_keel_file(example)
+    assert "support" in parsed.agents and [s.name for s in parsed.schedules] == ["morning"]
