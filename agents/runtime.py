@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, assert_never
 
 from agents.catalog import builtin_agents
@@ -214,15 +214,37 @@ class Runtime:
 
         The run keeps its ids, trace file, spend, step count and the time it had used; waiting
         for the human does not count against its deadline."""
+        run, state = await self._reopen(run_id, "waiting_human")
+        messages = answer_escalation(state["messages"], state["tool_use_id"], answer, answered_by)
+        run.trace.emit("resume", tool_use_id=state["tool_use_id"], answer=answer,
+                       answered_by=answered_by)
+        return await self._continue(run, state, messages, on_progress)
+
+    async def continue_with_budget(
+        self, run_id: str, extra_usd: float, *, granted_by: str | None = None,
+        on_progress: OnProgress | None = None,
+    ) -> RunResult:
+        """Continue a run its budget halted before a call, with its cap raised by ``extra_usd``."""
+        if extra_usd <= 0:
+            raise KeelError("extra budget must be positive")
+        run, state = await self._reopen(run_id, "budget_exceeded", extra_usd=extra_usd)
+        run.trace.emit("budget_raised", extra_usd=extra_usd, cap_usd=run.budget.cap_usd,
+                       granted_by=granted_by)
+        return await self._continue(run, state, state["messages"], on_progress)
+
+    async def _reopen(self, run_id: str, status: str, *,
+                      extra_usd: float = 0.0) -> tuple[Run, dict[str, Any]]:
         record = await self.runs.get(run_id)
         if record is None or record.state is None:
-            raise KeelError(f"run {run_id!r} has no saved state to resume")
-        if not await self.runs.claim_waiting(record.id):
-            raise KeelError(f"run {run_id!r} is {record.status}, not waiting for an answer")
+            raise KeelError(f"run {run_id!r} has no saved state to continue from")
+        if not await self.runs.claim_waiting(record.id, status):
+            raise KeelError(f"run {run_id!r} is {record.status}, not {status}")
         state = record.state
         spec = self.agent(record.agent)
         model_name = spec.model or self.settings.executor_model
         limits = Limits(**state["limits"])
+        if extra_usd:
+            limits = replace(limits, budget_usd=limits.budget_usd + extra_usd)
         trace = self.traces.writer(trace_id=record.trace_id, run_id=record.id)
         run = Run(agent=spec, model=model_name, price=self.prices.require(model_name),
                   limits=limits, trace=trace, kind="resume", id=record.id,
@@ -232,15 +254,16 @@ class Runtime:
         run.steps = int(state.get("steps", 0))
         run.model_calls = int(state.get("model_calls", 0))
         run.budget.spent_usd = float(state.get("spent_usd", record.cost_usd))
-        run.budget.warned = bool(state.get("warned", False))
+        run.budget.warned = bool(state.get("warned", False)) and not extra_usd
         run.usage = Usage(input_tokens=record.input_tokens, output_tokens=record.output_tokens,
                           cache_read_tokens=record.cache_read_tokens,
                           cache_write_5m_tokens=record.cache_write_tokens)
-        messages = answer_escalation(state["messages"], state["tool_use_id"], answer, answered_by)
-        trace.emit("resume", tool_use_id=state["tool_use_id"], answer=answer,
-                   answered_by=answered_by)
+        return run, state
+
+    async def _continue(self, run: Run, state: dict[str, Any], messages: list[dict[str, Any]],
+                        on_progress: OnProgress | None) -> RunResult:
         self._track(run)
-        catalog = self.registry.catalog(list(spec.tools))
+        catalog = self.registry.catalog(list(run.agent.tools))
         hooks = Hooks(on_usage=self._record_usage, on_progress=on_progress)
         try:
             if state.get("pattern") == "plan_execute":

@@ -107,6 +107,9 @@ class ScheduledRunner:
         if delivered is not None:
             log.info("scheduled run %s %s: delivered to %s/%s", job.name, result.status,
                      job.chat_id, thread_id)
+            if result.status == "budget_exceeded" and result.state and self.on_escalation:
+                # a budget halt escalates like a question: more budget, or stop here
+                await self.on_escalation(result, job.chat_id, thread_id)
             return ScheduledOutcome(job=job.name, run_id=result.run_id, status=status,
                                     delivered=True, chat_id=job.chat_id, thread_id=thread_id,
                                     trace_id=result.trace_id, message_ids=delivered.message_ids)

@@ -88,22 +88,24 @@ class Sessions:
             thread_id=thread_id, session_id=session_id, route=route,
         )
         result = await self.runtime.run(request, on_progress=on_progress, run_id=run_id)
-        if result.status != "waiting_human":
+        if not parked(result):
             await self.record(session_id, result)
         compacted = await self.maybe_compact(session_id, user_id=user_id)
         return TurnResult(result=result, session_id=session_id, agent=agent, compacted=compacted)
 
     async def record(self, session_id: int, result: RunResult) -> None:
         """Append a finished run's transcript and its usage to the session."""
-        await self.repo.append(
-            session_id, [(m["role"], m["content"], estimate(m)) for m in result.messages],
-            run_id=result.run_id,
-        )
+        await self.record_messages(session_id, result.messages, run_id=result.run_id)
         await self.repo.add_session_usage(
             session_id, input_tokens=result.usage.input_tokens,
             cache_read=result.usage.cache_read_tokens, cache_write=result.usage.cache_write_tokens,
             output=result.usage.output_tokens,
         )
+
+    async def record_messages(self, session_id: int, messages: list[dict[str, Any]], *,
+                              run_id: str | None) -> None:
+        await self.repo.append(
+            session_id, [(m["role"], m["content"], estimate(m)) for m in messages], run_id=run_id)
 
     # ------------------------------------------------------------------ compaction
 
@@ -152,6 +154,13 @@ class Sessions:
         if result.status != "completed" or not result.output:
             return None
         return result.output
+
+
+def parked(result: RunResult) -> bool:
+    """A run that may still go on (a question to a human, a budget a human may raise): its
+    transcript joins the history only when it ends for good."""
+    return result.status == "waiting_human" or (
+        result.status == "budget_exceeded" and result.state is not None)
 
 
 def to_messages(history: list[StoredMessage]) -> list[dict[str, Any]]:

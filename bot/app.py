@@ -118,7 +118,10 @@ async def _expire_escalations(context: ContextTypes.DEFAULT_TYPE) -> None:
 
 def _escalation_poster(keel: KeelBot) -> Any:
     async def post(result: Any, chat_id: int, thread_id: int | None) -> None:
-        await keel.escalations.ask(result, chat_id=chat_id, thread_id=thread_id)
+        if result.status == "budget_exceeded":
+            await keel.escalations.ask_budget(result, chat_id=chat_id, thread_id=thread_id)
+        else:
+            await keel.escalations.ask(result, chat_id=chat_id, thread_id=thread_id)
 
     return post
 

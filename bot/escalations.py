@@ -13,8 +13,10 @@ from telegram import Update
 from telegram.ext import ContextTypes
 
 from agents.errors import KeelError
+from agents.executor.resolve import close_transcript
 from agents.notify import Button
 from agents.run import RunResult
+from agents.sessions import parked
 from agents.trace_view import summarise
 from storage.escalations import Escalation, EscalationRepository
 from storage.runs import RunTotals
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TTL = timedelta(hours=24)
 CALLBACK_PREFIX = "e"
+BUDGET = "budget"  # the tool_use_id of a budget escalation: more budget, or stop
 
 
 def callback_data(key: str, index: int) -> str:
@@ -76,6 +79,28 @@ class Escalations:
                   f"_Expires in {hours:g} h. Run so far: ${summary.cost_usd:.4f}, "
                   f"{summary.steps} tool call(s) ({tools}); trace `{result.trace_id[:8]}`._"]
         return "\n".join(lines)
+
+    async def ask_budget(self, result: RunResult, *, chat_id: int, thread_id: int | None) -> Escalation:
+        """A run halted by its budget: ask whether to continue with as much again, or stop."""
+        extra = result.budget_usd
+        options = [f"Continue (+${extra:.2f})", "Stop here"]
+        escalation = await self.repo.create(
+            run_id=result.run_id, tool_use_id=BUDGET, chat_id=chat_id, thread_id=thread_id,
+            reason=f"The run spent ${result.cost_usd:.4f} of its ${result.budget_usd:.2f} budget "
+            "before it could finish.",
+            context=f"Continuing allows up to ${extra:.2f} more; stopping keeps what was spent.",
+            options=options, ttl=self.ttl)
+        buttons = [[Button(label=o, key=callback_data(escalation.id, i))]
+                   for i, o in enumerate(options)]
+        text = (f"💸 **Budget spent** — `{result.agent}` stopped at ${result.cost_usd:.4f} of "
+                f"${result.budget_usd:.2f}.\n\nContinue with up to ${extra:.2f} more, or stop "
+                f"here? _Trace `{result.trace_id[:8]}`._")
+        item = await self.keel.outbox.enqueue(chat_id=chat_id, thread_id=thread_id, reply_to=None,
+                                              run_id=result.run_id, markdown=text, buttons=buttons)
+        delivered = await self.keel.outbox.deliver(item)
+        if delivered and delivered.message_ids:
+            await self.repo.set_message(escalation.id, delivered.message_ids[-1])
+        return escalation
 
     # ------------------------------------------------------------------ answers
 
@@ -134,20 +159,40 @@ class Escalations:
     async def _resume(self, e: Escalation, answer: str, answered_by: str) -> None:
         keel = self.keel
         key = (e.chat_id or 0, e.thread_id or 0)
+        if e.tool_use_id == BUDGET and answer != e.options[0]:
+            # "Stop here": the run stays budget_exceeded
+            await self._record_stopped(e.run_id, "run stopped: its budget was spent")
+            return
         async with keel.locks.get(key):
             try:
-                result = await keel.runtime.resume(e.run_id, answer, answered_by=answered_by)
+                if e.tool_use_id == BUDGET:
+                    record = await keel.runtime.runs.get(e.run_id)
+                    extra = record.budget_usd if record else 0.0
+                    result = await keel.runtime.continue_with_budget(
+                        e.run_id, extra, granted_by=answered_by)
+                else:
+                    result = await keel.runtime.resume(e.run_id, answer, answered_by=answered_by)
             except KeelError as exc:
                 log.warning("cannot resume run %s: %s", e.run_id, exc)
                 return
             await self.finish(result, chat_id=e.chat_id, thread_id=e.thread_id)
+
+    async def _record_stopped(self, run_id: str, note: str) -> None:
+        """A parked run that will not go on: its closed transcript joins the session history."""
+        record = await self.keel.runtime.runs.get(run_id)
+        if record is None or record.state is None or not record.session_id:
+            return
+        state = record.state
+        transcript = close_transcript(state["messages"][int(state.get("new_from", 0)):],
+                                      note)
+        await self.keel.sessions.record_messages(record.session_id, transcript, run_id=run_id)
 
     async def finish(self, result: RunResult, *, chat_id: int | None, thread_id: int | None) -> None:
         """After a run or a resumed run: record history, ask again, or post the answer."""
         from bot.service import answer_text
 
         record = await self.keel.runtime.runs.get(result.run_id)
-        if result.status != "waiting_human" and record is not None and record.session_id:
+        if not parked(result) and record is not None and record.session_id:
             await self.keel.sessions.record(record.session_id, result)
         if chat_id is None:
             return
@@ -157,6 +202,8 @@ class Escalations:
         item = await self.keel.outbox.enqueue(chat_id=chat_id, thread_id=thread_id, reply_to=None,
                                               markdown=answer_text(result), run_id=result.run_id)
         await self.keel.outbox.deliver(item)
+        if result.status == "budget_exceeded" and result.state is not None:
+            await self.ask_budget(result, chat_id=chat_id, thread_id=thread_id)
 
     # ------------------------------------------------------------------ expiry
 
@@ -164,7 +211,14 @@ class Escalations:
         """End runs whose question went unanswered past its expiry; returns how many."""
         count = 0
         for e in await self.repo.expire_due():
+            if e.tool_use_id == BUDGET:  # the run already ended budget_exceeded; just say so
+                await self._record_stopped(e.run_id, "run stopped: its budget was spent")
+                if e.chat_id is not None and e.message_id is not None:
+                    await self._edit(e, "⌛ **Expired unanswered** — the run stays stopped.")
+                count += 1
+                continue
             record = await self.keel.runtime.runs.get(e.run_id)
+            await self._record_stopped(e.run_id, "run cancelled: the question to a human expired")
             if record is not None and record.status == "waiting_human":
                 await self.keel.runtime.runs.finish(
                     e.run_id, status="cancelled", detail="the question to a human expired "

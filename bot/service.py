@@ -168,6 +168,9 @@ class KeelBot:
                                        thread_id=message.thread_id)
             return
         await self._reply(message, answer_text(turn.result), run_id=turn.result.run_id)
+        if turn.result.status == "budget_exceeded" and turn.result.state is not None:
+            await self.escalations.ask_budget(turn.result, chat_id=message.chat_id,
+                                              thread_id=message.thread_id)
 
     async def _reply(self, message: IncomingMessage, markdown: str, *, run_id: str | None) -> None:
         async with self.runtime.db.write() as conn:

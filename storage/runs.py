@@ -97,11 +97,12 @@ class RunRepository:
             (status, detail, run_id),
         )
 
-    async def claim_waiting(self, run_id: str) -> bool:
-        """waiting_human → running, once: two answers racing resume the run only once."""
+    async def claim_waiting(self, run_id: str, status: str = "waiting_human") -> bool:
+        """``status`` → running, once: two answers racing resume the run only once."""
         return await self.db.execute_write(
-            "UPDATE runs SET status = 'running' WHERE id = ? AND status = 'waiting_human'",
-            (run_id,),
+            "UPDATE runs SET status = 'running', ended_at = NULL WHERE id = ? AND status = ?"
+            " AND state IS NOT NULL",
+            (run_id, status),
         ) == 1
 
     async def fail_interrupted(self, detail: str) -> int:

@@ -135,9 +135,12 @@ async def run_loop(
         except BudgetHalt as halt:
             run.trace.emit("budget_halt", spent_usd=round(run.budget.spent_usd, 8),
                            cap_usd=run.budget.cap_usd, needed_usd=round(halt.needed_usd, 8))
+            # Halted before a call, the messages are whole: a person may grant more budget and
+            # the run continues from here (Runtime.continue_with_budget).
             return Outcome("budget_exceeded", f"spent ${run.budget.spent_usd:.4f} of the "
-                            f"${run.budget.cap_usd:.2f} budget; the next call could cost "
-                            f"${halt.needed_usd:.4f}")
+                           f"${run.budget.cap_usd:.2f} budget; the next call could cost "
+                           f"${halt.needed_usd:.4f}",
+                           state=_resume_state(run, messages, None, new_from))
         sent_before = len(messages)
         messages.append({"role": "assistant", "content": response.content})
         turn = classify(response)
@@ -202,7 +205,7 @@ def _with_extra(message: dict[str, Any], extra: list[dict[str, Any]]) -> dict[st
     return {**message, "content": list(message["content"]) + extra} if extra else message
 
 
-def _resume_state(run: Run, messages: list[dict[str, Any]], tool_use_id: str,
+def _resume_state(run: Run, messages: list[dict[str, Any]], tool_use_id: str | None,
                   new_from: int) -> dict[str, Any]:
     return {
         "messages": messages,

@@ -233,9 +233,9 @@ async def _walk(
             if is_last:
                 walk.data = outcome.data
             continue
+        if outcome.state is not None:  # parked (waiting_human) or halted by the budget mid-step:
+            outcome.state = {**outcome.state, **walk.state()}  # continue through the plan
         if outcome.status == "waiting_human":
-            assert outcome.state is not None
-            outcome.state = {**outcome.state, **walk.state()}
             return outcome
         if reason is None:  # a run-wide limit or cancellation: it ends the run as it is
             return outcome

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 
@@ -104,3 +105,41 @@ async def test_an_unanswered_escalation_expires_and_cancels_the_run(bot_world: B
                   if m["message_id"] == question["message_id"])
     assert "Expired unanswered" in edited["text"]
     assert not (edited.get("reply_markup") or {}).get("inline_keyboard")  # no buttons left
+
+
+async def test_a_budget_halt_asks_and_continues_with_more_budget(
+    fake_telegram: Any, fake_anthropic: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from agents.config import load_settings
+    from tests.e2e.conftest import bot_env
+
+    bot_env(monkeypatch, fake_telegram, fake_anthropic, KEEL_RUN_BUDGET_USD="0.02")
+    w = BotWorld(telegram=fake_telegram, anthropic=fake_anthropic, settings=load_settings())
+
+    def agent(req: RecordedRequest) -> Reply:
+        if len(req.tool_results) == 0 and len(req.messages) == 1:
+            return reply("x" * 1600, tool_use("get_current_time", {"timezone": "UTC"}))
+        return reply("All done after the top-up.")
+
+    w.answer(agent)
+    w.app = await start_bot(w.settings)
+    try:
+        w.telegram.inject_text(w.alice_chat, "expensive question")
+        stopped = await w.telegram.next_bot_message(w.alice_chat.id, timeout=10)
+        assert "budget" in stopped["text"].lower()
+        question = await w.telegram.next_bot_message(w.alice_chat.id, timeout=10)
+        assert "Budget spent" in question["text"]
+        runtime = w.app.bot_data["runtime"]
+        for _ in range(500):
+            if await runtime.db.fetchval("SELECT message_id FROM escalations") is not None:
+                break
+            await asyncio.sleep(0.01)
+        w.telegram.press_button(question, text="Continue (+$0.02)", user=w.alice)
+        final = await w.telegram.wait_for(lambda: next(
+            (m for m in w.telegram.sent(w.alice_chat.id) if m["text"] == "All done after the top-up."),
+            None), timeout=10)
+        assert final is not None
+        [record] = await runtime.runs.recent()
+        assert record.status == "completed" and record.cost_usd <= 0.04
+    finally:
+        await stop_bot(w.app)

@@ -11,7 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 from agents.budget import WARN_FRACTION
-from agents.errors import ModelCallError
+from agents.errors import KeelError, ModelCallError
 from agents.runtime import Runtime
 from agents.spec import Limits
 from tests.fakes.scripted_model import ScriptedModel, reply, tool_call
@@ -167,3 +167,22 @@ async def test_daily_cap_is_checked_before_a_run_starts(make_runtime: Any) -> No
 def test_limits_override_keeps_the_rest() -> None:
     limits = Limits().overridden(max_steps=3)
     assert limits.max_steps == 3 and limits.budget_usd == Limits().budget_usd
+
+
+async def test_a_budget_halted_run_continues_with_more_budget(make_runtime: Any) -> None:
+    steps = [tool_call("get_current_time", {"timezone": "UTC"}, output_tokens=2500) for _ in range(2)]
+    model = ScriptedModel(*steps)
+    runtime: Runtime = await make_runtime(model, KEEL_RUN_BUDGET_USD="0.08")
+    halted = await runtime.run(task("expensive"))
+    assert halted.status == "budget_exceeded" and halted.state is not None
+    model.then(reply("Finished with the extra budget."))
+    result = await runtime.continue_with_budget(halted.run_id, 0.08, granted_by="Alice")
+    assert result.status == "completed" and result.output == "Finished with the extra budget."
+    assert result.run_id == halted.run_id and result.cost_usd <= 0.16
+    assert result.steps == 2  # the halted run's tool calls still count
+    events = _events(runtime, result.trace_id)
+    assert [e["type"] for e in events].count("run_end") == 2
+    assert any(e["type"] == "budget_raised" and e["granted_by"] == "Alice" for e in events)
+    with pytest.raises(KeelError):  # continued once; a second grant has nothing to continue
+        await runtime.continue_with_budget(halted.run_id, 0.08)
+    model.assert_all_used()
