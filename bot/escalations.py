@@ -163,7 +163,7 @@ class Escalations:
             # "Stop here": the run stays budget_exceeded
             await self._record_stopped(e.run_id, "run stopped: its budget was spent")
             return
-        async with keel.locks.get(key):
+        async with keel.locks.hold(key):
             try:
                 if e.tool_use_id == BUDGET:
                     record = await keel.runtime.runs.get(e.run_id)

@@ -9,17 +9,16 @@ was answered but not sent — each once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections import defaultdict
-from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Coroutine
 from datetime import timedelta
 from typing import Any
 
 from telegram import Bot
 
 from agents.errors import DailyCapExceeded, KeelError
-from agents.run import RunResult, describe
+from agents.run import RunResult, describe, new_id
 from agents.runtime import Runtime
 from agents.sessions import Sessions
 from bot.delivery import Outbox, TelegramNotifier
@@ -38,19 +37,31 @@ UNSUPPORTED_MEDIA = {
 }
 
 
-@dataclass
 class ConversationLocks:
-    """One run at a time per conversation (chat + topic); many conversations in parallel."""
+    """One run at a time per conversation (chat + topic); many conversations in parallel.
 
-    _locks: dict[tuple[int, int], asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
+    A lock lives while someone holds or waits for it, so idle conversations cost no memory and a
+    waiter never ends up with a lock that a newcomer no longer sees."""
 
-    def get(self, key: tuple[int, int]) -> asyncio.Lock:
-        return self._locks[key]
+    def __init__(self) -> None:
+        self._locks: dict[tuple[int, int], tuple[asyncio.Lock, int]] = {}
 
-    def release_idle(self, key: tuple[int, int]) -> None:
-        lock = self._locks.get(key)
-        if lock is not None and not lock.locked():
-            del self._locks[key]
+    @contextlib.asynccontextmanager
+    async def hold(self, key: tuple[int, int]) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
 
 
 class KeelBot:
@@ -119,13 +130,11 @@ class KeelBot:
 
     async def process(self, message: IncomingMessage) -> None:
         key = message.conversation
-        lock = self.locks.get(key)
-        async with lock:
+        async with self.locks.hold(key):
             try:
                 await self._answer(message)
             finally:
                 self.active.pop(key, None)
-        self.locks.release_idle(key)
 
     async def _answer(self, message: IncomingMessage) -> None:
         await self.inbox.mark(message.update_id, "processing")
@@ -147,8 +156,6 @@ class KeelBot:
             route = await self.runtime.route(text, current=conversation.current_agent)
             agent = route.agent
             await self.runtime.conversations.set_current_agent(conversation.id, agent)
-        from agents.run import new_id
-
         run_id = new_id()
         self.active[message.conversation] = run_id
         try:
