@@ -186,3 +186,26 @@ async def test_a_budget_halted_run_continues_with_more_budget(make_runtime: Any)
     with pytest.raises(KeelError):  # continued once; a second grant has nothing to continue
         await runtime.continue_with_budget(halted.run_id, 0.08)
     model.assert_all_used()
+
+
+async def test_a_hanging_tool_becomes_an_error_result_and_the_run_goes_on(make_runtime: Any) -> None:
+    from agents.tools import ToolArgs, tool
+
+    class Nothing(ToolArgs):
+        pass
+
+    @tool(description="Waits forever (a stuck upstream).", timeout_s=0.05, args_model=Nothing)
+    async def stuck(args: Nothing) -> str:
+        await asyncio.Event().wait()
+        return "never"
+
+    model = ScriptedModel(tool_call("stuck", {}), reply("The service is not answering."))
+    runtime: Runtime = await make_runtime(model)
+    runtime.registry.register(stuck)
+    runtime.agents["assistant"] = replace(runtime.agents["assistant"],
+                                          tools=("get_current_time", "stuck"))
+    result = await runtime.run(task("call the stuck service"))
+    assert result.status == "completed" and result.output == "The service is not answering."
+    tool_result = model.requests[1].messages[-1]["content"][0]
+    assert tool_result["is_error"] is True
+    assert json.loads(tool_result["content"])["error"] == "timeout"
