@@ -179,9 +179,9 @@ async def trace(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 async def schedules(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Scheduled jobs: next run in local time and worst-case daily spend."""
-    from agents.schedule import worst_case_daily_usd
+    from agents.schedule import Scheduler, worst_case_daily_usd
 
-    scheduler = context.bot_data.get("scheduler")
+    scheduler: Scheduler | None = context.bot_data.get("scheduler")
     if scheduler is None or not scheduler.jobs:
         await _reply(update, context, "No schedules. Add `[[schedules]]` to keel.toml.")
         return
@@ -190,8 +190,8 @@ async def schedules(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         upcoming = job.next_fire(scheduler.now())
         when = upcoming.astimezone(job.tz).strftime("%a %d %b %H:%M %Z") if upcoming else "never"
         lines.append(f"• `{job.name}` — `{job.agent}`, `{job.cron}` ({job.timezone}); next {when}; "
-                     f"≤ {job.runs_per_day()} run(s)/day × ${job.budget_usd:.2f} = "
-                     f"${job.worst_case_daily_usd():.2f}/day worst case")
+                     f"≤ {job.runs_per_day} run(s)/day × ${job.budget_usd:.2f} = "
+                     f"${job.worst_case_daily_usd:.2f}/day worst case")
     total = worst_case_daily_usd(list(scheduler.jobs.values()))
     lines.append(f"\nAll schedules, worst case: ${total:.2f} per day.")
     await _reply(update, context, "\n".join(lines))
@@ -202,9 +202,10 @@ async def run_now(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     from datetime import UTC, datetime
 
     from agents.run import new_id
+    from agents.schedule import Scheduler
     from bot.service import spawn
 
-    scheduler = context.bot_data.get("scheduler")
+    scheduler: Scheduler | None = context.bot_data.get("scheduler")
     names = sorted(scheduler.jobs) if scheduler else []
     if not context.args or scheduler is None or context.args[0] not in scheduler.jobs:
         await _reply(update, context, "Usage: `/run NAME` — one of: "
@@ -213,7 +214,12 @@ async def run_now(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     job = scheduler.jobs[context.args[0]]
     await _reply(update, context, f"Running `{job.name}` now; its outcome will be posted where "
                  "it always is.")
-    spawn(scheduler.on_fire(job, datetime.now(UTC), new_id()), f"/run {job.name}")
+    on_fire = scheduler.on_fire
+
+    async def go() -> None:
+        await on_fire(job, datetime.now(UTC), new_id())
+
+    spawn(go(), f"/run {job.name}")
 
 
 HANDLERS = {

@@ -103,3 +103,25 @@ async def test_a_delivery_that_keeps_failing_is_a_failed_run_with_an_alert(
         assert ALICE_ID == alice_chat.id
     finally:
         await stop_bot(w.app)
+
+
+async def test_schedules_lists_worst_case_spend_and_run_posts_now(
+    fake_telegram: FakeTelegram, fake_anthropic: FakeAnthropic, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    w, extra = await _world(fake_telegram, fake_anthropic, tmp_path, monkeypatch)
+    forum = extra["forum"]
+    try:
+        w.telegram.inject_text(w.alice_chat, "/schedules")
+        listing = await w.telegram.next_bot_message(w.alice_chat.id, timeout=10)
+        assert "morning" in listing["text"] and "Europe/Madrid" in listing["text"]
+        assert "1 run(s)/day × $0.30 = $0.30/day worst case" in listing["text"]
+        w.telegram.inject_text(w.alice_chat, "/run morning")
+        ack = await w.telegram.next_bot_message(w.alice_chat.id, timeout=10)
+        assert "Running `morning`" in ack["text"] or "Running morning" in ack["text"]
+        briefing = await w.telegram.wait_for(lambda: next(
+            (m for m in w.telegram.sent(forum.id) if m["text"].startswith("Briefing")), None),
+            timeout=10)
+        assert briefing is not None
+    finally:
+        await stop_bot(w.app)
