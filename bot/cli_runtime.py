@@ -52,6 +52,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--request", type=int, metavar="N", help="print the N-th model request (1-based)")
     p.add_argument("--json", action="store_true", help="print the raw events")
     p.set_defaults(handler=_trace_show)
+    p = trace.add_parser(
+        "replay", help="re-run a traced run offline against its recorded responses",
+        description="Drive the executor with the recorded model responses and tool results (no "
+        "model or tool is called) and compare every request it builds with the recorded one. "
+        "Exit 0 when the replay makes the same requests, 1 when it does not. A run that was "
+        "resumed after an escalation replays up to its first stop.")
+    p.add_argument("id", metavar="ID", help="trace id (or a unique prefix of it)")
+    p.set_defaults(handler=_trace_replay)
 
 
 async def _open_runtime(settings: Settings) -> Any:
@@ -232,3 +240,21 @@ def _trace_show(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     print(render_summary(summarise(events)))
     return 0
+
+
+def _trace_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from agents.config import load_keel_file, price_table
+    from agents.replay import ReplayError, replay
+
+    try:
+        events = _trace_store(settings).read(args.id)
+    except FileNotFoundError:
+        print(f"keel: no trace {args.id!r} under {settings.traces_dir}", file=sys.stderr)
+        return 1
+    try:
+        report = asyncio.run(replay(events, prices=price_table(load_keel_file(settings.config_path))))
+    except ReplayError as exc:
+        print(f"keel: cannot replay {args.id!r}: {exc}", file=sys.stderr)
+        return 1
+    print(report.render())
+    return 0 if report.identical else 1
