@@ -1,0 +1,224 @@
+"""``python -m bench [--quick]``: run every benchmark, write the JSON and the table, print the table.
+
+Sections run one after another (never two at once: the machine has few cores and the fakes share
+this process's event loop). A section that fails is reported as not measured, with its error; the
+others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import budget_caps, concurrency, overhead, startup, token_economics
+from bench.machine import machine_info
+from bench.report import table
+from bench.stage import Stage
+from bench.stats import median, ratio
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ALL = ("startup", "overhead", "concurrency", "tokens", "budget")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """How big each measurement is. ``FULL`` fits in 10 minutes on 2 cores, ``QUICK`` in one."""
+
+    mode: str
+    startup_repeats: int
+    overhead_latency_s: float
+    overhead_chats: int
+    overhead_rounds: int
+    """Timed turns per chat with the agent pinned (one model call per turn)."""
+    routed_rounds: int
+    """Timed turns per chat through the router (two model calls per turn)."""
+    concurrency_latency_s: float
+    concurrency_sizes: tuple[int, ...]
+    concurrency_repeats: dict[int, int] = field(default_factory=dict)
+    token_turns: tuple[int, ...]
+    token_seeds: tuple[int, ...]
+    budget_runs: int
+    seed: int = 8
+
+
+FULL = Plan(mode="full", startup_repeats=5, overhead_latency_s=0.2, overhead_chats=10,
+            overhead_rounds=8, routed_rounds=4, concurrency_latency_s=1.0,
+            concurrency_sizes=(1, 100, 1000), concurrency_repeats={1: 5, 100: 3, 1000: 2},
+            token_turns=(20, 60), token_seeds=(1, 2, 3), budget_runs=200)
+QUICK = Plan(mode="quick", startup_repeats=1, overhead_latency_s=0.2, overhead_chats=3,
+             overhead_rounds=3, routed_rounds=2, concurrency_latency_s=1.0,
+             concurrency_sizes=(1, 100), concurrency_repeats={1: 2, 100: 1},
+             token_turns=(20,), token_seeds=(1,), budget_runs=50)
+
+
+def _clean_environment() -> None:
+    """A developer's own keel settings must not shape the numbers (subprocesses get a clean env
+    anyway; this covers the in-process sections)."""
+    for name in list(os.environ):
+        if name.startswith(("KEEL_", "TELEGRAM_", "ANTHROPIC_")):
+            del os.environ[name]
+
+
+async def _section(results: dict[str, Any], name: str,
+                   run: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+    started = time.monotonic()
+    print(f"bench: {name} …", file=sys.stderr, flush=True)
+    try:
+        results[name] = await run()
+    except Exception as exc:  # report what could not be measured, keep going
+        results.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+    results["section_durations_s"][name] = round(time.monotonic() - started, 1)
+    print(f"bench: {name} done in {results['section_durations_s'][name]} s", file=sys.stderr,
+          flush=True)
+
+
+async def _live(results: dict[str, Any], plan: Plan, only: set[str]) -> None:
+    """Overhead and concurrency share one long-lived bot process."""
+    capacity = 2 * plan.overhead_chats + sum(plan.concurrency_sizes)
+    with tempfile.TemporaryDirectory(prefix="keel-bench-live-") as tmp:
+        stage = Stage(Path(tmp), capacity=capacity, latency=plan.overhead_latency_s)
+        await stage.open()
+        try:
+            if "overhead" in only:
+                await _section(results, "overhead", lambda: overhead.measure(
+                    stage, latency=plan.overhead_latency_s, chats=plan.overhead_chats,
+                    rounds=plan.overhead_rounds, routed_rounds=plan.routed_rounds))
+            if "concurrency" in only:
+                await _section(results, "concurrency", lambda: concurrency.measure(
+                    stage, latency=plan.concurrency_latency_s,
+                    sizes=list(plan.concurrency_sizes), repeats=plan.concurrency_repeats))
+        finally:
+            closed = await stage.close()
+        results["live_bot"] = {**closed, "first_getupdates_s": round(stage.first_poll_s or 0, 3),
+                               "idle_rss_kb": stage.idle_rss_kb,
+                               "stderr_tail": stage.bot.stderr_tail(2000)}
+
+
+def _memory(results: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"how": "VmRSS from /proc/<pid>/status of the bot process"}
+    if "startup" in results:
+        s = results["startup"]
+        out |= {"idle_rss_kb": s["idle_rss_kb"]["keel"],
+                "baseline_idle_rss_kb": s["idle_rss_kb"]["baseline"],
+                "idle_over_baseline": s["idle_rss_over_baseline"]}
+    live_idle = results.get("live_bot", {}).get("idle_rss_kb")
+    if "concurrency" in results and live_idle:
+        n, c = max(((int(k), v) for k, v in results["concurrency"]["sizes"].items()),
+                   key=lambda kv: kv[0])
+        in_flight = median(r["bot_rss_kb_all_in_flight"] for r in c["runs"]
+                           if r["bot_rss_kb_all_in_flight"])
+        out |= {"active_sessions": n, "live_idle_rss_kb": live_idle,
+                "rss_kb_all_in_flight": in_flight,
+                "peak_rss_kb": max(r["bot_rss_kb_peak_sampled"] or 0 for r in c["runs"]),
+                "per_session_kb": round((in_flight - live_idle) / n, 1),
+                "in_flight_over_idle": ratio(in_flight, live_idle)}
+    return out
+
+
+def _notes(results: dict[str, Any], plan: Plan) -> list[str]:
+    notes = [
+        "How: the real bot (`python -m bot.cli run`) talks HTTP to the fake Telegram and "
+        "Anthropic servers (tests/fakes) running in the bench process on 127.0.0.1. "
+        f"Overhead: model latency {plan.overhead_latency_s:g} s, sequential turns; 'direct SDK' "
+        "replays the very request bodies the bot sent with `anthropic.AsyncAnthropic` from a "
+        "separate process (the floor any bot pays). Concurrency: each chat pins "
+        "`/agent assistant` first so one turn = one model call; ideal wall = one model latency.",
+        "Replies under load are throttled by the bot's AIORateLimiter (~30 chat-bound requests/s "
+        "in total: replies, typing actions and streamed drafts share it); that is keel's real "
+        "behaviour and is left on. The fake Telegram's flood control is off.",
+        "Token economics run in process (keel's Runtime + Sessions + router against the fake "
+        "through the real SDK); the naive baseline sends the same conversation with no cache "
+        "breakpoints, the full history every turn, no router. Token counts are the fake's "
+        "estimate (4 characters per token), not a real tokenizer: ratios matter, absolute "
+        "counts do not.",
+        "Memory baseline and start-up baseline: `bench/baseline_bot.py`, python-telegram-bot + "
+        "AsyncAnthropic with no keel.",
+    ]
+    if plan.mode == "quick":
+        notes.append("QUICK RUN: fewer repeats and smaller sizes (no 1,000-chat concurrency, so "
+                      "no 1,000-session memory figure; no 60-turn conversation; "
+                      f"{plan.budget_runs} budget runs). Use `make bench` for the full figures.")
+    for name, error in results.get("errors", {}).items():
+        notes.append(f"NOT MEASURED — {name}: {error}")
+    return [f"- {n}" for n in notes]
+
+
+async def run(plan: Plan, only: set[str]) -> dict[str, Any]:
+    started = time.monotonic()
+    results: dict[str, Any] = {"bench": "keel", "mode": plan.mode, "machine": machine_info(),
+                               "plan": dataclasses.asdict(plan), "section_durations_s": {}}
+    if "startup" in only:
+        await _section(results, "startup", lambda: startup.measure(plan.startup_repeats))
+    if only & {"overhead", "concurrency"}:
+        await _live(results, plan, only)
+    if "tokens" in only:
+        await _section(results, "tokens", lambda: token_economics.measure(
+            list(plan.token_turns), list(plan.token_seeds)))
+    if "budget" in only:
+        await _section(results, "budget", lambda: budget_caps.measure(plan.budget_runs,
+                                                                        plan.seed))
+    results["memory"] = _memory(results)
+    results["duration_s"] = round(time.monotonic() - started, 1)
+    results["notes"] = _notes(results, plan)
+    return results
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer repeats and smaller sizes (under a minute); writes quick.*")
+    parser.add_argument("--only", default=",".join(ALL),
+                        help=f"comma-separated sections (default all: {','.join(ALL)})")
+    parser.add_argument("--latency", type=float, help="fake model latency for the overhead "
+                        "measurement, seconds (default 0.2)")
+    parser.add_argument("--concurrency-latency", type=float,
+                        help="fake model latency for the concurrency measurement (default 1.0)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the results")
+    parser.add_argument("--name", help="file name stem (default latest, or quick with --quick)")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    if args.latency is not None:
+        plan = dataclasses.replace(plan, overhead_latency_s=args.latency)
+    if args.concurrency_latency is not None:
+        plan = dataclasses.replace(plan, concurrency_latency_s=args.concurrency_latency)
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    unknown = only - set(ALL)
+    if unknown:
+        parser.error(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(ALL)}")
+
+    _clean_environment()
+    from tests import netguard
+
+    netguard.install()  # loopback only: the bench never reaches the internet
+    results = asyncio.run(run(plan, only))
+    markdown = table(results)
+    stem = args.name or ("quick" if args.quick else "latest")
+    args.out.mkdir(parents=True, exist_ok=True)
+    _write(args.out / f"{stem}.json", json.dumps(results, indent=2, default=str) + "\n")
+    _write(args.out / f"{stem}.md", markdown)
+    print(markdown)
+    print(f"wrote {args.out / (stem + '.json')} and {stem}.md in {results['duration_s']:.0f} s",
+          file=sys.stderr)
+    return 1 if results.get("errors") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

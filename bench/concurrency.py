@@ -1,0 +1,163 @@
+"""Concurrency: N chats send a message at the same instant while the model takes a fixed time.
+
+Each chat pins ``/agent assistant`` first (untimed), so a turn is exactly one model call and the
+ideal wall time for any N is one model latency. For every repeat we record, per chat, when its
+message reached the fake Telegram server, when its model call reached the fake Anthropic server and
+when its reply's sendMessage reached Telegram. From that:
+
+* wall time (first message → last reply) against the ideal, and turns per second;
+* time until every model call had started, and until every reply was delivered: the gap is the
+  bot's Telegram rate limiter (AIORateLimiter, ~30 requests/s for all chat-bound calls: replies,
+  typing actions, drafts), which is real keel behaviour and is not switched off here;
+* whether any chat waited on another: the peak number of model calls in flight at once (N means no
+  chat's model call waited for another's), and how many calls started only after the first call
+  had already finished;
+* the bot's resident memory while all N runs are in flight, and its peak.
+
+Baseline, same run: the same N request bodies sent at once with AsyncAnthropic from one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from bench.stage import GIVE_UP_IDLE_S, Stage, direct_calls
+from bench.stats import median, peak_overlap, percentile, ratio, summary
+from bench.world import CHAT_METHODS
+
+QUESTION = "what is a good name for a grey cat? One line."
+
+
+async def _sample_memory(stage: Stage, into: list[int], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        rss = stage.bot.memory_kb().get("VmRSS")
+        if rss:
+            into.append(rss)
+        try:
+            await asyncio.wait_for(stop.wait(), 0.25)
+        except TimeoutError:
+            pass
+
+
+async def _one(stage: Stage, chats: list[Any], latency: float,
+               timeout: float) -> dict[str, Any]:  # noqa: ASYNC109
+    model = stage.model
+    calls_from = len(model.calls)
+    stage.replies.scan()
+    chat_calls_from = len(stage.replies.chat_calls)
+    wanted = stage.expected(chats)
+    batch: dict[int, int] = {}
+
+    def all_in_flight() -> bool:
+        return sum(1 for c in model.calls[calls_from:] if c.kind == "agent") >= len(chats)
+
+    in_flight = model.when(all_in_flight)
+    samples: list[int] = []
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(_sample_memory(stage, samples, stop))
+    cpu_bot, cpu_bench = stage.bot.cpu_s(), time.process_time()
+    sent: dict[int, float] = {}
+    t0 = time.time()
+    for chat in chats:
+        batch[chat.id], sent[chat.id] = stage.say(chat, QUESTION)
+    rss_in_flight = None
+    try:
+        try:
+            await asyncio.wait_for(in_flight.wait(), 60 + latency)
+            rss_in_flight = stage.bot.memory_kb().get("VmRSS")
+        except TimeoutError:
+            pass  # some message never reached the model; counted below
+        missing = await stage.replies.until_counts(wanted, timeout, give_up_idle_s=GIVE_UP_IDLE_S)
+    finally:
+        stop.set()
+        await sampler
+    replied = {c.id: stage.replies.by_chat[c.id][wanted[c.id] - 1] for c in chats
+               if c.id not in missing}
+    wall = max(replied.values()) - t0
+    cpu_bot, cpu_bench = stage.bot.cpu_s() - cpu_bot, time.process_time() - cpu_bench
+
+    calls = [c for c in model.calls[calls_from:]
+             if c.kind == "agent" and c.chat_id in batch and c.n == batch[c.chat_id]]
+    first_done = min(c.done for c in calls)
+    tg = [r for r in stage.replies.chat_calls[chat_calls_from:] if r.method.lower() in CHAT_METHODS]
+    tg_span = (max(r.time for r in tg) - min(r.time for r in tg)) if len(tg) > 1 else 0.0
+    per_method: dict[str, int] = {}
+    for r in tg:
+        per_method[r.method] = per_method.get(r.method, 0) + 1
+    return {
+        "wall_s": round(wall, 4),
+        "unanswered_chats": sorted(missing),
+        "chats_without_model_call": len(chats) - len(calls),
+        "all_model_calls_started_s": round(max(c.arrived for c in calls) - t0, 4),
+        "all_model_calls_answered_s": round(max(c.done for c in calls) - t0, 4),
+        "all_replies_delivered_s": round(wall, 4),
+        "injection_s": round(max(sent.values()) - t0, 4),
+        "peak_model_calls_in_flight": peak_overlap((c.arrived, c.done) for c in calls),
+        "calls_started_after_first_answer": sum(1 for c in calls if c.arrived > first_done),
+        "reply_latency_s": summary([replied[cid] - sent[cid] for cid in replied]),
+        "message_to_model_call_s": summary([c.arrived - sent[c.chat_id] for c in calls]),
+        "model_answer_to_reply_s": summary([replied[c.chat_id] - c.done for c in calls
+                                            if c.chat_id in replied]),
+        "telegram_chat_calls": per_method,
+        "telegram_chat_calls_per_s": round(len(tg) / tg_span, 1) if tg_span else None,
+        "bot_rss_kb_all_in_flight": rss_in_flight,
+        "bot_rss_kb_peak_sampled": max(samples) if samples else None,
+        "bot_cpu_share": round(cpu_bot / wall, 3),
+        "bench_cpu_share": round(cpu_bench / wall, 3),
+        "bodies": [c.rec.body for c in calls],
+    }
+
+
+async def measure(stage: Stage, *, latency: float, sizes: list[int],
+                  repeats: dict[int, int]) -> dict[str, Any]:
+    stage.model.latency = latency
+    stage.model.answer = lambda text: f"Try *Ash* (re {text[:20]})."
+    out: dict[str, Any] = {
+        "model_latency_s": latency,
+        "ideal_wall_s": latency,
+        "how": "each chat pins /agent assistant first (untimed), so one model call per turn; all "
+               "N messages are injected back to back and the bot's replies awaited; medians over "
+               "repeats (each repeat is one more message in every chat)",
+        "sizes": {},
+    }
+    for n in sizes:
+        chats = stage.new_chats(n)
+        timeout = 120 + n * 0.5
+        pin_failures = await stage.pin(chats, timeout=timeout)
+        runs = []
+        for _ in range(repeats.get(n, 1)):
+            await asyncio.sleep(2.0 if n > 1 else 0.2)  # let the rate limiter's bucket refill
+            runs.append(await _one(stage, chats, latency, timeout))
+        bodies = runs[-1].pop("bodies")
+        for r in runs:
+            r.pop("bodies", None)
+        direct = await direct_calls(stage.anthropic.base_url, [[b] for b in bodies],
+                                    concurrent=True, warmup=bodies[0])
+        starts = [t["started"] for t in direct["turns"]]
+        wall = median(r["wall_s"] for r in runs)
+        out["sizes"][str(n)] = {
+            "chats": n,
+            "repeats": len(runs),
+            "pin_failures": pin_failures,
+            "unanswered_per_repeat": [len(r["unanswered_chats"]) for r in runs],
+            "wall_s": round(wall, 3),
+            "wall_over_ideal": ratio(wall, latency),
+            "turns_per_s": round(n / wall, 2),
+            "all_model_calls_started_s": round(median(r["all_model_calls_started_s"]
+                                                      for r in runs), 3),
+            "all_replies_delivered_s": round(wall, 3),
+            "peak_model_calls_in_flight": min(r["peak_model_calls_in_flight"] for r in runs),
+            "any_model_call_waited_on_another": any(
+                r["peak_model_calls_in_flight"] < n or r["calls_started_after_first_answer"]
+                for r in runs),
+            "reply_latency_p50_s": round(median(r["reply_latency_s"]["p50"] for r in runs), 3),
+            "reply_latency_p99_s": round(median(r["reply_latency_s"]["p99"] for r in runs), 3),
+            "direct_sdk_wall_s": round(direct["wall_s"], 3),
+            "direct_sdk_all_started_s": round(percentile([s - direct["t0"] for s in starts], 100),
+                                              3),
+            "wall_over_direct_sdk": ratio(wall, direct["wall_s"]),
+            "runs": runs,
+        }
+    return out

@@ -1,0 +1,147 @@
+"""The short Markdown table (and its notes) from the results JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.machine import describe
+
+
+def _ms(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
+def _s(seconds: float | None, digits: int = 2) -> str:
+    return "n/a" if seconds is None else f"{seconds:.{digits}f} s"
+
+
+def _x(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}×"
+
+
+def _mb(kb: float | None) -> str:
+    return "n/a" if not kb else f"{kb / 1024:.1f} MB"
+
+
+def _usd(value: float) -> str:
+    return f"${value:.4f}"
+
+
+def _missing(results: dict[str, Any], section: str) -> str | None:
+    if section in results.get("errors", {}):
+        return f"not measured: {results['errors'][section]}"
+    if section not in results:
+        return "not run"
+    return None
+
+
+def _overhead_rows(r: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for key, label in (("pinned", "pinned agent, 1 model call"),
+                       ("routed", "router + agent, 2 model calls")):
+        o = r[key]
+        k, b = o["keel"]["overhead_s"], o["direct_sdk"]["overhead_s"]
+        rows.append([f"Overhead per turn p50 / p99 — {label} ({o['timed_turns']} turns)",
+                     f"{_ms(k['p50'])} / {_ms(k['p99'])}",
+                     f"{_ms(b['p50'])} / {_ms(b['p99'])} (direct SDK)",
+                     f"{_x(o['overhead_p50_ratio'])} / {_x(o['overhead_p99_ratio'])}; keel adds "
+                     f"{_ms(o['keel_added_p50_s'])} at p50"])
+    return rows
+
+
+def _concurrency_rows(r: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    latency = r["model_latency_s"]
+    for n, c in r["sizes"].items():
+        waited = "yes" if c["any_model_call_waited_on_another"] else "no"
+        rows.append([
+            f"Concurrency {n} chat(s), {latency:g} s model: wall · turns/s",
+            f"{_s(c['wall_s'])} · {c['turns_per_s']:.1f}/s",
+            f"ideal {_s(latency)}; direct SDK {_s(c['direct_sdk_wall_s'])}",
+            f"{_x(c['wall_over_ideal'])} ideal; {_x(c['wall_over_direct_sdk'])} direct",
+        ])
+        rows.append([
+            f"… {n} chat(s): all model calls started · all replies delivered · a chat's model "
+            "call waited on another?",
+            f"{_s(c['all_model_calls_started_s'])} · {_s(c['all_replies_delivered_s'])} · "
+            f"{waited} (peak {c['peak_model_calls_in_flight']} in flight)",
+            f"direct SDK all started {_s(c['direct_sdk_all_started_s'])}", "",
+        ])
+    return rows
+
+
+def _memory_rows(results: dict[str, Any]) -> list[list[str]]:
+    m = results.get("memory") or {}
+    rows = [["Memory (VmRSS) at idle", _mb(m.get("idle_rss_kb")),
+             f"{_mb(m.get('baseline_idle_rss_kb'))} (baseline bot)",
+             _x(m.get("idle_over_baseline"))]]
+    if m.get("active_sessions"):
+        rows.append([f"Memory with {m['active_sessions']} active sessions (all runs in flight) · "
+                     "peak", f"{_mb(m.get('rss_kb_all_in_flight'))} · {_mb(m.get('peak_rss_kb'))}",
+                     f"same process idle {_mb(m.get('live_idle_rss_kb'))}",
+                     f"+{m.get('per_session_kb', 0):.1f} kB per session"])
+    return rows
+
+
+def _startup_rows(r: dict[str, Any]) -> list[list[str]]:
+    f = r["first_getupdates_s"]
+    return [["Start-up: process start → first getUpdates, cold / warm",
+             f"{_s(f['cold'])} / {_s(f['warm'])}", f"{_s(f['baseline'])} (baseline bot)",
+             f"{_x(r['cold_over_baseline'])} / {_x(r['warm_over_baseline'])}"]]
+
+
+def _token_rows(r: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for turns, conv in r["conversations"].items():
+        m = conv["median"]
+        compactions = conv["runs"][0]["compactions"]
+        rows += [
+            [f"{turns}-turn conversation: cache hit ratio (compactions: {compactions})",
+             f"{m['keel_cache_hit_ratio']:.1%}", f"{m['naive_cache_hit_ratio']:.1%} (naive)", ""],
+            [f"{turns}-turn: billed input-token equivalents per turn",
+             f"{m['keel_billed_input_equiv_per_turn']:,.0f}",
+             f"{m['naive_billed_input_equiv_per_turn']:,.0f} (naive)",
+             _x(m["billed_input_over_naive"])],
+            [f"{turns}-turn: cost of the conversation (router and compaction included)",
+             _usd(m["keel_cost_usd"]), f"{_usd(m['naive_cost_usd'])} (naive)",
+             _x(m["cost_over_naive"])],
+            [f"{turns}-turn: router share of cost · compaction share",
+             f"{m['router_share_of_cost']:.1%} · {m['compaction_share_of_cost']:.1%}", "", ""],
+        ]
+    return rows
+
+
+def _budget_rows(r: dict[str, Any]) -> list[list[str]]:
+    h = r["headroom_fraction_runs_that_called_the_model"]
+    spent = r["runs"] - r["halted_before_any_call"]
+    return [
+        [f"Budget: runs that finished over their cap ({r['runs']} randomized runs)",
+         f"{r['over_cap']}", "must be 0", f"max cost/cap {r['max_cost_over_cap']:.2f}"],
+        [f"Budget: headroom (cap − cost)/cap, the {spent} runs that called the model",
+         f"p50 {h.get('p50', 0):.0%} (min {h.get('min', 0):.0%}, max {h.get('max', 0):.0%})",
+         f"{r['halted_before_any_call']} runs halted before any call", ""],
+    ]
+
+
+SECTIONS = (("overhead", _overhead_rows), ("concurrency", _concurrency_rows),
+            ("memory", None), ("startup", _startup_rows), ("tokens", _token_rows),
+            ("budget", _budget_rows))
+
+
+def table(results: dict[str, Any]) -> str:
+    mode = "quick (`make bench-quick`: fewer repeats, smaller sizes)" \
+        if results["mode"] == "quick" else "full (`make bench`)"
+    lines = [f"Machine: {describe(results['machine'])}. Run: {mode}, "
+             f"{results['duration_s']:.0f} s.", "",
+             "| Measure | keel | Baseline (same run) | keel ÷ baseline |",
+             "| --- | --- | --- | --- |"]
+    for name, rows in SECTIONS:
+        if name == "memory":
+            body = _memory_rows(results)
+        else:
+            missing = _missing(results, name)
+            body = [[name, missing, "", ""]] if missing else rows(results[name])  # type: ignore[misc]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
+                  for row in body]
+    lines += ["", *results.get("notes", [])]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,127 @@
+"""One live bot for the overhead and concurrency measurements: fakes up, bot started, chats handed out.
+
+The bot's allowlist is fixed when it starts, so the stage reserves every simulated user up front.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.world import (
+    API_KEY,
+    FIRST_USER_ID,
+    ROOT,
+    BotProcess,
+    Model,
+    Replies,
+    base_env,
+    private_chats,
+    tag,
+)
+from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.telegram import Chat, FakeTelegram
+
+# Per-user and overall daily caps are raised so that a thousand simulated users never hit them;
+# the per-run cap stays keel's default.
+IDLE_SETTLE_S = 2.0
+GIVE_UP_IDLE_S = 20.0
+"""Under load, stop waiting for missing replies once this long passes with no reply at all."""
+BOT_ENV = {"KEEL_DAILY_BUDGET_USD": "100000", "KEEL_DAILY_BUDGET_USD_PER_USER": "1000"}
+
+
+@dataclass
+class Stage:
+    workdir: Path
+    capacity: int
+    latency: float
+    telegram: FakeTelegram = field(init=False)
+    anthropic: FakeAnthropic = field(init=False)
+    model: Model = field(init=False)
+    replies: Replies = field(init=False)
+    bot: BotProcess = field(init=False)
+    first_poll_s: float | None = None
+    idle_rss_kb: int | None = None
+    _next_id: int = FIRST_USER_ID
+    _turns: dict[int, int] = field(default_factory=dict)
+
+    async def open(self) -> Stage:
+        self.telegram = FakeTelegram()
+        await self.telegram.start()
+        self.model = Model(latency=self.latency)
+        self.anthropic = FakeAnthropic(responder=self.model)
+        await self.anthropic.start()
+        self.replies = Replies(self.telegram)
+        ids = range(FIRST_USER_ID, FIRST_USER_ID + self.capacity)
+        self.bot = BotProcess(self.telegram, self.anthropic, self.workdir, allowed_ids=ids,
+                              extra_env=BOT_ENV)
+        await self.bot.start()
+        self.first_poll_s = await self.bot.wait_first_poll()
+        await asyncio.sleep(IDLE_SETTLE_S)
+        self.idle_rss_kb = self.bot.memory_kb().get("VmRSS")
+        return self
+
+    async def close(self) -> dict[str, Any]:
+        code = await self.bot.stop()
+        await self.telegram.stop()
+        await self.anthropic.stop()
+        return {"exit_code": code, "fake_telegram_crashes": list(self.telegram.crashes),
+                "fake_anthropic_unexpected": [r.note for r in self.anthropic.unexpected]}
+
+    def new_chats(self, n: int) -> list[Chat]:
+        if self._next_id + n > FIRST_USER_ID + self.capacity:
+            raise RuntimeError("the stage reserved too few simulated users")
+        ids = range(self._next_id, self._next_id + n)
+        self._next_id += n
+        return private_chats(self.telegram, ids)
+
+    def expected(self, chats: Iterable[Chat], more: int = 1) -> dict[int, int]:
+        self.replies.scan()
+        return {c.id: self.replies.count(c.id) + more for c in chats}
+
+    async def pin(self, chats: list[Chat], timeout: float) -> list[int]:  # noqa: ASYNC109
+        """``/agent assistant`` in each chat, so every later turn is one model call. Returns the
+        chats where it did not work (no answer, or an answer other than the confirmation); those
+        chats keep going through the router."""
+        wanted = self.expected(chats)
+        for chat in chats:
+            self.telegram.inject_text(chat, "/agent assistant")
+        await self.replies.until_counts(wanted, timeout, give_up_idle_s=GIVE_UP_IDLE_S)
+        return [c.id for c in chats
+                if not any(m.get("text", "").startswith("Pinned") for m in self.telegram.sent(c.id))]
+
+    def say(self, chat: Chat, text: str) -> tuple[int, float]:
+        """A person's message, tagged with its turn number; returns (n, time it reached the fake)."""
+        n = self._turns.get(chat.id, 0) + 1
+        self._turns[chat.id] = n
+        self.telegram.inject_text(chat, f"{tag(chat.id, n)} {text}")
+        return n, time.time()
+
+    async def turn(self, chat: Chat, text: str, timeout: float = 60.0) -> tuple[int, float, float]:  # noqa: ASYNC109
+        """One message and its reply: (n, sent at, reply sent at)."""
+        wanted = self.expected([chat])
+        n, sent = self.say(chat, text)
+        await self.replies.until_counts(wanted, timeout)
+        return n, sent, self.replies.by_chat[chat.id][wanted[chat.id] - 1]
+
+
+async def direct_calls(base_url: str, turns: list[list[dict[str, Any]]], *, concurrent: bool,
+                       warmup: dict[str, Any] | None = None, timeout: float = 900.0) -> dict[str, Any]:  # noqa: ASYNC109
+    """Run ``bench.direct_client`` in its own process against ``base_url``."""
+    job = {"base_url": base_url, "api_key": API_KEY, "concurrent": concurrent, "turns": turns,
+           "warmup": warmup}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.direct_client", cwd=str(ROOT), env=base_env(),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(json.dumps(job).encode()), timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"direct client failed ({proc.returncode}): {err.decode()[-2000:]}")
+    result: dict[str, Any] = json.loads(out)
+    return result
