@@ -23,7 +23,7 @@ class Progress:
     """``async with Progress(bot, chat, thread, private=...) as p: ... await p("tool", name)``."""
 
     def __init__(self, bot: Bot, chat_id: int, thread_id: int | None, *, private: bool,
-                 draft_id: int) -> None:
+                 draft_id: int, quiet: bool = False) -> None:
         self.bot = bot
         self.chat_id = chat_id
         self.thread_id = thread_id
@@ -33,10 +33,12 @@ class Progress:
         self._text = ""
         self._status = ""
         self._last_draft = 0.0
-        self._drafts_ok = private
+        self._drafts_ok = private and not quiet
+        self._quiet = quiet
 
     async def __aenter__(self) -> Progress:
-        self._typing = asyncio.create_task(self._keep_typing())
+        if not self._quiet:
+            self._typing = asyncio.create_task(self._keep_typing())
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

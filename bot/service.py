@@ -29,6 +29,9 @@ from storage.inbox import Inbox
 
 log = logging.getLogger(__name__)
 
+PROGRESS_MAX_ACTIVE_RUNS = 10
+"""Above this many runs at once, no typing actions or drafts: replies keep the rate limit."""
+
 UNSUPPORTED_MEDIA = {
     "photo": "photos", "voice": "voice notes", "audio": "audio files", "video": "videos",
     "video_note": "video notes", "sticker": "stickers", "document": "files",
@@ -159,8 +162,12 @@ class KeelBot:
         run_id = new_id()
         self.active[message.conversation] = run_id
         try:
+            # Typing and drafts share Telegram's rate limit with answers: under load, answers
+            # go first and the cosmetic traffic is shed.
+            quiet = len(self.active) > PROGRESS_MAX_ACTIVE_RUNS
             async with Progress(self.bot, message.chat_id, message.thread_id,
-                                private=message.is_private, draft_id=message.message_id) as progress:
+                                private=message.is_private, draft_id=message.message_id,
+                                quiet=quiet) as progress:
                 turn = await self.sessions.turn(
                     chat_id=message.chat_id, thread_id=message.thread_id, agent=agent,
                     content=[{"type": "text", "text": text}], user_id=message.user_id,
