@@ -49,17 +49,28 @@ class Plan:
     token_turns: tuple[int, ...]
     token_seeds: tuple[int, ...]
     budget_runs: int
+    idle_settle_s: float = 2.0
+    give_up_idle_s: float = 10.0
+    """Missing replies are given up (and counted) once the bot sent nothing to Telegram this long."""
+    startup_warm: bool = True
+    """Also time a restart on an existing data directory."""
+    time_limit_s: float
+    """The whole run's target; concurrency repeats that would pass it are skipped (and said so)."""
     seed: int = 8
 
 
 FULL = Plan(mode="full", startup_repeats=5, overhead_latency_s=0.2, overhead_chats=10,
             overhead_rounds=8, routed_rounds=4, concurrency_latency_s=1.0,
             concurrency_sizes=(1, 100, 1000), concurrency_repeats={1: 5, 100: 3, 1000: 2},
-            token_turns=(20, 60), token_seeds=(1, 2, 3), budget_runs=200)
-QUICK = Plan(mode="quick", startup_repeats=1, overhead_latency_s=0.2, overhead_chats=3,
-             overhead_rounds=3, routed_rounds=2, concurrency_latency_s=1.0,
-             concurrency_sizes=(1, 100), concurrency_repeats={1: 2, 100: 1},
-             token_turns=(20,), token_seeds=(1,), budget_runs=50)
+            token_turns=(20, 60), token_seeds=(1, 2, 3), budget_runs=200, time_limit_s=540)
+QUICK = Plan(mode="quick", startup_repeats=1, overhead_latency_s=0.2, overhead_chats=2,
+             overhead_rounds=4, routed_rounds=2, concurrency_latency_s=1.0,
+             concurrency_sizes=(1, 100), concurrency_repeats={1: 1, 100: 1},
+             token_turns=(20,), token_seeds=(1,), budget_runs=50, idle_settle_s=1.0, startup_warm=False,
+             give_up_idle_s=4.0,
+             time_limit_s=55)
+AFTER_LIVE_S = 30.0
+"""Time kept for the in-process sections that run after the live bot (tokens, budget)."""
 
 
 def _clean_environment() -> None:
@@ -84,11 +95,12 @@ async def _section(results: dict[str, Any], name: str,
           flush=True)
 
 
-async def _live(results: dict[str, Any], plan: Plan, only: set[str]) -> None:
+async def _live(results: dict[str, Any], plan: Plan, only: set[str], deadline: float) -> None:
     """Overhead and concurrency share one long-lived bot process."""
     capacity = 2 * plan.overhead_chats + sum(plan.concurrency_sizes)
     with tempfile.TemporaryDirectory(prefix="keel-bench-live-") as tmp:
-        stage = Stage(Path(tmp), capacity=capacity, latency=plan.overhead_latency_s)
+        stage = Stage(Path(tmp), capacity=capacity, latency=plan.overhead_latency_s,
+                      idle_settle_s=plan.idle_settle_s, give_up_idle_s=plan.give_up_idle_s)
         await stage.open()
         try:
             if "overhead" in only:
@@ -98,7 +110,8 @@ async def _live(results: dict[str, Any], plan: Plan, only: set[str]) -> None:
             if "concurrency" in only:
                 await _section(results, "concurrency", lambda: concurrency.measure(
                     stage, latency=plan.concurrency_latency_s,
-                    sizes=list(plan.concurrency_sizes), repeats=plan.concurrency_repeats))
+                    sizes=list(plan.concurrency_sizes), repeats=plan.concurrency_repeats,
+                    deadline=deadline))
         finally:
             closed = await stage.close()
         results["live_bot"] = {**closed, "first_getupdates_s": round(stage.first_poll_s or 0, 3),
@@ -148,8 +161,21 @@ def _notes(results: dict[str, Any], plan: Plan) -> list[str]:
     ]
     if plan.mode == "quick":
         notes.append("QUICK RUN: fewer repeats and smaller sizes (no 1,000-chat concurrency, so "
-                      "no 1,000-session memory figure; no 60-turn conversation; "
+                      "no 1,000-session memory figure; no warm restart; no 60-turn conversation; "
                       f"{plan.budget_runs} budget runs). Use `make bench` for the full figures.")
+    lost = {n: (sum(c["unanswered_per_repeat"]), len(c["pin_failures"]))
+            for n, c in results.get("concurrency", {}).get("sizes", {}).items()}
+    if any(a or b for a, b in lost.values()):
+        db = results.get("live_bot", {}).get("bot_database_after_stop", {})
+        notes.append(
+            "FOUND UNDER LOAD: some chats never got their reply ("
+            + ", ".join(f"{a} at {n} chats" for n, (a, _) in lost.items() if a)
+            + ") and some `/agent` commands failed ("
+            + ", ".join(f"{b} at {n} chats" for n, (_, b) in lost.items() if b)
+            + f"). After the bot stopped, its outbox statuses were {db.get('outbox')} and its "
+            f"runs {db.get('runs')}; the bot logged "
+            f"{results.get('live_bot', {}).get('bot_error_log_lines')} ERROR line(s). Timing "
+            "figures above cover the chats that were answered.")
     for name, error in results.get("errors", {}).items():
         notes.append(f"NOT MEASURED — {name}: {error}")
     return [f"- {n}" for n in notes]
@@ -160,9 +186,11 @@ async def run(plan: Plan, only: set[str]) -> dict[str, Any]:
     results: dict[str, Any] = {"bench": "keel", "mode": plan.mode, "machine": machine_info(),
                                "plan": dataclasses.asdict(plan), "section_durations_s": {}}
     if "startup" in only:
-        await _section(results, "startup", lambda: startup.measure(plan.startup_repeats))
+        await _section(results, "startup", lambda: startup.measure(
+            plan.startup_repeats, plan.idle_settle_s, warm=plan.startup_warm))
     if only & {"overhead", "concurrency"}:
-        await _live(results, plan, only)
+        deadline = started + plan.time_limit_s - AFTER_LIVE_S * (plan.mode == "full")
+        await _live(results, plan, only, deadline)
     if "tokens" in only:
         await _section(results, "tokens", lambda: token_economics.measure(
             list(plan.token_turns), list(plan.token_seeds)))

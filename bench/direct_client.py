@@ -2,10 +2,10 @@
 
 Run as a subprocess (``python -m bench.direct_client``) so, like the bot, it has its own interpreter
 and event loop and shares nothing with the fakes but loopback HTTP. It reads a job from stdin and
-prints timings to stdout, both JSON:
+prints timings to stdout, both JSON; the input is a list of jobs, the output a list of results:
 
-    {"base_url": ..., "api_key": ..., "concurrent": false,
-     "turns": [[body, body], [body], ...]}      # each turn: its calls, made one after another
+    [{"base_url": ..., "api_key": ..., "concurrent": false, "warmup": body_or_null,
+      "turns": [[body, body], [body], ...]}, ...]   # each turn: its calls, one after another
 
 Sequential mode runs the turns one after another; concurrent mode starts every turn at once. A body
 recorded with ``"stream": true`` is streamed and read event by event, as keel reads it.
@@ -61,9 +61,12 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
         await client.close()
 
 
+async def run_all(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [await run(job) for job in jobs]
+
+
 def main() -> None:
-    job = json.load(sys.stdin)
-    print(json.dumps(asyncio.run(run(job))))
+    print(json.dumps(asyncio.run(run_all(json.load(sys.stdin)))))
 
 
 if __name__ == "__main__":

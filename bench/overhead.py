@@ -52,20 +52,20 @@ def _keel_figures(turns: list[dict[str, Any]]) -> dict[str, Any]:
             "before_model_s": summary(pre), "after_model_s": summary(post)}
 
 
-async def _setup(stage: Stage, chats: list[Chat], *, pinned: bool, rounds: int) -> dict[str, Any]:
+async def _run_setup(stage: Stage, chats: list[Chat], *, pinned: bool,
+                     rounds: int) -> dict[str, Any]:
     pin_failures: list[int] = []
     if pinned:
         pin_failures = await stage.pin(chats, timeout=60)
     for chat in chats:  # untimed warm-up: first turn of each chat, connections, lazy imports
         await stage.turn(chat, QUESTION)
     turns = await _timed_turns(stage, chats, rounds)
-    calls_per_turn = sorted({len(t["calls"]) for t in turns})
-    kinds = sorted({c.kind for t in turns for c in t["calls"]})
-    keel = _keel_figures(turns)
+    return {"chats": chats, "pin_failures": pin_failures, "turns": turns}
 
-    bodies = [[c.rec.body for c in t["calls"]] for t in turns]
-    direct = await direct_calls(stage.anthropic.base_url, bodies, concurrent=False,
-                                warmup=bodies[0][0])
+
+def _figures(setup: dict[str, Any], direct: dict[str, Any]) -> dict[str, Any]:
+    turns = setup["turns"]
+    keel = _keel_figures(turns)
     floor, direct_total = [], []
     for turn, timing in zip(turns, direct["turns"], strict=True):
         latency = sum(c.latency for c in turn["calls"])
@@ -75,20 +75,29 @@ async def _setup(stage: Stage, chats: list[Chat], *, pinned: bool, rounds: int) 
     k50, b50 = keel["overhead_s"]["p50"], base["overhead_s"]["p50"]
     k99, b99 = keel["overhead_s"]["p99"], base["overhead_s"]["p99"]
     return {
-        "chats": len(chats), "pin_failures": pin_failures, "timed_turns": len(turns), "model_calls_per_turn": calls_per_turn,
-        "call_kinds": kinds, "keel": keel, "direct_sdk": base,
+        "chats": len(setup["chats"]), "pin_failures": setup["pin_failures"],
+        "timed_turns": len(turns),
+        "model_calls_per_turn": sorted({len(t["calls"]) for t in turns}),
+        "call_kinds": sorted({c.kind for t in turns for c in t["calls"]}),
+        "keel": keel, "direct_sdk": base,
         "overhead_p50_ratio": ratio(k50, b50), "overhead_p99_ratio": ratio(k99, b99),
         "keel_added_p50_s": round(k50 - b50, 4), "keel_added_p99_s": round(k99 - b99, 4),
         "turn_time_p50_ratio": ratio(keel["turn_s"]["p50"], base["turn_s"]["p50"], 3),
     }
 
 
+def _job(setup: dict[str, Any]) -> dict[str, Any]:
+    bodies = [[c.rec.body for c in t["calls"]] for t in setup["turns"]]
+    return {"concurrent": False, "turns": bodies, "warmup": bodies[0][0]}
+
+
 async def measure(stage: Stage, *, latency: float, chats: int, rounds: int,
                   routed_rounds: int) -> dict[str, Any]:
     stage.model.latency = latency
     stage.model.answer = _answer
-    pinned = await _setup(stage, stage.new_chats(chats), pinned=True, rounds=rounds)
-    routed = await _setup(stage, stage.new_chats(chats), pinned=False, rounds=routed_rounds)
+    pinned = await _run_setup(stage, stage.new_chats(chats), pinned=True, rounds=rounds)
+    routed = await _run_setup(stage, stage.new_chats(chats), pinned=False, rounds=routed_rounds)
+    direct = await direct_calls(stage.anthropic.base_url, [_job(pinned), _job(routed)])
     return {
         "model_latency_s": latency,
         "how": "sequential turns round-robin over the chats; each chat's first turn is an "
@@ -96,6 +105,6 @@ async def measure(stage: Stage, *, latency: float, chats: int, rounds: int,
                "model latency x model calls in the turn; baseline = the same request bodies "
                "replayed with AsyncAnthropic (streamed when the bot streamed) from a separate "
                "process, minus the same latency",
-        "pinned": pinned,
-        "routed": routed,
+        "pinned": _figures(pinned, direct[0]),
+        "routed": _figures(routed, direct[1]),
     }

@@ -67,6 +67,11 @@ def _concurrency_rows(r: dict[str, Any]) -> list[list[str]]:
             f"{waited} (peak {c['peak_model_calls_in_flight']} in flight)",
             f"direct SDK all started {_s(c['direct_sdk_all_started_s'])}", "",
         ])
+        lost, pins = sum(c["unanswered_per_repeat"]), len(c["pin_failures"])
+        if lost or pins:
+            rows.append([f"… {n} chat(s): replies never delivered · `/agent` pins that failed",
+                         f"{lost} of {n * c['repeats']} · {pins} of {n}", "should be 0 · 0",
+                         "see notes"])
     return rows
 
 

@@ -6,7 +6,9 @@ The bot's allowlist is fixed when it starts, so the stage reserves every simulat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 import sys
 import time
 from collections.abc import Iterable
@@ -30,9 +32,8 @@ from tests.fakes.telegram import Chat, FakeTelegram
 
 # Per-user and overall daily caps are raised so that a thousand simulated users never hit them;
 # the per-run cap stays keel's default.
-IDLE_SETTLE_S = 2.0
-GIVE_UP_IDLE_S = 20.0
-"""Under load, stop waiting for missing replies once this long passes with no reply at all."""
+GIVE_UP_IDLE_S = 10.0
+"""Default: stop waiting for missing replies once the bot has sent nothing to Telegram this long."""
 BOT_ENV = {"KEEL_DAILY_BUDGET_USD": "100000", "KEEL_DAILY_BUDGET_USD_PER_USER": "1000"}
 
 
@@ -41,6 +42,8 @@ class Stage:
     workdir: Path
     capacity: int
     latency: float
+    idle_settle_s: float = 2.0
+    give_up_idle_s: float = GIVE_UP_IDLE_S
     telegram: FakeTelegram = field(init=False)
     anthropic: FakeAnthropic = field(init=False)
     model: Model = field(init=False)
@@ -63,7 +66,7 @@ class Stage:
                               extra_env=BOT_ENV)
         await self.bot.start()
         self.first_poll_s = await self.bot.wait_first_poll()
-        await asyncio.sleep(IDLE_SETTLE_S)
+        await asyncio.sleep(self.idle_settle_s)
         self.idle_rss_kb = self.bot.memory_kb().get("VmRSS")
         return self
 
@@ -71,8 +74,11 @@ class Stage:
         code = await self.bot.stop()
         await self.telegram.stop()
         await self.anthropic.stop()
+        log = self.bot.stderr_tail(10_000_000)
         return {"exit_code": code, "fake_telegram_crashes": list(self.telegram.crashes),
-                "fake_anthropic_unexpected": [r.note for r in self.anthropic.unexpected]}
+                "fake_anthropic_unexpected": [r.note for r in self.anthropic.unexpected],
+                "bot_error_log_lines": sum(" ERROR " in line for line in log.splitlines()),
+                "bot_database_after_stop": bot_database_counts(self.workdir / "data")}
 
     def new_chats(self, n: int) -> list[Chat]:
         if self._next_id + n > FIRST_USER_ID + self.capacity:
@@ -92,7 +98,7 @@ class Stage:
         wanted = self.expected(chats)
         for chat in chats:
             self.telegram.inject_text(chat, "/agent assistant")
-        await self.replies.until_counts(wanted, timeout, give_up_idle_s=GIVE_UP_IDLE_S)
+        await self.replies.until_counts(wanted, timeout, give_up_idle_s=self.give_up_idle_s)
         return [c.id for c in chats
                 if not any(m.get("text", "").startswith("Pinned") for m in self.telegram.sent(c.id))]
 
@@ -111,17 +117,31 @@ class Stage:
         return n, sent, self.replies.by_chat[chat.id][wanted[chat.id] - 1]
 
 
-async def direct_calls(base_url: str, turns: list[list[dict[str, Any]]], *, concurrent: bool,
-                       warmup: dict[str, Any] | None = None, timeout: float = 900.0) -> dict[str, Any]:  # noqa: ASYNC109
-    """Run ``bench.direct_client`` in its own process against ``base_url``."""
-    job = {"base_url": base_url, "api_key": API_KEY, "concurrent": concurrent, "turns": turns,
-           "warmup": warmup}
+def bot_database_counts(data_dir: Path) -> dict[str, dict[str, int]]:
+    """Statuses in the bot's own inbox, outbox and runs tables once it has stopped: a reply that
+    was never delivered is still ``pending`` in the outbox."""
+    path = data_dir / "keel.sqlite3"
+    if not path.exists():
+        return {}
+    out: dict[str, dict[str, int]] = {}
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        for table in ("inbox", "outbox", "runs"):
+            rows = conn.execute(f"SELECT status, COUNT(*) FROM {table} GROUP BY status")  # noqa: S608
+            out[table] = {str(status): int(count) for status, count in rows}
+    return out
+
+
+async def direct_calls(base_url: str, jobs: list[dict[str, Any]],
+                       timeout: float = 900.0) -> list[dict[str, Any]]:  # noqa: ASYNC109
+    """Run ``bench.direct_client`` once, in its own process, for every job (see its docstring;
+    ``base_url`` and the key are filled in here)."""
+    full = [{"base_url": base_url, "api_key": API_KEY, **job} for job in jobs]
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.direct_client", cwd=str(ROOT), env=base_env(),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(json.dumps(job).encode()), timeout)
+    out, err = await asyncio.wait_for(proc.communicate(json.dumps(full).encode()), timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"direct client failed ({proc.returncode}): {err.decode()[-2000:]}")
-    result: dict[str, Any] = json.loads(out)
+    result: list[dict[str, Any]] = json.loads(out)
     return result

@@ -20,15 +20,16 @@ from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.telegram import FakeTelegram
 
 SETTLE_S = 2.0
+"""How long after its first poll a process is left alone before its idle memory is read."""
 
 
 async def _start_once(telegram: FakeTelegram, anthropic: FakeAnthropic, workdir: Path,
-                      module: tuple[str, ...]) -> tuple[float, int | None]:
+                      module: tuple[str, ...], settle_s: float) -> tuple[float, int | None]:
     bot = BotProcess(telegram, anthropic, workdir, allowed_ids=[1], module=module)
     await bot.start()
     try:
         seconds = await bot.wait_first_poll()
-        await asyncio.sleep(SETTLE_S)
+        await asyncio.sleep(settle_s)
         rss = bot.memory_kb().get("VmRSS")
     finally:
         code = await bot.stop()
@@ -37,19 +38,21 @@ async def _start_once(telegram: FakeTelegram, anthropic: FakeAnthropic, workdir:
     return seconds, rss
 
 
-async def measure(repeats: int) -> dict[str, Any]:
+async def measure(repeats: int, settle_s: float = SETTLE_S, *, warm: bool = True) -> dict[str, Any]:
     samples: dict[str, list[tuple[float, int | None]]] = {"cold": [], "warm": [], "baseline": []}
     async with FakeTelegram() as telegram, FakeAnthropic() as anthropic:
         with tempfile.TemporaryDirectory(prefix="keel-bench-start-") as tmp:
             for i in range(repeats):
                 keel_dir = Path(tmp) / f"keel-{i}"
                 samples["cold"].append(await _start_once(telegram, anthropic, keel_dir,
-                                                         ("bot.cli", "run")))
-                samples["warm"].append(await _start_once(telegram, anthropic, keel_dir,
-                                                         ("bot.cli", "run")))
+                                                         ("bot.cli", "run"), settle_s))
+                if warm:
+                    samples["warm"].append(await _start_once(telegram, anthropic, keel_dir,
+                                                             ("bot.cli", "run"), settle_s))
                 samples["baseline"].append(await _start_once(
-                    telegram, anthropic, Path(tmp) / f"base-{i}", ("bench.baseline_bot",)))
-    first_poll = {k: round(median(s for s, _ in v), 3) for k, v in samples.items()}
+                    telegram, anthropic, Path(tmp) / f"base-{i}", ("bench.baseline_bot",), settle_s))
+    first_poll = {k: round(median(s for s, _ in v), 3) if v else None
+                  for k, v in samples.items()}
     idle_rss = {k: median(r for _, r in v if r) for k, v in samples.items()}
     keel_rss = median([r for k in ("cold", "warm") for _, r in samples[k] if r])
     return {
@@ -63,5 +66,5 @@ async def measure(repeats: int) -> dict[str, Any]:
         "samples_s": {k: [round(s, 3) for s, _ in v] for k, v in samples.items()},
         "idle_rss_kb": {"keel": keel_rss, "baseline": idle_rss["baseline"]},
         "idle_rss_over_baseline": ratio(keel_rss, idle_rss["baseline"]),
-        "idle_settle_s": SETTLE_S,
+        "idle_settle_s": settle_s,
     }

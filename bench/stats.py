@@ -40,9 +40,9 @@ def summary(values: Sequence[float], digits: int = 4) -> dict[str, float | int]:
     }
 
 
-def ratio(value: float, baseline: float, digits: int = 2) -> float | None:
-    """value / baseline, or None when the baseline is zero or missing."""
-    if not baseline or math.isnan(baseline) or math.isnan(value):
+def ratio(value: float | None, baseline: float | None, digits: int = 2) -> float | None:
+    """value / baseline, or None when either is missing or the baseline is zero."""
+    if value is None or not baseline or math.isnan(baseline) or math.isnan(value):
         return None
     return round(value / baseline, digits)
 

@@ -139,7 +139,8 @@ class Replies:
                            give_up_idle_s: float | None = None) -> set[int]:
         """Wait until each chat has at least ``wanted[chat]`` replies; returns the chats that
         never got one. Without ``give_up_idle_s`` a missing reply raises TimeoutError; with it,
-        waiting stops once that long passes without any new reply, and the rest are returned."""
+        once replies have begun to arrive, waiting stops when that long passes in which the bot
+        sends nothing to Telegram at all, and the chats still missing are returned."""
         missing = set(wanted)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -151,14 +152,17 @@ class Replies:
             return not missing
 
         while True:
-            before = len(missing)
+            before, sent_before = len(missing), len(self.chat_calls)
             left = deadline - loop.time()
             wait = min(left, give_up_idle_s) if give_up_idle_s else left
             try:
                 await self.until(done, max(wait, 0.0))
                 return set()
             except TimeoutError:
-                stalled = give_up_idle_s is not None and len(missing) == before
+                # stalled: replies had begun to arrive, then for give_up_idle_s the bot sent
+                # nothing at all to Telegram (so it is not being throttled; it lost them)
+                stalled = (give_up_idle_s is not None and len(missing) == before
+                           and len(missing) < len(wanted) and len(self.chat_calls) == sent_before)
                 if loop.time() < deadline and not stalled:
                     continue
                 if give_up_idle_s is not None:
