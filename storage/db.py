@@ -36,6 +36,10 @@ class Database:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        # SQLite keeps a read snapshot while any statement on the connection is active. Reads
+        # from concurrent tasks interleaving on one connection would keep one snapshot open
+        # forever and miss later commits; one read at a time means each starts fresh.
+        self._read_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path | str, *, migrate: bool = True) -> Database:
@@ -99,13 +103,13 @@ class Database:
     # ------------------------------------------------------------ reads
 
     async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
-        async with self._require(self._reader).execute(sql, params) as cursor:
-            row: sqlite3.Row | None = await cursor.fetchone()
-            return row
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
-        async with self._require(self._reader).execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        async with self._read_lock:
+            async with self._require(self._reader).execute(sql, params) as cursor:
+                return list(await cursor.fetchall())
 
     async def fetchval(self, sql: str, params: Params = ()) -> Any:
         row = await self.fetchone(sql, params)

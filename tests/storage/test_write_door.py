@@ -84,3 +84,24 @@ async def test_writes_are_serialised(db: Database) -> None:
 
     await asyncio.gather(*(add(i) for i in range(50)))
     assert await _count(db) == 50
+
+
+async def test_reads_under_concurrency_always_see_committed_writes(db: Database) -> None:
+    """Many tasks each write a row and read it straight back, while others keep reading."""
+
+    async def write_then_read(chat: int) -> bool:
+        async with db.write() as conn:
+            await conn.execute(
+                "INSERT INTO conversations (chat_id, thread_id, created_at, updated_at)"
+                " VALUES (?, 0, 'x', 'x')", (chat,))
+        row = await db.fetchone("SELECT id FROM conversations WHERE chat_id = ?", (chat,))
+        return row is not None
+
+    async def keep_reading() -> None:
+        for _ in range(200):
+            await db.fetchall("SELECT * FROM conversations")
+
+    readers = [asyncio.create_task(keep_reading()) for _ in range(5)]
+    seen = await asyncio.gather(*(write_then_read(i) for i in range(300)))
+    await asyncio.gather(*readers)
+    assert all(seen), f"{seen.count(False)} of 300 reads missed a committed write"
