@@ -193,6 +193,7 @@ class Outbox:
     async def deliver(self, item_id: int) -> Delivered | None:
         item = await self.get(item_id)
         if item is None:
+            log.error("outbox item %s vanished before delivery", item_id)
             return None
         ids = list(json.loads((await self.db.fetchval(
             "SELECT telegram_message_ids FROM outbox WHERE id = ?", (item_id,))) or "[]"))
