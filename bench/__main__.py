@@ -163,6 +163,38 @@ def _notes(results: dict[str, Any], plan: Plan) -> list[str]:
         notes.append("QUICK RUN: fewer repeats and smaller sizes (no 1,000-chat concurrency, so "
                       "no 1,000-session memory figure; no warm restart; no 60-turn conversation; "
                       f"{plan.budget_runs} budget runs). Use `make bench` for the full figures.")
+    for n, c in results.get("concurrency", {}).get("sizes", {}).items():
+        if int(n) < 100:
+            continue
+        runs = c["runs"]
+        notes.append(
+            f"At {n} chats the last model call started {c['all_model_calls_started_s']:.1f} s "
+            f"after the messages (median; per-chat wait before its model call p50 "
+            f"{median(r['message_to_model_call_s']['p50'] for r in runs):.1f} s), with at most "
+            f"{c['peak_model_calls_in_flight']} model calls in flight. From the bot's own inbox "
+            "and runs tables, that wait splits (p50) into message → stored in the inbox "
+            f"{median(r['split_message_to_inbox_s'].get('p50', 0) for r in runs):.2f} s, inbox → "
+            f"run start {median(r['split_inbox_to_run_start_s'].get('p50', 0) for r in runs):.2f}"
+            " s, run start → model call "
+            f"{median(r['split_run_start_to_model_call_s'].get('p50', 0) for r in runs):.2f} s. "
+            "Meanwhile the bot used "
+            f"{median(r['bot_cpu_share'] for r in runs):.2f} of a core and the bench process (both "
+            f"fakes) {median(r['bench_cpu_share'] for r in runs):.2f}; the bot sent "
+            f"{median(r['telegram_chat_calls_per_s'] or 0 for r in runs):.0f} chat-bound Telegram "
+            "requests/s. Direct SDK: the same calls all started within "
+            f"{c['direct_sdk_all_started_s']:.2f} s.")
+    if "overhead" in results:
+        notes.append("p99 figures come from "
+                     f"{results['overhead']['pinned']['timed_turns']} (pinned) and "
+                     f"{results['overhead']['routed']['timed_turns']} (routed) turns, so one slow "
+                     "turn on either side moves them; p50 is the steadier figure.")
+    if "budget" in results:
+        b = results["budget"]
+        notes.append(
+            f"Budget: {b['halted_before_any_call']} of {b['runs']} runs stopped before their first "
+            "model call because even a 256-token answer's worst case (input estimated high and "
+            "priced at the dearest input rate, plus output) did not fit the cap; they spent $0. "
+            f"Statuses: {b['statuses']}.")
     lost = {n: (sum(c["unanswered_per_repeat"]), len(c["pin_failures"]))
             for n, c in results.get("concurrency", {}).get("sizes", {}).items()}
     if any(a or b for a, b in lost.values()):
@@ -221,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="fake model latency for the concurrency measurement (default 1.0)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the results")
     parser.add_argument("--name", help="file name stem (default latest, or quick with --quick)")
+    parser.add_argument("--render", action="store_true",
+                        help="measure nothing: rewrite the table from the existing JSON")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.latency is not None:
@@ -232,13 +266,22 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(ALL)}")
 
+    stem = args.name or ("quick" if args.quick else "latest")
+    if args.render:
+        results = json.loads((args.out / f"{stem}.json").read_text())
+        results["notes"] = _notes(results, Plan(**{**results["plan"], "concurrency_repeats": {
+            int(k): v for k, v in results["plan"]["concurrency_repeats"].items()}}))
+        _write(args.out / f"{stem}.json", json.dumps(results, indent=2, default=str) + "\n")
+        _write(args.out / f"{stem}.md", table(results))
+        print(table(results))
+        return 0
+
     _clean_environment()
     from tests import netguard
 
     netguard.install()  # loopback only: the bench never reaches the internet
     results = asyncio.run(run(plan, only))
     markdown = table(results)
-    stem = args.name or ("quick" if args.quick else "latest")
     args.out.mkdir(parents=True, exist_ok=True)
     _write(args.out / f"{stem}.json", json.dumps(results, indent=2, default=str) + "\n")
     _write(args.out / f"{stem}.md", markdown)

@@ -26,7 +26,7 @@ import asyncio
 import time
 from typing import Any
 
-from bench.stage import Stage, direct_calls
+from bench.stage import Stage, bot_timestamps, direct_calls
 from bench.stats import median, peak_overlap, ratio, summary
 from bench.world import CHAT_METHODS
 
@@ -84,6 +84,17 @@ async def _one(stage: Stage, chats: list[Any], latency: float,
 
     calls = [c for c in model.calls[calls_from:]
              if c.kind == "agent" and c.chat_id in batch and c.n == batch[c.chat_id]]
+    # where the wait before the model call goes, from the bot's own inbox and runs tables
+    update_of = {c.id: stage.last_update_id[c.id] for c in chats}
+    stamps = bot_timestamps(stage.workdir / "data", list(update_of.values()))
+    call_of = {c.chat_id: c for c in calls}
+    to_inbox, to_run, to_model = [], [], []
+    for chat_id, update_id in update_of.items():
+        if update_id in stamps and chat_id in call_of:
+            received, started = stamps[update_id]
+            to_inbox.append(received - sent[chat_id])
+            to_run.append(started - received)
+            to_model.append(call_of[chat_id].arrived - started)
     first_done = min(c.done for c in calls)
     tg = [r for r in stage.replies.chat_calls[chat_calls_from:] if r.method.lower() in CHAT_METHODS]
     tg_span = (max(r.time for r in tg) - min(r.time for r in tg)) if len(tg) > 1 else 0.0
@@ -102,6 +113,9 @@ async def _one(stage: Stage, chats: list[Any], latency: float,
         "calls_started_after_first_answer": sum(1 for c in calls if c.arrived > first_done),
         "reply_latency_s": summary([replied[cid] - sent[cid] for cid in replied]),
         "message_to_model_call_s": summary([c.arrived - sent[c.chat_id] for c in calls]),
+        "split_message_to_inbox_s": summary(to_inbox),
+        "split_inbox_to_run_start_s": summary(to_run),
+        "split_run_start_to_model_call_s": summary(to_model),
         "model_answer_to_reply_s": summary([replied[c.chat_id] - c.done for c in calls
                                             if c.chat_id in replied]),
         "telegram_chat_calls": per_method,

@@ -70,7 +70,7 @@ def _concurrency_rows(r: dict[str, Any]) -> list[list[str]]:
         lost, pins = sum(c["unanswered_per_repeat"]), len(c["pin_failures"])
         if lost or pins:
             rows.append([f"… {n} chat(s): replies never delivered · `/agent` pins that failed",
-                         f"{lost} of {n * c['repeats']} · {pins} of {n}", "should be 0 · 0",
+                         f"{lost} of {int(n) * c['repeats']} · {pins} of {n}", "should be 0 · 0",
                          "see notes"])
     return rows
 
@@ -83,7 +83,8 @@ def _memory_rows(results: dict[str, Any]) -> list[list[str]]:
     if m.get("active_sessions"):
         rows.append([f"Memory with {m['active_sessions']} active sessions (all runs in flight) · "
                      "peak", f"{_mb(m.get('rss_kb_all_in_flight'))} · {_mb(m.get('peak_rss_kb'))}",
-                     f"same process idle {_mb(m.get('live_idle_rss_kb'))}",
+                     f"same process at idle, before any message: "
+                     f"{_mb(m.get('live_idle_rss_kb'))}",
                      f"+{m.get('per_session_kb', 0):.1f} kB per session"])
     return rows
 

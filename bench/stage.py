@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ class Stage:
     idle_rss_kb: int | None = None
     _next_id: int = FIRST_USER_ID
     _turns: dict[int, int] = field(default_factory=dict)
+    last_update_id: dict[int, int] = field(default_factory=dict)
 
     async def open(self) -> Stage:
         self.telegram = FakeTelegram()
@@ -106,7 +108,8 @@ class Stage:
         """A person's message, tagged with its turn number; returns (n, time it reached the fake)."""
         n = self._turns.get(chat.id, 0) + 1
         self._turns[chat.id] = n
-        self.telegram.inject_text(chat, f"{tag(chat.id, n)} {text}")
+        update = self.telegram.inject_text(chat, f"{tag(chat.id, n)} {text}")
+        self.last_update_id[chat.id] = int(update["update_id"])
         return n, time.time()
 
     async def turn(self, chat: Chat, text: str, timeout: float = 60.0) -> tuple[int, float, float]:  # noqa: ASYNC109
@@ -129,6 +132,26 @@ def bot_database_counts(data_dir: Path) -> dict[str, dict[str, int]]:
             rows = conn.execute(f"SELECT status, COUNT(*) FROM {table} GROUP BY status")  # noqa: S608
             out[table] = {str(status): int(count) for status, count in rows}
     return out
+
+
+def bot_timestamps(data_dir: Path, update_ids: list[int]) -> dict[int, tuple[float, float]]:
+    """For each update: when the bot stored it in its inbox and when the run answering it
+    started, from the bot's own database (read-only, WAL lets it read beside the bot)."""
+    if not update_ids:
+        return {}
+    uri = f"file:{data_dir / 'keel.sqlite3'}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+        rows = conn.execute(
+            "SELECT i.update_id, i.received_at, r.started_at FROM inbox i JOIN runs r"
+            " ON r.id = i.run_id WHERE i.update_id BETWEEN ? AND ?",
+            (min(update_ids), max(update_ids))).fetchall()
+    wanted = set(update_ids)
+    return {int(u): (_epoch(received), _epoch(started)) for u, received, started in rows
+            if u in wanted}
+
+
+def _epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 async def direct_calls(base_url: str, jobs: list[dict[str, Any]],
