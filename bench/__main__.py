@@ -148,9 +148,9 @@ def _notes(results: dict[str, Any], plan: Plan) -> list[str]:
         "replays the very request bodies the bot sent with `anthropic.AsyncAnthropic` from a "
         "separate process (the floor any bot pays). Concurrency: each chat pins "
         "`/agent assistant` first so one turn = one model call; ideal wall = one model latency.",
-        "Replies under load are throttled by the bot's AIORateLimiter (~30 chat-bound requests/s "
-        "in total: replies, typing actions and streamed drafts share it); that is keel's real "
-        "behaviour and is left on. The fake Telegram's flood control is off.",
+        "Replies under load pass the bot's AIORateLimiter (~30 chat-bound requests/s in total, "
+        "shared by replies and by whatever typing actions and drafts keel sends); that is keel's "
+        "real behaviour and is left on. The fake Telegram's flood control is off.",
         "Token economics run in process (keel's Runtime + Sessions + router against the fake "
         "through the real SDK); the naive baseline sends the same conversation with no cache "
         "breakpoints, the full history every turn, no router. Token counts are the fake's "
