@@ -34,6 +34,10 @@ from bot.service import KeelBot
 
 log = logging.getLogger(__name__)
 
+# Handlers run concurrently; KeelBot orders each conversation itself. PTB's default (256) let
+# handlers waiting on rate-limited replies hold every slot, so new chats' runs started late.
+MAX_CONCURRENT_UPDATES = 4096
+
 ALLOWED_UPDATES = [Update.MESSAGE, Update.EDITED_MESSAGE, Update.CALLBACK_QUERY]
 
 
@@ -51,7 +55,7 @@ def build_application(settings: Settings, *, runtime: Runtime | None = None) -> 
         .base_url(settings.telegram_api_base_url)
         .base_file_url(file_base_url(settings.telegram_api_base_url))
         .rate_limiter(AIORateLimiter(max_retries=3))
-        .concurrent_updates(True)
+        .concurrent_updates(MAX_CONCURRENT_UPDATES)
         .post_init(_post_init)
         .post_shutdown(_post_shutdown)
         .build()
