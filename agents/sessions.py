@@ -22,10 +22,9 @@ from storage.conversations import StoredMessage
 
 log = logging.getLogger(__name__)
 
-DEFAULT_COMPACT_AT_TOKENS = 24_000
-"""Compact when the live history passes this estimate…"""
 DEFAULT_COMPACT_TO_FRACTION = 0.4
-"""…down to this fraction of it, so compaction (and the cache break it causes) stays rare."""
+"""Compact down to this fraction of KEEL_COMPACT_AT_TOKENS, so compaction (and the cache break
+it causes) stays rare."""
 KEEP_RECENT_TURNS = 2
 
 COMPACTOR = AgentSpec(

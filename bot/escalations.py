@@ -5,9 +5,10 @@ expire and end the run as ``cancelled`` with a note in the thread."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from telegram import Update
 from telegram.ext import ContextTypes
@@ -138,17 +139,16 @@ class Escalations:
         return True
 
     async def _answer(self, e: Escalation, answer: str, user_id: int, user_name: str,
-                      *, respond: object) -> None:
-        reply = respond  # an async callable taking one message
+                      *, respond: Callable[[str], Awaitable[Any]]) -> None:
         if e.status != "pending" or not await self.repo.answer(
                 e.id, answer=answer, user_id=user_id, user_name=user_name):
             current = await self.repo.get(e.id)
             who = current.answered_by_name if current else None
             said = (f"Already answered by {who}: {current.answer}" if current and
                     current.status == "answered" else "This question is no longer open.")
-            await reply(said)  # type: ignore[operator]
+            await respond(said)
             return
-        await reply("Got it — resuming.")  # type: ignore[operator]
+        await respond("Got it — resuming.")
         if e.chat_id is not None and e.message_id is not None:
             await self._edit(e, f"✅ **Decision:** {answer}\n_by {user_name}_ — the run goes on."
                              f"\n\n**Why it asked:** {e.reason}")
