@@ -84,15 +84,20 @@ class Database:
         """Hold the write lock inside one transaction; commit on success, roll back on anything."""
         conn = self._require(self._writer)
         async with self._lock:
-            await conn.execute("BEGIN IMMEDIATE")
             try:
+                # BEGIN is inside the try: a task cancelled while BEGIN is on its way to the
+                # connection's thread still runs it there, and must roll it back, or every later
+                # write fails with "cannot start a transaction within a transaction".
+                await conn.execute("BEGIN IMMEDIATE")
                 yield conn
             except BaseException:
-                # Shielded so that a second cancellation cannot interrupt the rollback itself.
+                # aiosqlite runs requests in order on one thread, so this rollback comes after a
+                # BEGIN still in flight; with no transaction open it is a no-op. Shielded so a
+                # second cancellation cannot interrupt the rollback itself.
                 await asyncio.shield(conn.rollback())
                 raise
             else:
-                await conn.commit()
+                await asyncio.shield(conn.commit())
 
     async def execute_write(self, sql: str, params: Params = ()) -> int:
         """One statement in its own transaction; returns the number of rows it changed."""

@@ -105,3 +105,31 @@ async def test_reads_under_concurrency_always_see_committed_writes(db: Database)
     seen = await asyncio.gather(*(write_then_read(i) for i in range(300)))
     await asyncio.gather(*readers)
     assert all(seen), f"{seen.count(False)} of 300 reads missed a committed write"
+
+
+async def test_a_write_cancelled_while_it_begins_does_not_wedge_the_door(db: Database) -> None:
+    # Issue 11: BEGIN IMMEDIATE was awaited outside the try/rollback. A task cancelled at that
+    # await (/cancel, a run deadline, shutdown) left the transaction open, and every later write
+    # failed with "cannot start a transaction within a transaction" until restart.
+    async def write_one() -> None:
+        async with db.write() as conn:
+            await conn.execute(
+                "INSERT INTO conversations (chat_id, thread_id, created_at, updated_at)"
+                " VALUES (1, 0, 'x', 'x')"
+            )
+
+    for _ in range(20):  # the cancellation lands at BEGIN, at the insert or at the commit
+        task = asyncio.create_task(write_one())
+        await asyncio.sleep(0)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        await db.execute_write("DELETE FROM conversations")
+    async with db.write() as conn:
+        await conn.execute(
+            "INSERT INTO conversations (chat_id, thread_id, created_at, updated_at)"
+            " VALUES (3, 0, 'x', 'x')"
+        )
+    assert await _count(db) == 1
