@@ -23,6 +23,7 @@ from telegram.error import (
     InvalidToken,
     NetworkError,
     RetryAfter,
+    TimedOut,
 )
 from telegram.ext import (
     ApplicationBuilder,
@@ -33,7 +34,7 @@ from telegram.ext import (
     filters,
 )
 
-from tests.fakes.telegram import FakeTelegram, ManualClock
+from tests.fakes.telegram import FakeTelegram, ManualClock, RequestRecord
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(20)]
 
@@ -268,6 +269,116 @@ async def test_lost_answers_and_server_errors(fake_telegram: FakeTelegram, bot: 
     fake_telegram.block_bot(chat.user)  # type: ignore[arg-type]
     with pytest.raises(Forbidden, match="bot was blocked by the user"):
         await bot.send_message(chat.id, "x")
+
+
+async def test_a_late_answer_after_processing(fake_telegram: FakeTelegram, bot: Bot) -> None:
+    chat = fake_telegram.private_chat(fake_telegram.user())
+    fake_telegram.slow_next("sendMessage", delay_s=2.0)
+    with pytest.raises(TimedOut):  # the client's read timeout is shorter than the delay
+        await bot.send_message(chat.id, "accepted, answered too late", read_timeout=0.2)
+    # Telegram already has it: the client cannot tell a lost request from a lost answer
+    assert [m["text"] for m in fake_telegram.sent(chat.id)] == ["accepted, answered too late"]
+    late = fake_telegram.calls("sendMessage")[-1]
+    assert (late.fault, late.processed) == ("late", True)
+    await fake_telegram.wait_for(lambda: late.client_gone)
+    assert late.response is None  # the answer never reached anyone
+
+    # a patient client gets the answer, late
+    fake_telegram.slow_next("sendMessage", delay_s=0.3)
+    began = time.monotonic()
+    message = await bot.send_message(chat.id, "slow but fine", read_timeout=5)
+    assert time.monotonic() - began >= 0.3
+    assert message.text == "slow but fine" and fake_telegram.calls("sendMessage")[-1].ok
+
+    began = time.monotonic()
+    await bot.send_message(chat.id, "one-shot")
+    assert time.monotonic() - began < 0.3
+    assert [m["text"] for m in fake_telegram.sent(chat.id)] == [
+        "accepted, answered too late", "slow but fine", "one-shot"]
+
+
+async def test_a_hang_before_processing(fake_telegram: FakeTelegram, bot: Bot) -> None:
+    chat = fake_telegram.private_chat(fake_telegram.user())
+    fake_telegram.hang_next("sendMessage")
+    sending = asyncio.create_task(bot.send_message(chat.id, "held", read_timeout=10))
+    held = await fake_telegram.wait_for(lambda: fake_telegram.hung)
+    assert held[0].params["text"] == "held" and held[0].fault == "hang"
+    assert fake_telegram.sent(chat.id) == []  # nothing is done while held
+    assert fake_telegram.release_hung() == 1
+    assert (await sending).text == "held"
+    assert [m["text"] for m in fake_telegram.sent(chat.id)] == ["held"]
+
+    # the client gives up while the request is held: it is never processed, released or not
+    fake_telegram.hang_next("sendMessage")
+    with pytest.raises(TimedOut):
+        await bot.send_message(chat.id, "given up", read_timeout=0.2)
+    given_up = fake_telegram.calls("sendMessage")[-1]
+    await fake_telegram.wait_for(lambda: given_up.client_gone)
+    assert (fake_telegram.hung, fake_telegram.release_hung()) == ([], 0)
+    assert not given_up.processed and given_up.response is None
+    assert [m["text"] for m in fake_telegram.sent(chat.id)] == ["held"]
+
+    # a hang for N seconds, then the request goes through for a client still waiting
+    fake_telegram.hang_next("sendMessage", seconds=0.3)
+    began = time.monotonic()
+    assert (await bot.send_message(chat.id, "after a pause", read_timeout=5)).text == "after a pause"
+    assert time.monotonic() - began >= 0.3
+
+
+async def test_any_method_fails_with_star(fake_telegram: FakeTelegram, bot: Bot) -> None:
+    chat = fake_telegram.private_chat(fake_telegram.user())
+    fake_telegram.fail_next("*", status=502, times=2)
+    with pytest.raises(NetworkError, match="Bad Gateway"):
+        await bot.get_me()
+    with pytest.raises(NetworkError, match="Bad Gateway"):
+        await bot.send_chat_action(chat.id, "typing")
+    assert await bot.send_chat_action(chat.id, "typing") is True
+    assert [r.status for r in fake_telegram.requests[-3:]] == [502, 502, 200]
+    assert fake_telegram.chat_actions(chat.id) == [fake_telegram.chat_action_log[-1]]
+
+    fake_telegram.hang_next("*")
+    polling = asyncio.create_task(bot.get_updates(timeout=0, read_timeout=10))
+    await fake_telegram.wait_for(lambda: fake_telegram.hung)
+    update = fake_telegram.inject_text(chat, "arrived while the poll was held")
+    fake_telegram.release_hung()
+    assert [u.update_id for u in await polling] == [update["update_id"]]
+
+
+async def test_on_answer_sees_each_answer_as_it_leaves(
+    fake_telegram: FakeTelegram, bot: Bot
+) -> None:
+    chat = fake_telegram.private_chat(fake_telegram.user())
+    batches: list[list[int]] = []
+
+    def on_answer(record: RequestRecord) -> None:
+        if record.method == "getUpdates" and record.response and record.response["result"]:
+            batches.append([u["update_id"] for u in record.response["result"]])
+
+    fake_telegram.on_answer = on_answer
+    first = fake_telegram.inject_text(chat, "one")
+    second = fake_telegram.inject_text(chat, "two")
+    await bot.get_updates(timeout=0)
+    await bot.get_updates(offset=second["update_id"] + 1, timeout=0)  # empty: not a batch
+    assert batches == [[first["update_id"], second["update_id"]]]
+
+
+async def test_stop_does_not_wait_for_held_or_late_requests() -> None:
+    fake = FakeTelegram()
+    await fake.start()
+    client = Bot(fake.token, base_url=fake.base_url)
+    chat = fake.private_chat(fake.user())
+    fake.hang_next("getMe")
+    fake.slow_next("sendMessage", delay_s=60)
+    held = asyncio.create_task(client.get_me(read_timeout=30))
+    late = asyncio.create_task(client.send_message(chat.id, "late", read_timeout=30))
+    await fake.wait_for(lambda: fake.hung and fake.sent(chat.id))
+    began = time.monotonic()
+    await fake.stop()
+    assert time.monotonic() - began < 0.9  # under aiohttp's own shutdown_timeout
+    for task in (held, late):
+        with pytest.raises(NetworkError):
+            await task
+    assert not fake.calls("getMe")[0].processed  # a held request ends unprocessed
 
 
 async def test_inline_keyboards(fake_telegram: FakeTelegram, bot: Bot) -> None:

@@ -18,6 +18,7 @@ statuses, error descriptions, limits, long polling, entity parsing (see ``telegr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import hashlib
 import itertools
@@ -28,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -202,6 +203,9 @@ class StoredFile:
     mime_type: str | None = None
 
 
+FaultKind = Literal["error", "late", "hang"]
+
+
 @dataclass
 class RequestRecord:
     """One HTTP call to the fake: what came in and what went out."""
@@ -209,9 +213,12 @@ class RequestRecord:
     method: str  # as the client spelled it
     params: JSON  # values decoded from JSON where they are JSON (reply_markup, entities, ...)
     files: dict[str, tuple[str | None, bytes]]
-    status: int
+    status: int  # 0 while held, or when no answer reached the client
     response: JSON | None  # None when the connection was dropped
     time: float
+    fault: FaultKind | None = None  # the injected fault this call met, if any
+    processed: bool = False  # it reached the method itself (not dropped or held back before)
+    client_gone: bool = False  # the client hung up before the fake answered
 
     @property
     def ok(self) -> bool:
@@ -227,6 +234,16 @@ class Fault:
     drop_connection: bool
     after_processing: bool
     times: int
+    kind: FaultKind = "error"
+    delay_s: float | None = None  # late: answer held this long; hang: None = until released
+
+
+@dataclass
+class _Hold:
+    """A request held before processing (``hang_next``) until released, timed out or stopped."""
+
+    record: RequestRecord
+    released: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class ManualClock:
@@ -338,6 +355,11 @@ class FakeTelegram:
         # failure injection
         self._faults: list[Fault] = []
         self._flood: _FloodControl | None = None
+        self._holds: list[_Hold] = []
+        self._stopped = asyncio.Event()  # wakes held requests and late answers at stop()
+        # Called with each record just before its answer is written (after any late delay):
+        # a test can act at the exact moment a client receives, e.g., a batch of updates.
+        self.on_answer: Callable[[RequestRecord], None] | None = None
 
         # waiting
         self._waiters: list[asyncio.Future[None]] = []
@@ -351,7 +373,11 @@ class FakeTelegram:
         app.router.add_route("*", "/bot{token}/{method}", self._serve_api)
         app.router.add_route("*", "/bot{token}", self._not_found)
         app.router.add_route("*", "/bot{token}/", self._not_found)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        # handler_cancellation: a client that hangs up ends its request here too, so a held
+        # request whose client gave up is never processed afterwards (see hang_next).
+        self._runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, 0)
         await site.start()
@@ -359,6 +385,7 @@ class FakeTelegram:
 
     async def stop(self) -> None:
         self._closing = True
+        self._stopped.set()  # held requests end unprocessed, late answers stop waiting
         self._changed()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -793,6 +820,43 @@ class FakeTelegram:
             )
         )
 
+    def slow_next(self, method: str, delay_s: float, *, times: int = 1) -> None:
+        """A late answer: the next ``times`` calls of ``method`` ("*" = any) are processed at once
+        (the message exists, the offset moved) and answered ``delay_s`` seconds later. A client
+        whose read timeout is shorter gives up, yet the work stays done, as with Telegram."""
+        if delay_s <= 0:
+            raise ValueError("delay_s must be positive")
+        self._faults.append(
+            Fault(method.lower(), 200, "", None, False, True, times, kind="late", delay_s=delay_s)
+        )
+
+    def hang_next(self, method: str, *, seconds: float | None = None, times: int = 1) -> None:
+        """A hang before processing: the next ``times`` calls of ``method`` ("*" = any) are held
+        untouched until ``release_hung()``, for ``seconds`` (None: until released or the fake
+        stops). Then a call whose client is still waiting is processed and answered normally;
+        one whose client gave up is never processed, as a request lost on the way would not be."""
+        if seconds is not None and seconds <= 0:
+            raise ValueError("seconds must be positive (or None: until released)")
+        self._faults.append(
+            Fault(method.lower(), 0, "", None, False, False, times, kind="hang", delay_s=seconds)
+        )
+
+    @property
+    def hung(self) -> list[RequestRecord]:
+        """Requests held by ``hang_next`` right now, oldest first."""
+        return [hold.record for hold in self._holds]
+
+    def release_hung(self) -> int:
+        """Let every held request go on (see ``hang_next``); returns how many were held."""
+        holds, self._holds = self._holds, []
+        for hold in holds:
+            hold.released.set()
+        return len(holds)
+
+    def clear_faults(self) -> None:
+        """Forget injected faults not yet used (held requests stay held: release_hung())."""
+        self._faults.clear()
+
     def enable_flood_control(
         self,
         *,
@@ -984,6 +1048,20 @@ class FakeTelegram:
         record = RequestRecord(method, {}, {}, 0, None, time.time())
         self.requests.append(record)
         try:
+            return await self._handle_api(request, method, record)
+        except asyncio.CancelledError:
+            # aiohttp cancels the handler when the client hangs up (handler_cancellation): a
+            # held request is then never processed, a late answer has nobody to reach.
+            record.client_gone = not self._closing
+            record.status, record.response = 0, None
+            self._changed()
+            raise
+
+    async def _handle_api(
+        self, request: web.Request, method: str, record: RequestRecord
+    ) -> web.StreamResponse:
+        fault: Fault | None = None
+        try:
             if request.match_info["token"] != self.token:
                 # a well-formed but wrong token is 401; a malformed one 404, as Telegram does
                 if re.fullmatch(r"\d+:[A-Za-z0-9_-]{1,}", request.match_info["token"]):
@@ -996,10 +1074,16 @@ class FakeTelegram:
             record.params = _decoded(params)
             record.files = {k: (v.file_name, v.data) for k, v in files.items()}
             fault = self._take_fault(method.lower())
-            if fault is not None and not fault.after_processing:
-                return self._fail(request, record, fault)
-            result = await handler(params, files)
             if fault is not None:
+                record.fault = fault.kind
+            if fault is not None and fault.kind == "hang":
+                if not await self._hold(request, record, fault.delay_s):
+                    return self._abort(request, record)
+            elif fault is not None and not fault.after_processing:
+                return self._fail(request, record, fault)
+            record.processed = True
+            result = await handler(params, files)
+            if fault is not None and fault.kind == "error":
                 return self._fail(request, record, fault)
             body: JSON = {"ok": True, "result": result}
             if isinstance(result, tuple):  # (result, description) like "Webhook was set"
@@ -1011,8 +1095,48 @@ class FakeTelegram:
             self.crashes.append(f"{method}: {exc!r}")
             record.status = 500
             record.response = ApiError(500, f"Internal Server Error: fake crashed: {exc!r}").body()
+        if fault is not None and fault.kind == "late" and fault.delay_s is not None:
+            self._changed()  # the work is visible while the answer is still on its way
+            await self._sleep_unless_stopped(fault.delay_s)
+            if self._closing or _gone(request):
+                return self._abort(request, record)
+        return self._answer(record, web.json_response(record.response, status=record.status))
+
+    def _answer(self, record: RequestRecord, response: web.StreamResponse) -> web.StreamResponse:
+        if self.on_answer is not None:
+            self.on_answer(record)
         self._changed()
-        return web.json_response(record.response, status=record.status)
+        return response
+
+    async def _hold(self, request: web.Request, record: RequestRecord, seconds: float | None) -> bool:
+        """Hold a request unprocessed; True when it should now be processed."""
+        hold = _Hold(record)
+        self._holds.append(hold)
+        self._changed()
+        waits = [asyncio.ensure_future(hold.released.wait()),
+                 asyncio.ensure_future(self._stopped.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+            if hold in self._holds:
+                self._holds.remove(hold)
+        return not self._closing and not _gone(request)
+
+    async def _sleep_unless_stopped(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), seconds)
+
+    def _abort(self, request: web.Request, record: RequestRecord) -> web.StreamResponse:
+        """No answer reaches the client (it hung up, or the fake is stopping)."""
+        record.client_gone = _gone(request)
+        record.status = 0
+        record.response = None
+        if request.transport is not None:
+            request.transport.abort()
+        self._changed()
+        return web.Response(status=500)  # never reaches the client
 
     def _take_fault(self, method: str) -> Fault | None:
         for fault in self._faults:
@@ -1034,7 +1158,7 @@ class FakeTelegram:
             return web.Response(status=500)  # never reaches the client
         record.status = fault.status
         record.response = ApiError(fault.status, fault.description, fault.parameters).body()
-        return web.json_response(record.response, status=fault.status)
+        return self._answer(record, web.json_response(record.response, status=fault.status))
 
     # -- internals: parameters ------------------------------------------------------------------
 
@@ -1530,6 +1654,12 @@ class FakeTelegram:
 
 
 # --- request decoding --------------------------------------------------------------------------
+
+
+def _gone(request: web.Request) -> bool:
+    """Whether the client closed the connection (gave up waiting)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 async def _read_params(request: web.Request) -> tuple[dict[str, str], dict[str, _Upload]]:
