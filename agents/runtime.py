@@ -30,7 +30,7 @@ from storage.conversations import ConversationRepository
 from storage.db import Database
 from storage.idempotency import IdempotencyStore
 from storage.runs import RunRepository, RunTotals
-from storage.traces import Redactor, TraceStore
+from storage.traces import Redactor, TraceStore, day_of
 from storage.usage import UsageDelta, UsageLedger
 
 log = logging.getLogger(__name__)
@@ -245,7 +245,10 @@ class Runtime:
         limits = Limits(**state["limits"])
         if extra_usd:
             limits = replace(limits, budget_usd=limits.budget_usd + extra_usd)
-        trace = self.traces.writer(trace_id=record.trace_id, run_id=record.id)
+        # The trace's day is the run's start day: reopening it lists no directory, and a file
+        # gzipped since is un-gzipped in a thread.
+        trace = await self.traces.open_writer(trace_id=record.trace_id, run_id=record.id,
+                                              day=day_of(record.started_at))
         run = Run(agent=spec, model=model_name, price=self.prices.require(model_name),
                   limits=limits, trace=trace, kind="resume", id=record.id,
                   trace_id=record.trace_id, user_id=record.user_id, chat_id=record.chat_id,

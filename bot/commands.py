@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from telegram import BotCommand, Update
 from telegram.ext import ContextTypes
 
@@ -162,18 +164,18 @@ async def trace(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         await _reply(update, context, "Usage: `/trace ID` — ids are in /runs.")
         return
     wanted = context.args[0].strip()
-    found = keel.runtime.traces.find(wanted)
+    found = await keel.runtime.traces.afind(wanted)  # a prefix walks the trace folders
     record = await keel.runtime.runs.get(found.trace_id) if found else None
     if found is None or record is None:
         await _reply(update, context, f"No trace `{wanted}`. /runs lists yours.")
         return
-    summary = render_summary(summarise(keel.runtime.traces.read(found.trace_id)))
+    summary = render_summary(summarise(await keel.runtime.traces.aread(found.trace_id)))
     await _reply(update, context, f"```\n{summary}\n```")
     if record.user_id == user.id:
         message = update.effective_message
         assert message is not None
         await keel.notifier.send_document(
-            message.chat_id, found.path.name, found.path.read_bytes(),
+            message.chat_id, found.path.name, await asyncio.to_thread(found.path.read_bytes),
             thread_id=message.message_thread_id if message.is_topic_message else None)
 
 

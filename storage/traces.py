@@ -2,18 +2,32 @@
 
 Events are appended and flushed as they happen, so a process killed mid-run leaves every event it
 wrote as a complete line. Secrets are scrubbed before a line is written. Files of earlier days are
-gzipped (``.jsonl.gz``) and files past the retention are deleted by ``TraceStore.housekeep()``.
+gzipped (``.jsonl.gz``) and days past the retention are deleted by ``TraceStore.housekeep()``.
+
+Opening a trace never lists the directory: its file is derived from the trace id and the UTC day it
+was first opened (which the runs table keeps as ``started_at``), so the cost is the same with ten
+stored traces or thirty thousand. Only ``find`` by a short prefix and ``list`` walk the folders;
+callers on the event loop use their ``a*`` variants, which run in a thread, as do housekeeping and
+reads.
+
+One lock per store orders writers against housekeeping: a file with a live writer is neither
+gzipped nor deleted, and a file is gzipped only if nobody appended while it was being compressed.
+When both ``<id>.jsonl`` and ``<id>.jsonl.gz`` exist (a crash between the two steps of a gzip or an
+un-gzip), the ``.jsonl`` is the complete one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import gzip
 import json
 import os
 import shutil
 import threading
-from collections.abc import Iterable, Iterator
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -21,6 +35,12 @@ from typing import Any
 
 REDACTED = "[redacted]"
 _SECRET_KEYS = {"authorization", "x-api-key", "api_key", "token", "bot_token"}
+_PLAIN, _GZIP = ".jsonl", ".jsonl.gz"
+_TRASH_PREFIX = ".trash-"
+_RECENT_TRACES = 4096
+"""Paths of traces this process opened, so reopening one (a delivery note after ``run_end``)
+needs no guess about its day."""
+_TAIL_CHUNK = 64 * 1024
 
 
 class Redactor:
@@ -48,15 +68,22 @@ class Redactor:
 class TraceWriter:
     """Appends events of one run to its trace file. Thread-safe; every line flushed at once."""
 
-    def __init__(self, path: Path, *, trace_id: str, run_id: str, redactor: Redactor) -> None:
+    def __init__(self, path: Path, *, trace_id: str, run_id: str, redactor: Redactor,
+                 on_close: Callable[[Path], None] | None = None) -> None:
         self.path = path
         self.trace_id = trace_id
         self.run_id = run_id
         self._redactor = redactor
         self._lock = threading.Lock()
+        self._on_close = on_close
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._seq = _last_seq(path)
+        self._seq, torn = _tail_state(path)
         self._file = path.open("a", encoding="utf-8")
+        if torn:
+            # A crash cut the last line short: end it, so the next event starts a line of its own
+            # instead of being glued to the fragment (and lost with it when read back).
+            self._file.write("\n")
+            self._file.flush()
 
     @property
     def seq(self) -> int:
@@ -80,10 +107,15 @@ class TraceWriter:
 
     def close(self) -> None:
         with self._lock:
-            if not self._file.closed:
+            if self._file.closed:
+                return
+            try:
                 self._file.flush()
                 os.fsync(self._file.fileno())
+            finally:
                 self._file.close()
+                if self._on_close is not None:
+                    self._on_close(self.path)
 
 
 def _json_default(value: Any) -> Any:
@@ -98,14 +130,36 @@ def _json_default(value: Any) -> Any:
     return repr(value)
 
 
-def _last_seq(path: Path) -> int:
-    """A resumed run appends to its trace; continue numbering after the last complete line."""
-    if not path.exists():
-        return 0
-    last = 0
-    for event in _read_lines(path):
-        last = max(last, int(event.get("seq", 0)))
-    return last
+def _tail_state(path: Path) -> tuple[int, bool]:
+    """(last seq, whether the file ends in a torn line), reading only the file's tail.
+
+    A resumed run appends to its trace and continues numbering after the last complete line; a
+    long trace is not read whole for that."""
+    try:
+        fh = path.open("rb")
+    except FileNotFoundError:
+        return 0, False
+    with fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0, False
+        fh.seek(size - 1)
+        torn = fh.read(1) != b"\n"
+        chunk = _TAIL_CHUNK
+        while True:
+            start = max(0, size - chunk)
+            fh.seek(start)
+            lines = fh.read(size - start).split(b"\n")
+            if start > 0:
+                lines = lines[1:]  # the first piece may be the end of a longer line
+            for raw in reversed(lines):
+                try:
+                    return int(json.loads(raw).get("seq", 0)), torn
+                except (ValueError, AttributeError):
+                    continue
+            if start == 0:
+                return 0, torn
+            chunk *= 4
 
 
 @dataclass(frozen=True)
@@ -115,48 +169,124 @@ class TraceFile:
     path: Path
 
 
+def _valid_id(trace_id: str) -> bool:
+    return bool(trace_id) and "/" not in trace_id and "\\" not in trace_id and ".." not in trace_id
+
+
 class TraceStore:
     def __init__(self, root: Path, *, redactor: Redactor | None = None) -> None:
         self.root = root
         self.redactor = redactor or Redactor()
+        self._lock = threading.Lock()
+        self._live: dict[Path, int] = {}
+        self._recent: OrderedDict[str, Path] = OrderedDict()
 
     def path_for(self, trace_id: str, day: date | None = None) -> Path:
         day = day or datetime.now(UTC).date()
-        return self.root / day.isoformat() / f"{trace_id}.jsonl"
+        return self.root / day.isoformat() / f"{trace_id}{_PLAIN}"
+
+    # ------------------------------------------------------------------ writing
 
     def writer(self, *, trace_id: str, run_id: str, day: date | None = None) -> TraceWriter:
-        existing = self.find(trace_id)
-        if existing is not None and existing.path.suffix == ".jsonl":
-            path = existing.path  # a resumed run keeps appending to its own file
-        else:
-            path = self.path_for(trace_id, day)
-        return TraceWriter(path, trace_id=trace_id, run_id=run_id, redactor=self.redactor)
+        """Open a trace for appending, creating it if new. Never lists the trace directory.
+
+        ``day`` is the UTC day the trace was first opened — for a run being continued, the day its
+        run started (``runs.started_at``); default today. An existing trace is looked for only
+        there, the day before (a run that started at midnight), and among the traces this process
+        opened; a trace of another day opened without its ``day`` would start a second file.
+        Un-gzips the trace if housekeeping compressed it: use ``open_writer`` on the event loop."""
+        if not _valid_id(trace_id):
+            raise ValueError(f"not a trace id: {trace_id!r}")
+        with self._lock:
+            path = self._locate(trace_id, day) or self.path_for(trace_id, day)
+            if path.name.endswith(_GZIP):
+                path = _gunzip(path)
+            self._live[path] = self._live.get(path, 0) + 1
+            self._remember(trace_id, path)
+        try:
+            return TraceWriter(path, trace_id=trace_id, run_id=run_id, redactor=self.redactor,
+                               on_close=self._release)
+        except BaseException:
+            self._release(path)
+            raise
+
+    async def open_writer(self, *, trace_id: str, run_id: str,
+                          day: date | None = None) -> TraceWriter:
+        """``writer`` in a thread: reopening an older trace may have to un-gzip it."""
+        return await asyncio.to_thread(self.writer, trace_id=trace_id, run_id=run_id, day=day)
+
+    def _locate(self, trace_id: str, day: date | None) -> Path | None:
+        """The existing file of this trace, from at most six ``stat`` calls; None if it is new."""
+        known = self._recent.get(trace_id)
+        candidates = [known] if known is not None else []
+        first = day or datetime.now(UTC).date()
+        candidates += [self.path_for(trace_id, d) for d in (first, first - timedelta(days=1))]
+        for plain in candidates:
+            gz = plain.with_name(plain.name + ".gz")
+            if plain.exists():
+                return plain
+            if gz.exists():
+                return gz
+        return None
+
+    def _remember(self, trace_id: str, path: Path) -> None:
+        self._recent[trace_id] = path
+        self._recent.move_to_end(trace_id)
+        while len(self._recent) > _RECENT_TRACES:
+            self._recent.popitem(last=False)
+
+    def _release(self, path: Path) -> None:
+        with self._lock:
+            left = self._live.get(path, 0) - 1
+            if left > 0:
+                self._live[path] = left
+            else:
+                self._live.pop(path, None)
+
+    # ------------------------------------------------------------------ reading
 
     def list(self, day: str | None = None) -> builtins.list[TraceFile]:
+        """Every stored trace (or one day's), oldest day first. Walks the folders: use ``alist``
+        on the event loop."""
         if not self.root.exists():
             return []
-        days = [self.root / day] if day else sorted(p for p in self.root.iterdir() if p.is_dir())
+        if day is not None and not _is_day(day):
+            return []
+        days = [self.root / day] if day else sorted(p for p in self.root.iterdir()
+                                                    if p.is_dir() and _is_day(p.name))
         out: builtins.list[TraceFile] = []
         for folder in days:
             if not folder.is_dir():
                 continue
-            for path in sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime):
+            seen: set[str] = set()
+            for path in sorted(folder.iterdir(), key=_mtime):
                 name = path.name
-                for suffix in (".jsonl.gz", ".jsonl"):
-                    if name.endswith(suffix):
-                        out.append(TraceFile(name[: -len(suffix)], folder.name, path))
+                for suffix in (_GZIP, _PLAIN):
+                    trace_id = name[: -len(suffix)]
+                    if name.endswith(suffix) and trace_id not in seen:
+                        seen.add(trace_id)
+                        out.append(TraceFile(trace_id, folder.name, _best(folder, trace_id)))
         return out
 
     def find(self, trace_id: str) -> TraceFile | None:
-        """The trace with this id, or the only one whose id starts with it (a short prefix)."""
-        if not trace_id or "/" in trace_id or ".." in trace_id:
+        """The trace with this id, or the only one whose id starts with it (a short prefix).
+
+        A full id costs one ``stat`` per stored day; a prefix walks every file (``afind`` on the
+        event loop)."""
+        if not _valid_id(trace_id):
             return None
+        with self._lock:
+            known = self._recent.get(trace_id)
+        if known is not None:
+            path = _best(known.parent, trace_id)
+            if path.exists():
+                return TraceFile(trace_id, known.parent.name, path)
         if self.root.exists():
-            for folder in sorted(self.root.iterdir(), reverse=True):
-                for suffix in (".jsonl", ".jsonl.gz"):
-                    path = folder / f"{trace_id}{suffix}"
-                    if path.exists():
-                        return TraceFile(trace_id, folder.name, path)
+            folders = sorted((p for p in self.root.iterdir() if _is_day(p.name)), reverse=True)
+            for folder in folders:
+                path = _best(folder, trace_id)
+                if path.exists():
+                    return TraceFile(trace_id, folder.name, path)
         matches = [t for t in self.list() if t.trace_id.startswith(trace_id)]
         return matches[0] if len(matches) == 1 else None
 
@@ -166,28 +296,111 @@ class TraceStore:
             raise FileNotFoundError(f"no trace {trace_id!r} under {self.root}")
         return list(_read_lines(found.path))
 
+    async def alist(self, day: str | None = None) -> builtins.list[TraceFile]:
+        return await asyncio.to_thread(self.list, day)
+
+    async def afind(self, trace_id: str) -> TraceFile | None:
+        return await asyncio.to_thread(self.find, trace_id)
+
+    async def aread(self, trace_id: str) -> builtins.list[dict[str, Any]]:
+        return await asyncio.to_thread(self.read, trace_id)
+
+    # ------------------------------------------------------------------ housekeeping
+
     def housekeep(self, *, retention_days: int, today: date | None = None) -> tuple[int, int]:
-        """Gzip files of days before today; delete days older than the retention. Returns counts."""
+        """Gzip files of days before today; delete days older than the retention. Returns counts.
+
+        Blocking and possibly long (many files): ``ahousekeep`` on the event loop."""
         today = today or datetime.now(UTC).date()
         cutoff = today - timedelta(days=retention_days)
         zipped = deleted = 0
         if not self.root.exists():
             return (0, 0)
         for folder in sorted(self.root.iterdir()):
+            if folder.name.startswith(_TRASH_PREFIX):
+                shutil.rmtree(folder, ignore_errors=True)  # a deletion a crash interrupted
+                continue
             try:
                 day = date.fromisoformat(folder.name)
             except ValueError:
                 continue
             if day < cutoff:
-                deleted += sum(1 for _ in folder.iterdir())
-                shutil.rmtree(folder)
+                deleted += self._delete_day(folder)
             elif day < today:
-                for path in folder.glob("*.jsonl"):
-                    with path.open("rb") as src, gzip.open(f"{path}.gz", "wb") as dst:
-                        shutil.copyfileobj(src, dst)
-                    path.unlink()
-                    zipped += 1
+                for stale in folder.glob("*.tmp"):
+                    stale.unlink(missing_ok=True)  # a gzip or un-gzip a crash interrupted
+                zipped += sum(1 for path in folder.glob(f"*{_PLAIN}") if self._gzip(path))
         return zipped, deleted
+
+    async def ahousekeep(self, *, retention_days: int,
+                         today: date | None = None) -> tuple[int, int]:
+        return await asyncio.to_thread(self.housekeep, retention_days=retention_days, today=today)
+
+    def _delete_day(self, folder: Path) -> int:
+        with self._lock:
+            if any(path.parent == folder for path in self._live):
+                return 0  # a run continued from that day is still writing: next time
+            trash = folder.with_name(f"{_TRASH_PREFIX}{folder.name}-{uuid.uuid4().hex[:8]}")
+            folder.rename(trash)  # atomic: no writer can open a file in it from now on
+        count = sum(1 for p in trash.iterdir() if p.name.endswith((_PLAIN, _GZIP)))
+        shutil.rmtree(trash)
+        return count
+
+    def _gzip(self, path: Path) -> bool:
+        """Compress one file outside the lock; swap it in only if nobody wrote to it meanwhile."""
+        with self._lock:
+            if path in self._live:
+                return False
+        try:
+            before = path.stat()
+        except FileNotFoundError:
+            return False
+        tmp = path.with_name(path.name + ".gz.tmp")
+        with path.open("rb") as src, gzip.open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        with self._lock:
+            try:
+                after = path.stat()
+            except FileNotFoundError:
+                after = None
+            if (path in self._live or after is None or after.st_size != before.st_size
+                    or after.st_mtime_ns != before.st_mtime_ns):
+                tmp.unlink(missing_ok=True)
+                return False
+            os.replace(tmp, path.with_name(path.name + ".gz"))
+            path.unlink()
+        return True
+
+
+def _gunzip(gz: Path) -> Path:
+    """A trace being continued after housekeeping compressed it goes back to plain JSONL."""
+    plain = gz.with_name(gz.name[: -len(".gz")])
+    tmp = plain.with_name(plain.name + ".tmp")
+    with gzip.open(gz, "rb") as src, tmp.open("wb") as dst:
+        shutil.copyfileobj(src, dst)
+    os.replace(tmp, plain)
+    gz.unlink()
+    return plain
+
+
+def _best(folder: Path, trace_id: str) -> Path:
+    plain = folder / f"{trace_id}{_PLAIN}"
+    return plain if plain.exists() else folder / f"{trace_id}{_GZIP}"
+
+
+def _is_day(name: str) -> bool:
+    try:
+        date.fromisoformat(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def _read_lines(path: Path) -> Iterator[dict[str, Any]]:
@@ -200,5 +413,11 @@ def _read_lines(path: Path) -> Iterator[dict[str, Any]]:
             try:
                 yield json.loads(line)
             except json.JSONDecodeError:
-                # A torn last line from a crash mid-write: everything before it is intact.
-                break
+                # A line torn by a crash mid-write; a continued run appended after it on a line
+                # of its own, so what follows is intact.
+                continue
+
+
+def day_of(stored_at: str) -> date:
+    """The UTC day of a stored ISO time (``runs.started_at``): the folder of that run's trace."""
+    return date.fromisoformat(stored_at[:10])
