@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import budget_caps, concurrency, overhead, startup, token_economics
+from bench import budget_caps, concurrency, overhead, startup, token_economics, trace_open
 from bench.machine import machine_info
 from bench.report import table
 from bench.stage import Stage
 from bench.stats import median, ratio
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ALL = ("startup", "overhead", "concurrency", "tokens", "budget")
+ALL = ("startup", "overhead", "concurrency", "tokens", "budget", "traces")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +57,9 @@ class Plan:
     time_limit_s: float
     """The whole run's target; concurrency repeats that would pass it are skipped (and said so)."""
     seed: int = 8
+    trace_stored: tuple[int, ...] = (10, 30_000)
+    """Traces stored when opening one is timed."""
+    trace_opens: int = 200
 
 
 FULL = Plan(mode="full", startup_repeats=5, overhead_latency_s=0.2, overhead_chats=10,
@@ -208,6 +211,12 @@ def _notes(results: dict[str, Any], plan: Plan) -> list[str]:
             f"runs {db.get('runs')}; the bot logged "
             f"{results.get('live_bot', {}).get('bot_error_log_lines')} ERROR line(s). Timing "
             "figures above cover the chats that were answered.")
+    if "traces" in results:
+        sizes = results["traces"]["sizes"]
+        notes.append("Trace open (median ms, new / reopened with its day / a full listing for "
+                      "comparison): " + "; ".join(
+                          f"{n} stored: {s['open_new_ms']['p50']:.3f} / {s['reopen_ms']['p50']:.3f}"
+                          f" / {s['full_listing_ms']:.1f}" for n, s in sizes.items()) + ".")
     for name, error in results.get("errors", {}).items():
         notes.append(f"NOT MEASURED — {name}: {error}")
     return [f"- {n}" for n in notes]
@@ -229,6 +238,9 @@ async def run(plan: Plan, only: set[str]) -> dict[str, Any]:
     if "budget" in only:
         await _section(results, "budget", lambda: budget_caps.measure(plan.budget_runs,
                                                                         plan.seed))
+    if "traces" in only:
+        await _section(results, "traces", lambda: trace_open.measure(list(plan.trace_stored),
+                                                                     plan.trace_opens))
     results["memory"] = _memory(results)
     results["duration_s"] = round(time.monotonic() - started, 1)
     results["notes"] = _notes(results, plan)
