@@ -23,12 +23,13 @@ from typing import Any
 from aiohttp import web
 
 from tests.fakes.anthropic_cache import (
+    TOKENIZERS,
     CacheUsage,
     PromptCache,
+    TokenizerName,
     apply_stop_sequences,
     canonical,
     count_input_tokens,
-    estimate_block_tokens,
     prefix_items,
     truncate_output,
 )
@@ -340,8 +341,11 @@ class FakeAnthropic:
         responder: Responder | None = None,
         require_first_user: bool = False,
         stream_chunk_chars: int = 24,
+        tokenizer: TokenizerName = "chars4",
     ) -> None:
         self.models = list(models)
+        self.tokenizer = tokenizer
+        self.block_tokens = TOKENIZERS[tokenizer]
         self.api_keys = api_keys
         self.min_cacheable_overrides = dict(min_cacheable_tokens or {})
         self.default_latency = default_latency
@@ -443,7 +447,7 @@ class FakeAnthropic:
 
     def count_tokens(self, body: JSON) -> int:
         """The input-token estimate of a request body (what /count_tokens answers)."""
-        return count_input_tokens(body)
+        return count_input_tokens(body, self.block_tokens)
 
     # --- HTTP
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
@@ -549,13 +553,17 @@ class FakeAnthropic:
         if spec is None:
             raise ApiError(404, "not_found_error", f"model: {body['model']}")
         validate(
-            body, spec.rules, count_only=count_only, require_first_user=self.require_first_user
+            body,
+            spec.rules,
+            count_only=count_only,
+            require_first_user=self.require_first_user,
+            tokens=self.block_tokens,
         )
         return body, spec
 
     def _count_tokens(self, rec: RecordedRequest) -> web.Response:
         body, _ = self._resolve(rec, count_only=True)
-        return self._json(rec, 200, {"input_tokens": count_input_tokens(body)})
+        return self._json(rec, 200, {"input_tokens": count_input_tokens(body, self.block_tokens)})
 
     def _list_models(self, query: dict[str, str], lifecycle: list[str]) -> JSON:
         try:
@@ -587,7 +595,7 @@ class FakeAnthropic:
     # --- POST /v1/messages
     async def _messages(self, request: web.Request, rec: RecordedRequest) -> web.StreamResponse:
         body, spec = self._resolve(rec, count_only=False)
-        items = prefix_items(body)
+        items = prefix_items(body, self.block_tokens)
         if body["max_tokens"] == 0:  # cache pre-warming: no generation, no scripted item used
             usage = self.cache.account(spec.id, items, self.min_cacheable(spec))
             return await self._send(request, rec, self._message(spec, Reply([]), body, usage))
@@ -648,13 +656,15 @@ class FakeAnthropic:
         content, hit = apply_stop_sequences(content, body.get("stop_sequences") or [])
         if hit is not None:
             stop_reason, stop_sequence = "stop_sequence", hit
-        content, truncated = truncate_output(content, int(body["max_tokens"]), sign_thinking)
+        content, truncated = truncate_output(
+            content, int(body["max_tokens"]), sign_thinking, self.block_tokens
+        )
         if truncated:
             stop_reason, stop_sequence = "max_tokens", None
         if stop_reason is None:
             has_tool = any(b.get("type") == "tool_use" for b in content)
             stop_reason = "tool_use" if has_tool else "end_turn"
-        output = sum(estimate_block_tokens(b) for b in content)
+        output = sum(self.block_tokens(b) for b in content)
         output = min(max(output, 1), int(body["max_tokens"]))
         if _thinking_display(body, spec) == "omitted":  # billed in full, returned empty
             content = [_omit_thinking(b) for b in content]

@@ -7,6 +7,9 @@ ensure_ascii=False)``. Image and document blocks with a base64/url/file source c
 ``MEDIA_BLOCK_TOKENS``. A request's input is the sum over tools, system blocks and message content
 blocks (string content is first normalised to one text block, and consecutive same-role messages
 are merged into one turn, like the real API does).
+
+``FakeAnthropic(tokenizer="bytes")`` swaps in ``adversarial_block_tokens`` everywhere the estimate
+is used, to attack keel's input bounds with text that a real tokenizer would split byte by byte.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 CHARS_PER_TOKEN = 4
 MEDIA_BLOCK_TOKENS = 1600
@@ -24,6 +27,10 @@ CACHE_LOOKBACK_BLOCKS = 20
 TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
 
 JSON = dict[str, Any]
+
+TokenizerName = Literal["chars4", "bytes"]
+BlockTokens = Callable[[JSON], int]
+"""A tokenizer of the fake: the input (or output) tokens of one block."""
 
 
 def canonical(obj: object) -> str:
@@ -42,6 +49,47 @@ def estimate_block_tokens(block: JSON) -> int:
         if source.get("type") in ("base64", "url", "file"):
             return MEDIA_BLOCK_TOKENS
     return max(1, math.ceil(len(canonical(body)) / CHARS_PER_TOKEN))
+
+
+def adversarial_block_tokens(block: JSON) -> int:
+    """The ``"bytes"`` tokenizer: what a byte-level BPE does to text it has no merges for.
+
+    Printable ASCII still costs a quarter token a character, but every control character and
+    every non-ASCII character (CJK, emoji, accents) costs one token per UTF-8 byte, the most any
+    byte-level tokenizer can produce. Strings are counted as the model reads them (raw), not as
+    JSON escapes them, so a control character is one byte here, not six. Media blocks as THE
+    estimate.
+    """
+    body = without_cache_control(block)
+    source = body.get("source")
+    if body.get("type") in ("image", "document") and isinstance(source, dict):
+        if source.get("type") in ("base64", "url", "file"):
+            return MEDIA_BLOCK_TOKENS
+    printable = 0
+    heavy = 0
+    for ch in _raw_render(body):
+        if 32 <= ord(ch) < 127:
+            printable += 1
+        else:
+            heavy += len(ch.encode("utf-8", "surrogatepass"))
+    return max(1, math.ceil(printable / CHARS_PER_TOKEN) + heavy)
+
+
+def _raw_render(obj: object) -> str:
+    """Canonical JSON with strings left unescaped (the characters the model actually sees)."""
+    if isinstance(obj, dict):
+        return "{" + ",".join(f'"{k}":{_raw_render(obj[k])}' for k in sorted(obj)) + "}"
+    if isinstance(obj, list):
+        return "[" + ",".join(_raw_render(v) for v in obj) + "]"
+    if isinstance(obj, str):
+        return f'"{obj}"'
+    return json.dumps(obj)
+
+
+TOKENIZERS: dict[TokenizerName, BlockTokens] = {
+    "chars4": estimate_block_tokens,
+    "bytes": adversarial_block_tokens,
+}
 
 
 def normalize_content(content: object) -> list[JSON]:
@@ -92,14 +140,14 @@ class PrefixItem:
     block_type: str
 
 
-def prefix_items(body: JSON) -> list[PrefixItem]:
+def prefix_items(body: JSON, tokens: BlockTokens = estimate_block_tokens) -> list[PrefixItem]:
     """The flattened prompt of a request, with the top-level (automatic) cache_control applied."""
     items: list[PrefixItem] = []
     for i, tool in enumerate(body.get("tools") or []):
         if isinstance(tool, dict):
-            items.append(_item({"tool": without_cache_control(tool)}, tool, f"tools.{i}"))
+            items.append(_item({"tool": without_cache_control(tool)}, tool, f"tools.{i}", tokens))
     for i, block in enumerate(normalize_system(body.get("system"))):
-        items.append(_item({"system": without_cache_control(block)}, block, f"system.{i}"))
+        items.append(_item({"system": without_cache_control(block)}, block, f"system.{i}", tokens))
     # Changing tool_choice or thinking invalidates the message part of the cache, not tools/system.
     context = canonical({"tool_choice": body.get("tool_choice"), "thinking": body.get("thinking")})
     messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
@@ -109,7 +157,7 @@ def prefix_items(body: JSON) -> list[PrefixItem]:
             if t == 0 and k == 0:
                 fragment["context"] = context
             m, j = turn.origins[k]
-            items.append(_item(fragment, block, f"messages.{m}.content.{j}"))
+            items.append(_item(fragment, block, f"messages.{m}.content.{j}", tokens))
     auto = body.get("cache_control")
     if isinstance(auto, dict):
         # Automatic caching: the breakpoint goes on the last cacheable block.
@@ -122,19 +170,19 @@ def prefix_items(body: JSON) -> list[PrefixItem]:
     return items
 
 
-def _item(fragment: JSON, block: JSON, location: str) -> PrefixItem:
+def _item(fragment: JSON, block: JSON, location: str, tokens: BlockTokens) -> PrefixItem:
     cc = block.get("cache_control")
     return PrefixItem(
         fragment=canonical(fragment),
-        tokens=estimate_block_tokens(block),
+        tokens=tokens(block),
         cache_control=cc if isinstance(cc, dict) else None,
         location=location,
         block_type=str(block.get("type")),
     )
 
 
-def count_input_tokens(body: JSON) -> int:
-    return sum(item.tokens for item in prefix_items(body))
+def count_input_tokens(body: JSON, tokens: BlockTokens = estimate_block_tokens) -> int:
+    return sum(item.tokens for item in prefix_items(body, tokens))
 
 
 @dataclass
@@ -251,13 +299,16 @@ def apply_stop_sequences(content: list[JSON], stops: list[str]) -> tuple[list[JS
 
 
 def truncate_output(
-    content: list[JSON], budget: int, sign: Callable[[str], str]
+    content: list[JSON],
+    budget: int,
+    sign: Callable[[str], str],
+    tokens: BlockTokens = estimate_block_tokens,
 ) -> tuple[list[JSON], bool]:
     """Keep what fits in ``budget`` output tokens (by THE estimate), cutting a text or thinking
     block inside (a cut thinking block is re-signed with ``sign``); blocks after it are dropped."""
     kept: list[JSON] = []
     for block in content:
-        cost = estimate_block_tokens(block)
+        cost = tokens(block)
         if cost <= budget:
             kept.append(block)
             budget -= cost
@@ -267,7 +318,7 @@ def truncate_output(
             lo, hi = 0, len(block[key])
             while lo < hi:  # longest prefix whose block still fits
                 mid = (lo + hi + 1) // 2
-                if estimate_block_tokens(_cut(block, key, mid, sign)) <= budget:
+                if tokens(_cut(block, key, mid, sign)) <= budget:
                     lo = mid
                 else:
                     hi = mid - 1

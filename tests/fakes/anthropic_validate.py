@@ -9,7 +9,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from tests.fakes.anthropic_cache import Turn, merge_turns, normalize_content, prefix_items
+from tests.fakes.anthropic_cache import (
+    BlockTokens,
+    Turn,
+    estimate_block_tokens,
+    merge_turns,
+    normalize_content,
+    prefix_items,
+)
 
 JSON = dict[str, Any]
 
@@ -70,7 +77,12 @@ class ModelRules:
 
 
 def validate(
-    body: object, model: ModelRules, *, count_only: bool, require_first_user: bool
+    body: object,
+    model: ModelRules,
+    *,
+    count_only: bool,
+    require_first_user: bool,
+    tokens: BlockTokens = estimate_block_tokens,
 ) -> None:
     if not isinstance(body, dict):
         raise invalid("Input should be a valid dictionary or object to extract fields from")
@@ -98,7 +110,7 @@ def validate(
             "The conversation must end with a user message."
         )
     _check_cache_control(body)
-    total = sum(item.tokens for item in prefix_items(body))
+    total = sum(item.tokens for item in prefix_items(body, tokens))
     if total > model.context_window:
         raise invalid(f"prompt is too long: {total} tokens > {model.context_window} maximum")
 
