@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     escalation_ttl_s: float = Field(86_400, gt=0, validation_alias="KEEL_ESCALATION_TTL_S")
     compact_at_tokens: int = Field(24_000, ge=1000, validation_alias="KEEL_COMPACT_AT_TOKENS")
     trace_retention_days: int = Field(30, ge=1, validation_alias="KEEL_TRACE_RETENTION_DAYS")
+    retention_days: int = Field(
+        30, ge=1, validation_alias="KEEL_RETENTION_DAYS",
+        description="Finished database rows older than this many days are deleted (hourly).",
+    )
     fetch_allow_private: bool = Field(False, validation_alias="KEEL_FETCH_ALLOW_PRIVATE")
 
     @field_validator("allowed_user_ids", mode="before")
