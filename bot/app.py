@@ -31,6 +31,7 @@ from agents.scheduled import ScheduledRunner
 from bot.commands import HANDLERS, bot_commands
 from bot.events import from_update
 from bot.service import KeelBot
+from storage.retention import housekeep
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +93,12 @@ async def _post_init(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
     if app.job_queue is not None:
         app.job_queue.run_repeating(_expire_escalations, interval=60, first=1,
                                     name="expire-escalations")
+        # Starts with the job queue, after recovery below; file work runs in a thread.
+        app.job_queue.run_repeating(_retention, interval=3600, first=30, name="retention")
     try:
         await app.bot.set_my_commands(bot_commands())
     except TelegramError as exc:
         log.warning("could not register commands: %s", exc)
-    zipped, deleted = runtime.traces.housekeep(retention_days=settings.trace_retention_days)
     sent, answered = await keel.recover()
     # After recover(): it fails runs left 'running', which must not include catch-up runs.
     jobs = jobs_from_config(runtime.keel_file.schedules, default_timezone=settings.timezone,
@@ -107,11 +109,18 @@ async def _post_init(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
         await scheduler.start()
         app.bot_data["scheduler"] = scheduler
     log.info("keel is up as @%s: %d agents; recovered %d pending repl(ies), re-answering %d "
-             "message(s); traces: %d gzipped, %d deleted", app.bot.username,
-             len(runtime.agents), sent, answered, zipped, deleted)
+             "message(s)", app.bot.username, len(runtime.agents), sent, answered)
     if not settings.allowed_user_ids:
         log.warning("KEEL_ALLOWED_USER_IDS is empty: the bot serves nobody and tells each person "
                     "their id")
+
+
+async def _retention(context: ContextTypes.DEFAULT_TYPE) -> None:
+    runtime: Runtime | None = context.bot_data.get("runtime")
+    settings: Settings = context.bot_data["settings"]
+    if runtime is not None:  # a pass is time-limited so that a stop never waits long for it
+        await housekeep(runtime.db, runtime.traces, days=settings.retention_days,
+                        trace_days=settings.trace_retention_days, max_seconds=20)
 
 
 async def _expire_escalations(context: ContextTypes.DEFAULT_TYPE) -> None:

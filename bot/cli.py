@@ -47,6 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
         dest="db_command", metavar="SUBCOMMAND", required=True)
     p = db.add_parser("migrate", help="apply pending schema migrations (safe to repeat)")
     p.set_defaults(handler=_cmd_db_migrate)
+    p = db.add_parser("stats", help="rows per table, database and WAL size, trace files",
+                      description="What keel stores: row counts per table, the database file and "
+                      "its WAL, and the trace directory's files and size.")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_cmd_db_stats)
+    p = db.add_parser("prune", help="delete finished rows and traces past their retention now",
+                      description="Run one retention pass now (the bot runs one every hour): "
+                      "finished rows older than KEEL_RETENTION_DAYS, traces older than "
+                      "KEEL_TRACE_RETENTION_DAYS (earlier days gzipped). Safe while the bot runs.")
+    p.set_defaults(handler=_cmd_db_prune)
 
     _register_runtime_commands(sub)
     return parser
@@ -115,6 +125,52 @@ def _cmd_db_migrate(args: argparse.Namespace, settings: Settings) -> int:
     print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
     print(f"database: {settings.db_path.resolve()}")
     return EXIT_OK
+
+
+def _cmd_db_stats(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from storage.db import Database
+    from storage.stats import storage_stats
+
+    if not settings.db_path.exists():
+        print(f"keel: no database at {settings.db_path} yet (`keel run` or `keel db migrate` "
+              "creates it)", file=sys.stderr)
+        return EXIT_FAILED
+
+    async def go() -> int:
+        db = await Database.open(settings.db_path, migrate=False)
+        try:
+            stats = await storage_stats(db, settings.db_path.resolve(), settings.traces_dir)
+        finally:
+            await db.close()
+        print(json.dumps(stats.as_json()) if args.json else stats.render())
+        return EXIT_OK
+
+    return asyncio.run(go())
+
+
+def _cmd_db_prune(args: argparse.Namespace, settings: Settings) -> int:
+    from storage.db import Database
+    from storage.retention import housekeep
+    from storage.traces import TraceStore
+
+    async def go() -> int:
+        db = await Database.open(settings.db_path)
+        try:
+            report = await housekeep(db, TraceStore(settings.traces_dir),
+                                     days=settings.retention_days,
+                                     trace_days=settings.trace_retention_days,
+                                     # the bot may be writing a trace a run began yesterday
+                                     trace_min_idle_s=settings.run_timeout_s)
+        finally:
+            await db.close()
+        rows = ", ".join(f"{t} {n}" for t, n in report.rows.deleted.items() if n) or "none"
+        print(f"deleted rows older than {settings.retention_days} day(s): {rows}")
+        print(f"traces: {report.traces_gzipped} gzipped, {report.traces_deleted} deleted")
+        return EXIT_OK
+
+    return asyncio.run(go())
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from storage.db import Database, iso, placeholders
+from storage.traces import TraceStore
 
 log = logging.getLogger(__name__)
 
@@ -175,3 +176,26 @@ async def prune(
             if all(r["born"] is not None and r["born"] >= cutoff for r in rows):
                 break  # everything after is younger still
     return report
+
+
+@dataclass(frozen=True)
+class HousekeepingReport:
+    rows: RetentionReport
+    traces_gzipped: int
+    traces_deleted: int
+
+
+async def housekeep(db: Database, traces: TraceStore, *, days: int, trace_days: int,
+                    max_seconds: float | None = None,
+                    trace_min_idle_s: float = 0.0) -> HousekeepingReport:
+    """One retention pass over the database and the trace files (these in a thread); logged.
+
+    Meant to run periodically after start-up recovery, never on the path of a message."""
+    zipped, deleted = await traces.ahousekeep(retention_days=trace_days,
+                                              min_idle_s=trace_min_idle_s)
+    rows = await prune(db, days=days, max_seconds=max_seconds)
+    if zipped or deleted or rows.total:
+        log.info("retention: %d row(s) deleted (%s)%s; traces: %d gzipped, %d deleted",
+                 rows.total, ", ".join(f"{t} {n}" for t, n in rows.deleted.items() if n) or "-",
+                 "" if rows.finished else ", more next time", zipped, deleted)
+    return HousekeepingReport(rows=rows, traces_gzipped=zipped, traces_deleted=deleted)

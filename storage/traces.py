@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -307,9 +308,12 @@ class TraceStore:
 
     # ------------------------------------------------------------------ housekeeping
 
-    def housekeep(self, *, retention_days: int, today: date | None = None) -> tuple[int, int]:
+    def housekeep(self, *, retention_days: int, today: date | None = None,
+                  min_idle_s: float = 0.0) -> tuple[int, int]:
         """Gzip files of days before today; delete days older than the retention. Returns counts.
 
+        Files this store is writing are left alone; ``min_idle_s`` also leaves files written to
+        that recently (another process may be writing them: ``keel db prune`` beside the bot).
         Blocking and possibly long (many files): ``ahousekeep`` on the event loop."""
         today = today or datetime.now(UTC).date()
         cutoff = today - timedelta(days=retention_days)
@@ -329,12 +333,14 @@ class TraceStore:
             elif day < today:
                 for stale in folder.glob("*.tmp"):
                     stale.unlink(missing_ok=True)  # a gzip or un-gzip a crash interrupted
-                zipped += sum(1 for path in folder.glob(f"*{_PLAIN}") if self._gzip(path))
+                zipped += sum(1 for path in folder.glob(f"*{_PLAIN}")
+                              if self._gzip(path, min_idle_s))
         return zipped, deleted
 
-    async def ahousekeep(self, *, retention_days: int,
-                         today: date | None = None) -> tuple[int, int]:
-        return await asyncio.to_thread(self.housekeep, retention_days=retention_days, today=today)
+    async def ahousekeep(self, *, retention_days: int, today: date | None = None,
+                         min_idle_s: float = 0.0) -> tuple[int, int]:
+        return await asyncio.to_thread(self.housekeep, retention_days=retention_days, today=today,
+                                       min_idle_s=min_idle_s)
 
     def _delete_day(self, folder: Path) -> int:
         with self._lock:
@@ -346,7 +352,7 @@ class TraceStore:
         shutil.rmtree(trash)
         return count
 
-    def _gzip(self, path: Path) -> bool:
+    def _gzip(self, path: Path, min_idle_s: float = 0.0) -> bool:
         """Compress one file outside the lock; swap it in only if nobody wrote to it meanwhile."""
         with self._lock:
             if path in self._live:
@@ -354,6 +360,8 @@ class TraceStore:
         try:
             before = path.stat()
         except FileNotFoundError:
+            return False
+        if min_idle_s and time.time() - before.st_mtime < min_idle_s:
             return False
         tmp = path.with_name(path.name + ".gz.tmp")
         with path.open("rb") as src, gzip.open(tmp, "wb") as dst:

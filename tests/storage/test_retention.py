@@ -4,10 +4,15 @@ something live still needs."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from storage.db import Database, iso
-from storage.retention import prune
+from storage.retention import housekeep, prune
+from storage.traces import TraceStore
 
 NOW = datetime.now(UTC)
 OLD, RECENT = iso(NOW - timedelta(days=40)), iso(NOW - timedelta(days=1))
@@ -212,3 +217,71 @@ async def test_a_pass_stops_at_its_time_limit_and_the_next_carries_on(db: Databa
     assert not first.finished and first.total == 0
     second = await prune(db, days=30, pause_s=0)
     assert second.finished and second.deleted["inbox"] == 1000
+
+
+async def test_housekeep_prunes_rows_and_traces_together(db: Database, tmp_path: Path) -> None:
+    store = TraceStore(tmp_path / "traces")
+    for trace_id, day in (("old", NOW.date() - timedelta(days=40)),
+                          ("yesterday", NOW.date() - timedelta(days=1)), ("today", NOW.date())):
+        w = store.writer(trace_id=trace_id, run_id="r", day=day)
+        w.emit("run_start")
+        w.close()
+    await _inbox(db, 1, "done", OLD, None)
+    await _inbox(db, 2, "done", RECENT, None)
+    report = await housekeep(db, store, days=30, trace_days=30)
+    assert (report.rows.deleted["inbox"], report.traces_gzipped, report.traces_deleted) == (1, 1, 1)
+    assert await _column(db, "SELECT update_id FROM inbox") == {2}
+    assert store.find("old") is None
+    assert store.find("yesterday").path.name.endswith(".gz")  # type: ignore[union-attr]
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def _keel(data_dir: Path, *args: str) -> tuple[int, str, str]:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT),
+           "KEEL_DATA_DIR": str(data_dir)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", *args, cwd=str(data_dir.parent), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_db_stats_shows_what_db_prune_removed(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    code, out, err = await _keel(data, "db", "stats")
+    assert code == 1 and "no database" in err and "Traceback" not in err
+
+    db = await Database.open(data / "keel.sqlite3")
+    try:
+        async with db.write() as conn:
+            await conn.executemany(
+                "INSERT INTO inbox (update_id, payload, status, received_at, done_at)"
+                " VALUES (?, ?, 'done', ?, ?)", [(i, "x" * 200, OLD, OLD) for i in range(1, 1201)])
+        await _inbox(db, 5000, "received", OLD, None)
+    finally:
+        await db.close()
+    store = TraceStore(data / "traces")
+    for trace_id, day in (("old", NOW.date() - timedelta(days=40)), ("now", NOW.date())):
+        w = store.writer(trace_id=trace_id, run_id="r", day=day)
+        w.emit("run_start")
+        w.close()
+
+    code, out, err = await _keel(data, "db", "stats", "--json")
+    assert code == 0, err
+    before = json.loads(out)
+    assert before["rows"]["inbox"] == 1201 and before["rows"]["runs"] == 0
+    assert (before["trace_files"], before["trace_days"]) == (2, 2)
+    assert before["database_bytes"] > 1200 * 200 and before["trace_bytes"] > 0
+
+    code, out, err = await _keel(data, "db", "prune")
+    assert code == 0, err
+    assert "inbox 1200" in out and "1 deleted" in out
+
+    code, out, err = await _keel(data, "db", "stats", "--json")
+    after = json.loads(out)
+    assert after["rows"]["inbox"] == 1 and (after["trace_files"], after["trace_days"]) == (1, 1)
+    code, out, _ = await _keel(data, "db", "stats")
+    assert code == 0 and "inbox" in out and "WAL" in out and "1 file(s) in 1 day(s)" in out
