@@ -1,31 +1,59 @@
 """The budget meter: reserve a call's worst case before it is made, settle after.
 
-Guarantee: the recorded cost of a run never exceeds its cap. Before each call the meter takes the
-input estimate at the dearest input rate plus ``max_tokens`` of output; if that does not fit what is
-left, ``max_tokens`` shrinks to fit, and when even a small useful call does not fit, the run halts
-before calling. A call cannot bill more output than its ``max_tokens``, so the settled cost stays
-within the reservation.
+Guarantee: the recorded cost of a run never exceeds its cap, and a day's spend never exceeds any
+daily cap that applies to the run (overall, per person, per schedule), however many runs go at
+once. Before each call the meter takes an upper bound of the input at the dearest rate the request
+can incur, plus ``max_tokens`` of output. If that does not fit what is left of the run's cap,
+``max_tokens`` shrinks to fit; then the same worst case is held in the daily ledger against every
+daily cap in one transaction (``LedgerGate``), shrinking ``max_tokens`` again to what the days
+have left. When even a small useful call does not fit, the run halts before calling. A call cannot
+bill more output than its ``max_tokens`` nor more input than the bound, so the settled cost stays
+within the hold, and the settled cost replaces the hold.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
-from agents.pricing import PER_MILLION, Price, Usage, cost_of
+from agents.errors import KeelError
+from agents.pricing import PER_MILLION, Price, Usage, cost_of, dearest_input_rate
+from storage.ledger import DailyCaps, Hold, Ledger, Shortfall
+from storage.usage import UsageDelta
 
 WARN_FRACTION = 0.70
 MIN_USEFUL_OUTPUT_TOKENS = 256
-INPUT_SAFETY = 1.10  # headroom on the input estimate
+
+HaltScope = Literal["run", "daily"]
 
 
-class BudgetHalt(Exception):
-    """Too little budget is left for a useful call."""
+class BudgetHalt(KeelError):
+    """Too little budget is left for a useful call; raised before the call, so nothing was spent
+    on it. ``scope`` says whose budget: the run's own cap, or a daily cap (``cap_name``)."""
 
-    def __init__(self, left_usd: float, needed_usd: float) -> None:
+    def __init__(self, left_usd: float, needed_usd: float, *, max_tokens: int = 0,
+                 scope: HaltScope = "run", cap_name: str = "run", cap_usd: float = 0.0) -> None:
         self.left_usd = left_usd
         self.needed_usd = needed_usd
+        self.max_tokens = max_tokens
+        self.scope: HaltScope = scope
+        self.cap_name = cap_name
+        self.cap_usd = cap_usd
         super().__init__(f"${left_usd:.4f} left, a useful call needs ${needed_usd:.4f}")
+
+    def explain(self, meter: BudgetMeter) -> str:
+        """One sentence for a person, saying what was spent and what would be needed."""
+        answer = f"one answer of at most {self.max_tokens} tokens" if self.max_tokens else "one call"
+        if self.scope == "daily":
+            return (f"the daily budget of {self.cap_name} is used up for today: "
+                    f"${self.left_usd:.4f} of ${self.cap_usd:.2f} is left, and {answer} could "
+                    f"cost ${self.needed_usd:.4f}")
+        if meter.spent_usd == 0:
+            return (f"nothing was spent; this ${meter.cap_usd:.2f} budget cannot cover {answer} "
+                    f"(up to ${self.needed_usd:.4f})")
+        return (f"spent ${meter.spent_usd:.4f} of the ${meter.cap_usd:.2f} budget; the next "
+                f"call could cost ${self.needed_usd:.4f}")
 
 
 @dataclass(frozen=True)
@@ -33,6 +61,13 @@ class Reservation:
     max_tokens: int
     worst_case_usd: float
     input_estimate: int
+    """The input bound the reservation was priced on (tokens)."""
+    input_rate: float = 0.0
+    """USD per million input tokens it was priced at."""
+
+    @property
+    def input_usd(self) -> float:
+        return self.input_estimate * self.input_rate / PER_MILLION
 
 
 class BudgetMeter:
@@ -40,6 +75,8 @@ class BudgetMeter:
         self.cap_usd = cap_usd
         self.spent_usd = spent_usd
         self.warned = warned
+        self.gate: LedgerGate | None = None
+        """The daily ledger this run's calls are held in (None: the run's cap only)."""
 
     @property
     def left_usd(self) -> float:
@@ -49,19 +86,14 @@ class BudgetMeter:
     def fraction_used(self) -> float:
         return self.spent_usd / self.cap_usd if self.cap_usd else 1.0
 
-    def reserve(self, price: Price, *, input_tokens: int, max_tokens: int) -> Reservation:
-        """The ``max_tokens`` this call may use within the budget, or BudgetHalt."""
-        input_tokens = math.ceil(input_tokens * INPUT_SAFETY)
-        dearest_input = max(price.input, price.cache_write_5m, price.cache_write_1h)
-        input_cost = input_tokens * dearest_input / PER_MILLION
-        per_output = price.output / PER_MILLION
-        left = self.left_usd
-        affordable = math.floor((left - input_cost) / per_output) if per_output else max_tokens
-        allowed = min(max_tokens, affordable)
-        floor = min(MIN_USEFUL_OUTPUT_TOKENS, max_tokens)
-        if allowed < floor:
-            raise BudgetHalt(left, input_cost + floor * per_output)
-        return Reservation(allowed, input_cost + allowed * per_output, input_tokens)
+    def reserve(self, price: Price, *, input_tokens: int, max_tokens: int,
+                input_rate: float | None = None) -> Reservation:
+        """The ``max_tokens`` this call may use within the run's cap, or BudgetHalt.
+
+        ``input_tokens`` must be an upper bound of the call's input; ``input_rate`` (USD per
+        million) the dearest rate the request can incur (default: any cache write, 1 hour)."""
+        return fit(price, left_usd=self.left_usd, input_tokens=input_tokens,
+                   max_tokens=max_tokens, input_rate=input_rate)
 
     def settle(self, price: Price, usage: Usage) -> float:
         """Record a call's real cost; returns it."""
@@ -79,3 +111,68 @@ class BudgetMeter:
     @property
     def exhausted(self) -> bool:
         return self.spent_usd >= self.cap_usd
+
+
+def fit(price: Price, *, left_usd: float, input_tokens: int, max_tokens: int,
+        input_rate: float | None = None, scope: HaltScope = "run", cap_name: str = "run",
+        cap_usd: float = 0.0) -> Reservation:
+    """The largest call (``max_tokens`` ≤ the one asked) whose worst case fits ``left_usd``."""
+    rate = dearest_input_rate(price) if input_rate is None else input_rate
+    input_cost = input_tokens * rate / PER_MILLION
+    per_output = price.output / PER_MILLION
+    affordable = math.floor((left_usd - input_cost) / per_output) if per_output else max_tokens
+    allowed = min(max_tokens, affordable)
+    floor = min(MIN_USEFUL_OUTPUT_TOKENS, max_tokens)
+    if allowed < floor:
+        raise BudgetHalt(left_usd, input_cost + floor * per_output, max_tokens=floor,
+                         scope=scope, cap_name=cap_name, cap_usd=cap_usd)
+    return Reservation(allowed, input_cost + allowed * per_output, input_tokens, rate)
+
+
+class LedgerGate:
+    """One run's door to the daily ledger: hold a call's worst case, then settle or release it."""
+
+    def __init__(self, ledger: Ledger, caps: DailyCaps, *, run_id: str, agent: str,
+                 user_id: int | None, schedule: str | None = None) -> None:
+        self.ledger = ledger
+        self.caps = caps
+        self.run_id = run_id
+        self.agent = agent
+        self.user_id = user_id
+        self.schedule = schedule
+
+    async def hold(self, price: Price, reservation: Reservation) -> tuple[Reservation, Hold]:
+        """Hold ``reservation`` (shrunk to what every daily cap has left), or BudgetHalt."""
+        per_output = price.output / PER_MILLION
+        floor = min(MIN_USEFUL_OUTPUT_TOKENS, reservation.max_tokens)
+        got = await self.ledger.hold(
+            run_id=self.run_id, agent=self.agent, user_id=self.user_id, schedule=self.schedule,
+            caps=self.caps, want_usd=reservation.worst_case_usd,
+            min_usd=reservation.input_usd + floor * per_output)
+        if isinstance(got, Shortfall):
+            raise BudgetHalt(got.left_usd, reservation.input_usd + floor * per_output,
+                             max_tokens=floor, scope="daily", cap_name=got.scope,
+                             cap_usd=got.cap_usd)
+        if got.amount_usd >= reservation.worst_case_usd:
+            return reservation, got
+        fitted = fit(price, left_usd=got.amount_usd, input_tokens=reservation.input_estimate,
+                     max_tokens=reservation.max_tokens, input_rate=reservation.input_rate)
+        return fitted, got
+
+    async def settle(self, hold: Hold, usage: Usage, cost: float) -> None:
+        """The call's real cost replaces its hold (one transaction)."""
+        await self.ledger.settle(hold, UsageDelta(
+            cost_usd=cost, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens))
+
+    async def release(self, hold: Hold) -> None:
+        """The call was answered with an error: nothing was billed."""
+        await self.ledger.release(hold)
+
+    async def forfeit(self, hold: Hold) -> None:
+        """The call's outcome is unknown (cancelled, timed out, connection lost after sending):
+        it may have been billed up to its worst case, so the hold is charged as spend."""
+        await self.ledger.forfeit(hold)
+
+
+__all__ = ["BudgetHalt", "BudgetMeter", "DailyCaps", "LedgerGate", "Reservation", "fit"]

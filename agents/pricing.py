@@ -7,6 +7,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any, Literal, assert_never
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -114,7 +115,48 @@ def cost_of(price: Price, usage: Usage) -> float:
     ) / PER_MILLION
 
 
-def worst_case_cost(price: Price, *, input_tokens: int, max_tokens: int) -> float:
-    """The most a call can cost: every input token billed at the dearest input rate, full output."""
-    dearest_input = max(price.input, price.cache_write_5m, price.cache_write_1h)
-    return (input_tokens * dearest_input + max_tokens * price.output) / PER_MILLION
+CacheTtl = Literal["none", "5m", "1h"]
+"""The longest cache write a request can cause: none (no breakpoint), 5 minutes or 1 hour."""
+
+
+def dearest_input_rate(price: Price, ttl: CacheTtl = "1h") -> float:
+    """USD per million of the dearest way an input token of a request can be billed.
+
+    Uncached input, or a cache write of the longest TTL the request's breakpoints name: a request
+    whose breakpoints are all 5-minute ones can never be billed the 1-hour write rate (2× input),
+    only the 5-minute one (1.25×); one without breakpoints writes nothing."""
+    match ttl:
+        case "none":
+            return price.input
+        case "5m":
+            return max(price.input, price.cache_write_5m)
+        case "1h":
+            return max(price.input, price.cache_write_5m, price.cache_write_1h)
+        case _:
+            assert_never(ttl)
+
+
+def request_cache_ttl(body: Mapping[str, Any]) -> CacheTtl:
+    """The longest cache TTL a Messages API request body can write (see ``dearest_input_rate``)."""
+    markers: list[Any] = []
+    if "cache_control" in body:  # automatic caching
+        markers.append(body["cache_control"])
+    for part in ("tools", "system", "messages"):
+        for item in body.get(part) or []:
+            if not isinstance(item, dict):
+                continue
+            markers.append(item.get("cache_control"))
+            content = item.get("content") if part == "messages" else None
+            for block in content if isinstance(content, list) else []:
+                if isinstance(block, dict):
+                    markers.append(block.get("cache_control"))
+    ttls = [m.get("ttl", "5m") for m in markers if isinstance(m, dict)]
+    if not ttls:
+        return "none"
+    return "5m" if all(t == "5m" for t in ttls) else "1h"
+
+
+def worst_case_cost(price: Price, *, input_tokens: int, max_tokens: int,
+                    ttl: CacheTtl = "1h") -> float:
+    """The most a call can cost: every input token at the dearest rate its TTL allows, full output."""
+    return (input_tokens * dearest_input_rate(price, ttl) + max_tokens * price.output) / PER_MILLION

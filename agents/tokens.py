@@ -1,8 +1,9 @@
-"""A local, conservative token estimate for budget reservations (no tokenizer download).
+"""Local token sizes without a tokenizer download: an estimate, and an upper bound.
 
-It errs high on purpose: the budget reserves the worst case before a call, and within a run the
-executor anchors on the exact input count the API reported for the previous call, so the estimate
-only covers what was added since.
+``estimate`` is a typical size (ASCII characters ÷ 3): good for compaction thresholds and traces,
+but NOT an upper bound (30,000 control characters estimate at 10,000 tokens and may bill 30,000+).
+``bound`` is one: budget reservations use it, tightened by the API's exact counts (see
+agents/executor/call.py).
 """
 
 from __future__ import annotations
@@ -35,3 +36,56 @@ def estimate(value: Any) -> int:
             return estimate(value["content"]) + PER_BLOCK_OVERHEAD
         return estimate_text(json.dumps(value, ensure_ascii=False, separators=(",", ":"))) + PER_BLOCK_OVERHEAD
     return estimate_text(str(value))
+
+
+# ------------------------------------------------------------------ the upper bound
+
+BLOCK_FRAMING_TOKENS = 16
+"""What the API may add around one block or message beyond its own bytes (role and block markers)."""
+TOOLS_PROMPT_TOKENS = 1024
+"""The tool-use system prompt the API adds when tools are defined (346 tokens on Claude 4-era
+models by Anthropic's table; 1024 leaves room for older or future ones)."""
+
+
+def bound_bytes(value: Any) -> int:
+    """UTF-8 bytes of a request fragment as JSON (no ``cache_control``): the size the bound uses."""
+    return len(_canonical(value).encode("utf-8", "surrogatepass"))
+
+
+def bound(value: Any) -> int:
+    """Tokens of a request fragment that no tokenizer can exceed.
+
+    Factor 1 token per UTF-8 byte, plus ``BLOCK_FRAMING_TOKENS`` per block or message. Why it holds:
+    Claude's tokenizer, like every byte-level BPE, has each of the 256 bytes in its vocabulary and
+    only merges bytes into longer tokens, so no token covers less than one byte and no text becomes
+    more tokens than it has bytes — control characters, CJK and emoji included (they are the worst
+    case: one token per byte). The bytes counted are those of the fragment's JSON, which is never
+    shorter than the text the model reads: a text block's JSON contains its text, tool inputs and
+    schemas are read as JSON, and JSON escapes (``\\u0001``) only lengthen it. What the API adds
+    around blocks (role headers, block markers) is covered by the per-block framing; the tool-use
+    system prompt by ``TOOLS_PROMPT_TOKENS`` (see ``request_bound``). For ordinary English the
+    bound is about 4× the real count, so the executor tightens it with exact counts from the API
+    (the previous call's usage, the count endpoint) wherever it has them.
+    """
+    if isinstance(value, list):
+        return sum(bound(v) for v in value)
+    if isinstance(value, dict):
+        if "role" in value and "content" in value:
+            content = value["content"]
+            if isinstance(content, str):
+                content = [{"type": "text", "text": content}]
+            return bound(content) + BLOCK_FRAMING_TOKENS
+        return bound_bytes(value) + BLOCK_FRAMING_TOKENS
+    return bound_bytes(value) + BLOCK_FRAMING_TOKENS
+
+
+def request_bound(system: list[dict[str, Any]], tools: list[dict[str, Any]],
+                  messages: list[dict[str, Any]]) -> int:
+    """``bound`` of a whole request: tools, system, messages and the tool-use system prompt."""
+    return bound(tools) + bound(system) + bound(messages) + (TOOLS_PROMPT_TOKENS if tools else 0)
+
+
+def _canonical(value: Any) -> str:
+    if isinstance(value, dict):  # a block's own marker only: inside, a key is data
+        value = {k: v for k, v in value.items() if k != "cache_control"}
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

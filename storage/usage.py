@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import aiosqlite
+
 from storage.db import Database
 
 SYSTEM_USER = 0  # scheduled and command-line runs
@@ -29,20 +31,9 @@ class UsageLedger:
         self.db = db
 
     async def add(self, *, user_id: int | None, agent: str, delta: UsageDelta, day: str | None = None) -> None:
-        await self.db.execute_write(
-            "INSERT INTO usage_ledger (day, user_id, agent, cost_usd, input_tokens, output_tokens,"
-            " cache_read_tokens, cache_write_tokens, model_calls) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (day, user_id, agent) DO UPDATE SET"
-            " cost_usd = cost_usd + excluded.cost_usd,"
-            " input_tokens = input_tokens + excluded.input_tokens,"
-            " output_tokens = output_tokens + excluded.output_tokens,"
-            " cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,"
-            " cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,"
-            " model_calls = model_calls + excluded.model_calls",
-            (day or today(), user_id or SYSTEM_USER, agent, delta.cost_usd, delta.input_tokens,
-             delta.output_tokens, delta.cache_read_tokens, delta.cache_write_tokens,
-             delta.model_calls),
-        )
+        async with self.db.write() as conn:
+            await record_usage(conn, day=day or today(), user_id=user_id or SYSTEM_USER,
+                               agent=agent, delta=delta)
 
     async def spent(self, *, user_id: int | None = None, day: str | None = None) -> float:
         """USD spent on ``day`` (default today) by ``user_id``, or by everyone when None."""
@@ -56,3 +47,21 @@ class UsageLedger:
                 (day or today(), user_id),
             )
         return float(value or 0.0)
+
+
+async def record_usage(conn: aiosqlite.Connection, *, day: str, user_id: int, agent: str,
+                       delta: UsageDelta) -> None:
+    """Add ``delta`` to the day's row of (user, agent), inside the caller's write transaction."""
+    await conn.execute(
+        "INSERT INTO usage_ledger (day, user_id, agent, cost_usd, input_tokens, output_tokens,"
+        " cache_read_tokens, cache_write_tokens, model_calls) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (day, user_id, agent) DO UPDATE SET"
+        " cost_usd = cost_usd + excluded.cost_usd,"
+        " input_tokens = input_tokens + excluded.input_tokens,"
+        " output_tokens = output_tokens + excluded.output_tokens,"
+        " cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,"
+        " cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,"
+        " model_calls = model_calls + excluded.model_calls",
+        (day, user_id, agent, delta.cost_usd, delta.input_tokens, delta.output_tokens,
+         delta.cache_read_tokens, delta.cache_write_tokens, delta.model_calls),
+    )

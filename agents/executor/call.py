@@ -1,35 +1,62 @@
-"""Call the model: reserve the worst case, send, settle the real cost, trace both sides."""
+"""Call the model: reserve the worst case, send, settle the real cost, trace both sides.
+
+The worst case is an upper bound of the input (``agents.tokens.bound``: UTF-8 bytes, which no
+tokenizer can beat) tightened by exact counts from the API — the previous call's usage for the
+prefix it covered (``InputAnchor``) and, when the bound alone would refuse or shrink a call, the
+count endpoint — priced at the dearest rate the request can incur (``request_cache_ttl``), plus
+``max_tokens`` of output. It is held against the run's cap and, when the run has a ledger gate,
+against every daily cap, before the request is sent.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import math
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from agents.budget import BudgetHalt, Reservation
+from agents.errors import ModelCallError
 from agents.executor.prepare import Prefix, build_request
-from agents.model.types import ModelClient, ModelResponse, OnText
-from agents.pricing import Usage
+from agents.model.types import ModelClient, ModelRequest, ModelResponse, OnText
+from agents.pricing import Usage, dearest_input_rate, request_cache_ttl
 from agents.run import Run
-from agents.tokens import estimate
+from agents.tokens import bound
+from storage.ledger import Hold
 
 OnUsage = Callable[[Run, Usage, float], Awaitable[None]]
+
+COUNT_MARGIN = 1.02
+"""Headroom on the count endpoint's answer, which Anthropic documents as an estimate."""
+MIN_THINKING_BUDGET = 1024
+
+
+@runtime_checkable
+class TokenCounter(Protocol):
+    """A model client that can also count a request's input tokens exactly (free of charge)."""
+
+    async def count_tokens(self, request: ModelRequest) -> int: ...
 
 
 class InputAnchor:
     """Exact input size of the last call (from the API's usage) and how many messages it covered.
 
-    The next call's input is that exact figure plus an estimate of only the messages added since,
-    so the reservation is tight without a tokenizer.
+    The next call's input is that exact figure plus an upper bound of only the messages added
+    since, so the reservation is tight without a tokenizer.
     """
 
     def __init__(self) -> None:
         self.tokens: int | None = None
         self.messages: int = 0
 
-    def estimate(self, prefix: Prefix, messages: list[dict[str, Any]]) -> int:
-        if self.tokens is None:
-            return prefix.tokens + estimate(messages)
-        return self.tokens + estimate(messages[self.messages:])
+    def bound(self, prefix: Prefix, messages: list[dict[str, Any]]) -> int:
+        """Input tokens of the next call that the API will not exceed."""
+        if self.tokens is None or self.messages > len(messages):
+            return prefix.bound + bound(messages)
+        return self.tokens + bound(messages[self.messages:])
+
+    estimate = bound  # the planner previews its reservation with the same figure
 
     def update(self, usage: Usage, messages_sent: int) -> None:
         self.tokens = usage.total_input_tokens
@@ -48,13 +75,36 @@ async def call_model(
     on_text: OnText | None = None,
     thinking: dict[str, Any] | None = None,
 ) -> ModelResponse:
-    """One model call within the run's budget. Raises BudgetHalt when no useful call fits."""
-    input_estimate = anchor.estimate(prefix, messages)
-    reservation: Reservation = run.budget.reserve(
-        run.price, input_tokens=input_estimate, max_tokens=run.limits.max_tokens
-    )
-    request = build_request(run, prefix, messages, max_tokens=reservation.max_tokens,
-                            thinking=thinking)
+    """One model call within the run's budget and the day's caps. Raises BudgetHalt (before
+    anything is sent) when no useful call fits.
+
+    ``on_usage`` records the spend of a call no ledger hold covered (a held call's spend is
+    recorded by the hold's settlement, in the same transaction)."""
+    wanted = run.limits.max_tokens
+    draft = build_request(run, prefix, messages, max_tokens=wanted, thinking=thinking)
+    rate = dearest_input_rate(run.price, request_cache_ttl(draft.to_api()))
+    input_bound = anchor.bound(prefix, messages)
+    counted = False
+    try:
+        reservation = run.budget.reserve(run.price, input_tokens=input_bound, max_tokens=wanted,
+                                         input_rate=rate)
+    except BudgetHalt:
+        reservation = None
+    if (reservation is None or reservation.max_tokens < wanted) and isinstance(client,
+                                                                               TokenCounter):
+        exact = await _count(client, draft)
+        if exact is not None and exact < input_bound:
+            input_bound, counted = exact, True
+            reservation = None
+    if reservation is None:
+        reservation = run.budget.reserve(run.price, input_tokens=input_bound, max_tokens=wanted,
+                                         input_rate=rate)
+    hold: Hold | None = None
+    gate = run.budget.gate
+    if gate is not None:
+        reservation, hold = await gate.hold(run.price, reservation)
+    request = dataclasses.replace(draft, max_tokens=reservation.max_tokens,
+                                  thinking=_fit_thinking(draft.thinking, reservation.max_tokens))
     run.model_calls += 1
     n = run.model_calls
     last = len(messages) - 1
@@ -64,20 +114,34 @@ async def call_model(
         model=request.model,
         prefix_sha256=prefix.sha256,
         max_tokens=request.max_tokens,
-        max_tokens_requested=run.limits.max_tokens,
+        max_tokens_requested=wanted,
         thinking=request.thinking,
         tool_choice=request.tool_choice,
         input_estimate=reservation.input_estimate,
+        input_counted=counted,
         reserved_usd=round(reservation.worst_case_usd, 8),
+        held_usd=round(hold.amount_usd, 8) if hold else None,
         messages_base=sent_before,
         messages=messages[sent_before:],
         cache_breakpoint=[last, _breakpoint_block(request.messages[-1])] if messages else None,
     )
-    response = await client.create(request, on_text=on_text)
+    try:
+        response = await client.create(request, on_text=on_text)
+    except ModelCallError as exc:
+        if hold is not None and gate is not None:
+            # An HTTP error answer is not billed; a lost connection may have been.
+            await asyncio.shield(gate.release(hold) if exc.status else gate.forfeit(hold))
+        raise
+    except BaseException:
+        if hold is not None and gate is not None:
+            await asyncio.shield(gate.forfeit(hold))
+        raise
     cost = run.budget.settle(run.price, response.usage)
     run.usage = run.usage + response.usage
     anchor.update(response.usage, len(messages))
-    run.last_call_shrunk = reservation.max_tokens < run.limits.max_tokens
+    run.last_call_shrunk = reservation.max_tokens < wanted
+    if hold is not None and gate is not None:
+        await asyncio.shield(gate.settle(hold, response.usage, cost))
     run.trace.emit(
         "model_response",
         n=n,
@@ -90,9 +154,30 @@ async def call_model(
         spent_usd=round(run.budget.spent_usd, 8),
         latency_s=round(response.latency_s, 4),
     )
-    if on_usage is not None:
+    if on_usage is not None and hold is None:
         await on_usage(run, response.usage, cost)
     return response
+
+
+async def _count(client: TokenCounter, request: ModelRequest) -> int | None:
+    """The API's count of ``request``'s input with headroom; None when it cannot be had."""
+    try:
+        return math.ceil(await client.count_tokens(request) * COUNT_MARGIN)
+    except ModelCallError:
+        return None
+
+
+def _fit_thinking(thinking: dict[str, Any] | None, max_tokens: int) -> dict[str, Any] | None:
+    """A thinking budget must stay below max_tokens; when the budget shrank max_tokens under
+    the API's floor for it, the call goes without thinking rather than with a refused request."""
+    if not thinking or thinking.get("type") != "enabled":
+        return thinking
+    budget = int(thinking.get("budget_tokens", 0))
+    if budget < max_tokens:
+        return thinking
+    if max_tokens - 1 < MIN_THINKING_BUDGET:
+        return None
+    return {**thinking, "budget_tokens": max_tokens - 1}
 
 
 def _breakpoint_block(message: dict[str, Any]) -> int | None:
@@ -102,4 +187,4 @@ def _breakpoint_block(message: dict[str, Any]) -> int | None:
     return None
 
 
-__all__ = ["BudgetHalt", "InputAnchor", "OnUsage", "call_model"]
+__all__ = ["BudgetHalt", "InputAnchor", "OnUsage", "Reservation", "TokenCounter", "call_model"]

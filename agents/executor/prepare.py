@@ -10,7 +10,7 @@ from typing import Any
 from agents.caching import system_blocks, tools_without_markers, with_moving_breakpoint
 from agents.model.types import ModelRequest
 from agents.run import Run
-from agents.tokens import estimate
+from agents.tokens import estimate, request_bound
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,10 @@ class Prefix:
     tools: list[dict[str, Any]]
     sha256: str
     tokens: int
+    """A typical size (``agents.tokens.estimate``), for traces."""
+    bound: int = 0
+    """Tokens the API cannot exceed for tools + system (``agents.tokens.bound``), tool-use
+    system prompt included."""
 
     @classmethod
     def build(cls, system: str, tools: list[dict[str, Any]]) -> Prefix:
@@ -29,7 +33,8 @@ class Prefix:
         digest = hashlib.sha256(
             json.dumps([clean_tools, blocks], sort_keys=True, ensure_ascii=False).encode()
         ).hexdigest()
-        return cls(blocks, clean_tools, digest, estimate(clean_tools) + estimate(blocks))
+        return cls(blocks, clean_tools, digest, estimate(clean_tools) + estimate(blocks),
+                   request_bound(blocks, clean_tools, []))
 
 
 def build_request(

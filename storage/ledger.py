@@ -1,0 +1,269 @@
+"""The daily ledger: every model call's worst case is held before the call, settled after.
+
+A day's caps hold however many runs go at once because the check and the hold are one write
+transaction (``Database.write()``: one writer, ``BEGIN IMMEDIATE``): what is spent (settled, in
+``usage_ledger`` and ``schedule_spend``) plus what is held (``budget_holds``) never passes a cap.
+Settling deletes the hold and records the real cost in one transaction too, so no moment exists
+in which a call's money is counted neither as held nor as spent.
+
+A hold belongs to a run. A run that crashes leaves its holds behind; at start-up
+``release_stale()`` clears them (charging them as spent by default: a call in flight at the crash
+may have been billed up to its worst case, and the owner's bound must stay a bound).
+
+Days are UTC, as in ``storage.usage``. A hold counts on the day it was taken and so does its
+settled cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import aiosqlite
+
+from storage.db import Database, now_iso
+from storage.usage import SYSTEM_USER, UsageDelta, record_usage, today
+
+MONEY_EPSILON = 1e-12
+"""Float noise tolerated when comparing sums of USD amounts with a cap."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DailyCaps:
+    """The daily caps a run's calls count against (None: no such cap)."""
+
+    total_usd: float | None = None
+    """Everything keel spends in a UTC day (``KEEL_DAILY_BUDGET_USD``)."""
+    per_user_usd: float | None = None
+    """What one person's runs spend in a day (``KEEL_DAILY_BUDGET_USD_PER_USER``); applies to runs
+    with a user only."""
+    per_schedule_usd: float | None = None
+    """What one schedule's runs spend in a day (``KEEL_DAILY_BUDGET_USD_PER_SCHEDULE``, or the
+    schedule's own ``daily_budget_usd``); applies to scheduled runs only."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hold:
+    """Money set aside for one model call that has not been settled yet."""
+
+    id: int
+    run_id: str
+    day: str
+    user_id: int
+    schedule: str
+    agent: str
+    amount_usd: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Shortfall:
+    """Why a hold was refused: the tightest cap and what it had left."""
+
+    scope: str
+    """Whose cap: ``"everyone"``, ``"user 42"``, ``"schedule 'digest'"``."""
+    cap_usd: float
+    left_usd: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpendLine:
+    """Spend of one scope on one day."""
+
+    spent_usd: float
+    reserved_usd: float
+    cap_usd: float | None
+
+    @property
+    def left_usd(self) -> float | None:
+        if self.cap_usd is None:
+            return None
+        return max(0.0, self.cap_usd - self.spent_usd - self.reserved_usd)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CostReport:
+    """What ``/cost`` and ``keel cost`` show: today's spend, holds and what is left."""
+
+    day: str
+    overall: SpendLine
+    users: dict[int, SpendLine]
+    """Per person (``SYSTEM_USER`` 0: scheduled and command-line runs, which have no person)."""
+    schedules: dict[str, SpendLine]
+
+
+_HOLDS_OF_RUN = ("SELECT id, day, user_id, schedule, agent, amount_usd FROM budget_holds"
+                 " WHERE run_id = ?")
+_HOLDS_BEFORE = ("SELECT id, day, user_id, schedule, agent, amount_usd FROM budget_holds"
+                 " WHERE created_at < ?")
+
+
+class Ledger:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # ------------------------------------------------------------------ holds
+
+    async def hold(
+        self,
+        *,
+        run_id: str,
+        agent: str,
+        user_id: int | None,
+        schedule: str | None,
+        caps: DailyCaps,
+        want_usd: float,
+        min_usd: float,
+        day: str | None = None,
+    ) -> Hold | Shortfall:
+        """Hold as much of ``want_usd`` as every applicable cap has left, at least ``min_usd``.
+
+        Returns the hold (its ``amount_usd`` may be less than wanted) or, when even ``min_usd``
+        does not fit, the tightest cap as a Shortfall and nothing is held."""
+        day = day or today()
+        uid = user_id or SYSTEM_USER
+        sched = schedule or ""
+        async with self.db.write() as conn:
+            lefts: list[tuple[float, str, float]] = []
+            if caps.total_usd is not None:
+                used = await _used(conn, day, "all", ())
+                lefts.append((caps.total_usd - used, "everyone", caps.total_usd))
+            if caps.per_user_usd is not None and user_id is not None:
+                used = await _used(conn, day, "user", (uid,))
+                lefts.append((caps.per_user_usd - used, f"user {uid}", caps.per_user_usd))
+            if caps.per_schedule_usd is not None and schedule:
+                used = await _used(conn, day, "schedule", (sched,))
+                lefts.append((caps.per_schedule_usd - used, f"schedule {sched!r}",
+                              caps.per_schedule_usd))
+            amount = want_usd
+            if lefts:
+                left, scope, cap = min(lefts)
+                if left + MONEY_EPSILON < min_usd:
+                    return Shortfall(scope=scope, cap_usd=cap, left_usd=max(0.0, left))
+                amount = min(want_usd, left)
+            cursor = await conn.execute(
+                "INSERT INTO budget_holds (run_id, day, user_id, schedule, agent, amount_usd,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run_id, day, uid, sched, agent, amount, now_iso()),
+            )
+            hold_id = cursor.lastrowid
+        assert hold_id is not None
+        return Hold(id=hold_id, run_id=run_id, day=day, user_id=uid, schedule=sched, agent=agent,
+                    amount_usd=amount)
+
+    async def settle(self, hold: Hold, delta: UsageDelta) -> None:
+        """Record the call's real cost and drop its hold, in one transaction."""
+        async with self.db.write() as conn:
+            await conn.execute("DELETE FROM budget_holds WHERE id = ?", (hold.id,))
+            await _spend(conn, hold.day, hold.user_id, hold.agent, hold.schedule, delta)
+
+    async def release(self, hold: Hold) -> None:
+        """Drop a hold whose call cost nothing (the API answered with an error)."""
+        await self.db.execute_write("DELETE FROM budget_holds WHERE id = ?", (hold.id,))
+
+    async def forfeit(self, hold: Hold) -> None:
+        """Charge a hold as spent: its call may have been billed, and by how much is unknown."""
+        async with self.db.write() as conn:
+            cursor = await conn.execute("DELETE FROM budget_holds WHERE id = ?", (hold.id,))
+            if cursor.rowcount:
+                await _spend(conn, hold.day, hold.user_id, hold.agent, hold.schedule,
+                             UsageDelta(cost_usd=hold.amount_usd))
+
+    async def release_run(self, run_id: str, *, charge: bool = False) -> float:
+        """Drop every hold of ``run_id`` (charged as spent when ``charge``); returns the USD."""
+        return await self._clear(_HOLDS_OF_RUN, (run_id,), charge=charge)
+
+    async def release_stale(self, *, before: str | None = None, charge: bool = True) -> float:
+        """Clear the holds left by runs that crashed: every hold taken before ``before`` (an ISO
+        time as ``now_iso()`` writes it; default now — right at start-up, when no call of this
+        process is in flight). Charged as spent by default (see the module docstring)."""
+        return await self._clear(_HOLDS_BEFORE, (before or now_iso(),), charge=charge)
+
+    async def _clear(self, select: str, params: tuple[object, ...], *, charge: bool) -> float:
+        async with self.db.write() as conn:
+            async with conn.execute(select, params) as cursor:
+                rows = list(await cursor.fetchall())
+            total = 0.0
+            for row in rows:
+                await conn.execute("DELETE FROM budget_holds WHERE id = ?", (row["id"],))
+                total += float(row["amount_usd"])
+                if charge:
+                    await _spend(conn, row["day"], row["user_id"], row["agent"], row["schedule"],
+                                 UsageDelta(cost_usd=float(row["amount_usd"]), model_calls=0))
+        return total
+
+    # ------------------------------------------------------------------ reading
+
+    async def report(self, caps: DailyCaps, *, day: str | None = None) -> CostReport:
+        """Spent, reserved and left today, overall, per person and per schedule."""
+        day = day or today()
+        spent_users = {r["user_id"]: float(r["s"]) for r in await self.db.fetchall(
+            "SELECT user_id, SUM(cost_usd) AS s FROM usage_ledger WHERE day = ? GROUP BY user_id",
+            (day,))}
+        held_users = {r["user_id"]: float(r["s"]) for r in await self.db.fetchall(
+            "SELECT user_id, SUM(amount_usd) AS s FROM budget_holds WHERE day = ?"
+            " GROUP BY user_id", (day,))}
+        spent_sched = {r["schedule"]: float(r["s"]) for r in await self.db.fetchall(
+            "SELECT schedule, SUM(cost_usd) AS s FROM schedule_spend WHERE day = ?"
+            " GROUP BY schedule", (day,))}
+        held_sched = {r["schedule"]: float(r["s"]) for r in await self.db.fetchall(
+            "SELECT schedule, SUM(amount_usd) AS s FROM budget_holds WHERE day = ?"
+            " AND schedule != '' GROUP BY schedule", (day,))}
+        users = {
+            uid: SpendLine(spent_usd=spent_users.get(uid, 0.0), reserved_usd=held_users.get(uid, 0.0),
+                           cap_usd=caps.per_user_usd if uid != SYSTEM_USER else None)
+            for uid in sorted(set(spent_users) | set(held_users))
+        }
+        schedules = {
+            name: SpendLine(spent_usd=spent_sched.get(name, 0.0),
+                            reserved_usd=held_sched.get(name, 0.0), cap_usd=caps.per_schedule_usd)
+            for name in sorted(set(spent_sched) | set(held_sched))
+        }
+        overall = SpendLine(spent_usd=sum(spent_users.values()),
+                            reserved_usd=sum(held_users.values()), cap_usd=caps.total_usd)
+        return CostReport(day=day, overall=overall, users=users, schedules=schedules)
+
+    async def held(self, *, run_id: str | None = None) -> float:
+        """USD held now (by ``run_id``, or by everyone)."""
+        if run_id is None:
+            value = await self.db.fetchval("SELECT COALESCE(SUM(amount_usd), 0) FROM budget_holds")
+        else:
+            value = await self.db.fetchval(
+                "SELECT COALESCE(SUM(amount_usd), 0) FROM budget_holds WHERE run_id = ?", (run_id,))
+        return float(value or 0.0)
+
+
+Scope = Literal["all", "user", "schedule"]
+
+# Spent + held on a day within a scope. Constant SQL per scope, parameters only.
+_USED_SQL: dict[Scope, tuple[str, str]] = {
+    "all": ("SELECT COALESCE(SUM(cost_usd), 0) FROM usage_ledger WHERE day = ?",
+            "SELECT COALESCE(SUM(amount_usd), 0) FROM budget_holds WHERE day = ?"),
+    "user": ("SELECT COALESCE(SUM(cost_usd), 0) FROM usage_ledger WHERE day = ? AND user_id = ?",
+             "SELECT COALESCE(SUM(amount_usd), 0) FROM budget_holds WHERE day = ? AND user_id = ?"),
+    "schedule": (
+        "SELECT COALESCE(SUM(cost_usd), 0) FROM schedule_spend WHERE day = ? AND schedule = ?",
+        "SELECT COALESCE(SUM(amount_usd), 0) FROM budget_holds WHERE day = ? AND schedule = ?"),
+}
+
+
+async def _used(conn: aiosqlite.Connection, day: str, scope: Scope,
+                params: tuple[object, ...]) -> float:
+    """Spent plus held on ``day`` within a scope, read inside the write transaction."""
+    total = 0.0
+    for sql in _USED_SQL[scope]:
+        async with conn.execute(sql, (day, *params)) as cursor:
+            row = await cursor.fetchone()
+        total += float(row[0] if row else 0.0)
+    return total
+
+
+async def _spend(conn: aiosqlite.Connection, day: str, user_id: int, agent: str, schedule: str,
+                 delta: UsageDelta) -> None:
+    await record_usage(conn, day=day, user_id=user_id, agent=agent, delta=delta)
+    if schedule:
+        await conn.execute(
+            "INSERT INTO schedule_spend (day, schedule, cost_usd, model_calls) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (day, schedule) DO UPDATE SET cost_usd = cost_usd + excluded.cost_usd,"
+            " model_calls = model_calls + excluded.model_calls",
+            (day, schedule, delta.cost_usd, delta.model_calls),
+        )
