@@ -73,6 +73,10 @@ class Settings(BaseSettings):
         5.0, gt=0, validation_alias="KEEL_DAILY_BUDGET_USD_PER_USER"
     )
     daily_budget_usd_total: float = Field(20.0, gt=0, validation_alias="KEEL_DAILY_BUDGET_USD")
+    daily_budget_usd_per_schedule: float | None = Field(
+        None, gt=0, validation_alias="KEEL_DAILY_BUDGET_USD_PER_SCHEDULE",
+        description="Most one schedule's runs may spend in a UTC day (default: no such cap).",
+    )
     escalation_ttl_s: float = Field(86_400, gt=0, validation_alias="KEEL_ESCALATION_TTL_S")
     compact_at_tokens: int = Field(24_000, ge=1000, validation_alias="KEEL_COMPACT_AT_TOKENS")
     trace_retention_days: int = Field(30, ge=1, validation_alias="KEEL_TRACE_RETENTION_DAYS")
@@ -209,6 +213,8 @@ class ScheduleConfig(BaseModel):
     thread_id: int | None = None
     create_topic: bool = False
     budget_usd: float | None = Field(None, gt=0)
+    daily_budget_usd: float | None = Field(None, gt=0)
+    """Most this schedule's runs may spend in a UTC day (default KEEL_DAILY_BUDGET_USD_PER_SCHEDULE)."""
     misfire_grace_s: int = Field(3600, ge=1)
 
 

@@ -7,12 +7,14 @@ limits, traces, ledger and statuses hold whichever door a run came in by.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, assert_never
 
+from agents.budget import LedgerGate
 from agents.catalog import builtin_agents
 from agents.config import KeelFile, Settings, load_keel_file, price_table
 from agents.errors import ConfigError, DailyCapExceeded, KeelError
@@ -29,6 +31,7 @@ from agents.tools.contract import ToolContext
 from storage.conversations import ConversationRepository
 from storage.db import Database
 from storage.idempotency import IdempotencyStore
+from storage.ledger import DailyCaps, Ledger
 from storage.runs import RunRepository, RunTotals
 from storage.traces import Redactor, TraceStore, day_of
 from storage.usage import UsageDelta, UsageLedger
@@ -137,15 +140,51 @@ class Runtime:
 
     # ------------------------------------------------------------------ runs
 
-    async def check_daily_caps(self, user_id: int | None) -> None:
-        if user_id is not None:
-            spent = await self.usage.spent(user_id=user_id)
-            if spent >= self.settings.daily_budget_usd_per_user:
-                raise DailyCapExceeded(f"user {user_id}", spent,
-                                       self.settings.daily_budget_usd_per_user)
-        total = await self.usage.spent()
-        if total >= self.settings.daily_budget_usd_total:
-            raise DailyCapExceeded("all users", total, self.settings.daily_budget_usd_total)
+    async def check_daily_caps(self, user_id: int | None, schedule: str | None = None) -> None:
+        """Refuse to start a run when a daily cap has nothing left (spent + held). Only a fast
+        refusal: what bounds the day is each call's hold (``attach_ledger``)."""
+        caps = self.daily_caps(schedule)
+        report = await self.ledger.report(caps)
+        used = {uid: line.spent_usd + line.reserved_usd for uid, line in report.users.items()}
+        if user_id is not None and caps.per_user_usd is not None:
+            if used.get(user_id, 0.0) >= caps.per_user_usd:
+                raise DailyCapExceeded(f"user {user_id}", used.get(user_id, 0.0),
+                                       caps.per_user_usd)
+        if schedule and caps.per_schedule_usd is not None:
+            line = report.schedules.get(schedule)
+            sched_used = line.spent_usd + line.reserved_usd if line else 0.0
+            if sched_used >= caps.per_schedule_usd:
+                raise DailyCapExceeded(f"schedule {schedule!r}", sched_used, caps.per_schedule_usd)
+        total = report.overall.spent_usd + report.overall.reserved_usd
+        if caps.total_usd is not None and total >= caps.total_usd:
+            raise DailyCapExceeded("all users", total, caps.total_usd)
+
+    @functools.cached_property
+    def ledger(self) -> Ledger:
+        """The daily ledger every model call of every run is held in."""
+        return Ledger(self.db)
+
+    def daily_caps(self, schedule: str | None = None) -> DailyCaps:
+        """The daily caps from the settings (and the schedule's own, when it names one)."""
+        per_schedule = self.settings.daily_budget_usd_per_schedule
+        for job in self.keel_file.schedules:
+            if schedule is not None and job.name == schedule and job.daily_budget_usd is not None:
+                per_schedule = job.daily_budget_usd
+        return DailyCaps(total_usd=self.settings.daily_budget_usd_total,
+                         per_user_usd=self.settings.daily_budget_usd_per_user,
+                         per_schedule_usd=per_schedule)
+
+    def attach_ledger(self, run: Run, *, schedule: str | None = None) -> None:
+        """Hold every model call of ``run`` in the daily ledger, against every daily cap that
+        applies (overall, its user's, its schedule's). Call once a Run exists, before it calls
+        the model: new, resumed and continued runs alike."""
+        run.budget.gate = LedgerGate(self.ledger, self.daily_caps(schedule), run_id=run.id,
+                                     agent=run.agent.name, user_id=run.user_id, schedule=schedule)
+
+    async def release_stale_holds(self) -> float:
+        """At start-up, before any run: clear the holds crashed runs left, charged as spent
+        (a call in flight at the crash may have been billed). Returns the USD."""
+        return await self.ledger.release_stale()
 
     async def run(
         self,
@@ -165,6 +204,7 @@ class Runtime:
         run = Run(agent=spec, model=model_name, price=price, limits=limits, trace=trace,
                   kind=request.kind, id=rid, trace_id=trace_id, user_id=request.user_id,
                   chat_id=request.chat_id, thread_id=request.thread_id)
+        self.attach_ledger(run)  # issue 13: every call held against the daily caps
         await self.runs.start(run_id=run.id, trace_id=run.trace_id, agent=spec.name,
                               kind=request.kind, budget_usd=limits.budget_usd,
                               user_id=request.user_id, chat_id=request.chat_id,
@@ -258,6 +298,7 @@ class Runtime:
         run.model_calls = int(state.get("model_calls", 0))
         run.budget.spent_usd = float(state.get("spent_usd", record.cost_usd))
         run.budget.warned = bool(state.get("warned", False)) and not extra_usd
+        self.attach_ledger(run)  # issue 13: resumed and continued runs use the same ledger
         run.usage = Usage(input_tokens=record.input_tokens, output_tokens=record.output_tokens,
                           cache_read_tokens=record.cache_read_tokens,
                           cache_write_5m_tokens=record.cache_write_tokens)

@@ -191,6 +191,34 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        "0003_ledger",
+        """
+        -- Money held for model calls in flight: checked and written with the day's spend in one
+        -- transaction, so concurrent runs cannot together pass a daily cap (storage/ledger.py).
+        CREATE TABLE budget_holds (
+            id          INTEGER PRIMARY KEY,
+            run_id      TEXT NOT NULL,
+            day         TEXT NOT NULL,               -- UTC, as usage_ledger.day
+            user_id     INTEGER NOT NULL DEFAULT 0,  -- 0: no user (scheduled and CLI runs)
+            schedule    TEXT NOT NULL DEFAULT '',    -- '': not a scheduled run
+            agent       TEXT NOT NULL,
+            amount_usd  REAL NOT NULL,
+            created_at  TEXT NOT NULL
+        );
+        CREATE INDEX budget_holds_by_day ON budget_holds (day, user_id);
+        CREATE INDEX budget_holds_by_run ON budget_holds (run_id);
+
+        -- Settled spend per day and schedule, for per-schedule daily caps.
+        CREATE TABLE schedule_spend (
+            day         TEXT NOT NULL,
+            schedule    TEXT NOT NULL,
+            cost_usd    REAL NOT NULL DEFAULT 0,
+            model_calls INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (day, schedule)
+        );
+        """,
+    ),
 )
 
 

@@ -31,6 +31,18 @@ class AnthropicModelClient:
     async def close(self) -> None:
         await self._client.close()
 
+    async def count_tokens(self, request: ModelRequest) -> int:
+        """The API's input-token count of ``request`` (free; used to tighten budget bounds)."""
+        body = {k: v for k, v in request.to_api().items() if k != "max_tokens"}
+        try:
+            result = await self._client.messages.count_tokens(**body)
+        except anthropic.APIStatusError as exc:
+            raise ModelCallError(f"count_tokens answered {exc.status_code}: {_error_message(exc)}",
+                                 status=exc.status_code) from None
+        except anthropic.APIError as exc:
+            raise ModelCallError(f"count_tokens failed: {exc}", retryable=True) from None
+        return int(result.input_tokens)
+
     async def create(self, request: ModelRequest, *, on_text: OnText | None = None) -> ModelResponse:
         body = request.to_api()
         started = time.monotonic()

@@ -6,6 +6,7 @@ from storage.migrations import MIGRATIONS, migrate
 EXPECTED_TABLES = {
     "agent_topics", "conversations", "escalations", "idempotency_keys", "inbox", "messages",
     "outbox", "runs", "schedule_fires", "schema_migrations", "sessions", "usage_ledger",
+    "budget_holds", "schedule_spend",
 }
 
 
