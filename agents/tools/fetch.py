@@ -2,7 +2,8 @@
 
 * http and https only; every hop of a redirect chain (at most ``MAX_REDIRECTS``) is checked again;
 * the host is resolved here and every address it resolves to must be public (not private,
-  loopback, link-local, multicast, reserved...) unless ``ctx.extras["fetch_allow_private"]`` is
+  loopback, link-local, multicast, reserved..., nor an IPv6 form carrying such an IPv4 address:
+  IPv4-compatible, -mapped or -translated, NAT64, 6to4, Teredo; nor site-local) unless ``ctx.extras["fetch_allow_private"]`` is
   true; the connection then goes to the address that was checked, never to a second lookup, so a
   DNS answer that changes between check and connect (DNS rebinding) cannot slip through. For https
   the certificate is still verified against the host name (SNI);
@@ -155,13 +156,37 @@ async def _resolve(host: str, port: int) -> list[str]:
     return addresses
 
 
+# IPv6 ranges that are never a public destination, though Python's ``is_global`` says they are.
+# The deprecated forms have no public use, and some stacks and NAT64 gateways deliver them to the
+# IPv4 address in their last 32 bits, so they are refused whatever that address is.
+_NEVER_PUBLIC_V6 = (
+    ipaddress.IPv6Network("::/96"),  # IPv4-compatible (deprecated, RFC 4291): ::7f00:1
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),  # IPv4-translated (RFC 2765): ::ffff:0:7f00:1
+    ipaddress.IPv6Network("64:ff9b:1::/48"),  # NAT64 local use (RFC 8215): an operator's network
+    ipaddress.IPv6Network("fec0::/10"),  # site-local (deprecated, RFC 3879)
+)
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # well-known NAT64 prefix (RFC 6052)
+
+
 def is_public_address(address: str) -> bool:
+    """Whether a connection to ``address`` reaches the public internet, looking through every
+    IPv6 form that carries an IPv4 address (mapped, NAT64, 6to4, Teredo)."""
     ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address):
-        embedded = ip.ipv4_mapped or ip.sixtofour
-        if embedded is not None:
-            ip = embedded
-    return ip.is_global and not ip.is_multicast
+    if isinstance(ip, ipaddress.IPv4Address):
+        return ip.is_global and not ip.is_multicast
+    if ip.ipv4_mapped is not None:  # the IPv4 stack carries it: judge the IPv4 address
+        return is_public_address(str(ip.ipv4_mapped))
+    if any(ip in network for network in _NEVER_PUBLIC_V6):
+        return False
+    embedded: list[ipaddress.IPv4Address] = []
+    if ip in _NAT64:
+        embedded.append(ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF))
+    if ip.sixtofour is not None:
+        embedded.append(ip.sixtofour)
+    if ip.teredo is not None:
+        embedded.extend(ip.teredo)  # (server, client)
+    return (all(is_public_address(str(v4)) for v4 in embedded)
+            and ip.is_global and not ip.is_multicast)
 
 
 def _check_status(response: httpx.Response, url: str) -> None:

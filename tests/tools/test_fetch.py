@@ -176,6 +176,59 @@ async def test_private_and_local_addresses_are_refused(url: str, ctx: ToolContex
     assert "only reads public addresses" in body["message"]
 
 
+# Every IPv6 form that carries a non-public IPv4 address, or is itself never public (issue 14).
+IPV6_FORMS = {
+    "IPv4-compatible ::127.0.0.1": "::7f00:1",
+    "IPv4-compatible, public inside": "::808:808",
+    "IPv4-mapped ::ffff:127.0.0.1": "::ffff:7f00:1",
+    "IPv4-translated ::ffff:0:127.0.0.1": "::ffff:0:7f00:1",
+    "NAT64 well-known, metadata 169.254.169.254": "64:ff9b::a9fe:a9fe",
+    "NAT64 well-known, 10.0.0.1": "64:ff9b::a00:1",
+    "NAT64 well-known, 127.0.0.1": "64:ff9b::7f00:1",
+    "NAT64 local-use 10.0.0.1": "64:ff9b:1::a00:1",
+    "NAT64 local-use, public inside": "64:ff9b:1::808:808",
+    "6to4 of 127.0.0.1": "2002:7f00:1::1",
+    "6to4 of 192.168.1.1": "2002:c0a8:101::1",
+    "Teredo, client 10.0.0.1": "2001:0:808:808:0:0:f5ff:fffe",
+    "Teredo, server 127.0.0.1": "2001:0:7f00:1:0:0:f7f7:f7f7",
+    "site-local": "fec0::1",
+    "site-local, last of range": "feff:ffff::1",
+}
+
+
+@pytest.mark.parametrize("address", IPV6_FORMS.values(), ids=IPV6_FORMS.keys())
+async def test_ipv6_forms_of_private_addresses_are_refused_before_connecting(
+    address: str, ctx: ToolContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attempts: list[object] = []
+
+    def connect(self: object, target: object) -> None:
+        attempts.append(target)
+        raise ConnectionRefusedError("the test allows no connection")
+
+    monkeypatch.setattr("socket.socket.connect", connect)
+    monkeypatch.setattr("socket.socket.connect_ex", connect)
+    for url in (f"http://[{address}]/latest/meta-data/", f"https://[{address}]:8443/"):
+        content, is_error = await fetch(url, ctx)
+        body = error(content)
+        assert is_error and body["error"] == "forbidden", body
+        assert "only reads public addresses" in body["message"]
+
+    async def resolve(host: str, port: int) -> list[str]:  # a DNS name with an AAAA of the form
+        return [address]
+
+    monkeypatch.setattr(fetch_module, "_resolve", resolve)
+    assert error((await fetch("http://aaaa.example/", ctx))[0])["error"] == "forbidden"
+    assert attempts == []
+
+
+def test_ipv6_forms_of_public_addresses_stay_public() -> None:
+    # NAT64, 6to4 and IPv4-mapped forms of a public IPv4 address reach that public address.
+    for address in ("64:ff9b::808:808", "2002:808:808::1", "::ffff:8.8.8.8",
+                    "2a00:1450:4001:81c::200e"):
+        assert is_public_address(address), address
+
+
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.org/x", "gopher://x/",
                                  "javascript:alert(1)", "example.org/no-scheme"])
 async def test_only_http_and_https_are_fetched(url: str, local_ctx: ToolContext) -> None:
