@@ -42,18 +42,29 @@ class BudgetHalt(KeelError):
         self.cap_usd = cap_usd
         super().__init__(f"${left_usd:.4f} left, a useful call needs ${needed_usd:.4f}")
 
-    def explain(self, meter: BudgetMeter) -> str:
-        """One sentence for a person, saying what was spent and what would be needed."""
+    def explain(self, meter: BudgetMeter, *, calls: int = 0) -> str:
+        """One sentence for a person: what was spent, and what one answer would need.
+
+        ``calls``: model calls the run made before the halt (0: it never got to answer)."""
         answer = f"one answer of at most {self.max_tokens} tokens" if self.max_tokens else "one call"
         if self.scope == "daily":
             return (f"the daily budget of {self.cap_name} is used up for today: "
-                    f"${self.left_usd:.4f} of ${self.cap_usd:.2f} is left, and {answer} could "
-                    f"cost ${self.needed_usd:.4f}")
+                    f"{usd(self.left_usd)} of {usd(self.cap_usd)} is left, and {answer} could "
+                    f"cost up to {usd(self.needed_usd)}")
+        cannot = (f"this {usd(meter.cap_usd)} budget cannot cover {answer} "
+                  f"(up to {usd(self.needed_usd)})")
         if meter.spent_usd == 0:
-            return (f"nothing was spent; this ${meter.cap_usd:.2f} budget cannot cover {answer} "
-                    f"(up to ${self.needed_usd:.4f})")
-        return (f"spent ${meter.spent_usd:.4f} of the ${meter.cap_usd:.2f} budget; the next "
-                f"call could cost ${self.needed_usd:.4f}")
+            return f"nothing was spent; {cannot}"
+        if calls == 0:
+            return f"nothing was spent on an answer (choosing the agent cost " \
+                   f"{usd(meter.spent_usd)}); {cannot}"
+        return (f"spent {usd(meter.spent_usd)} of the {usd(meter.cap_usd)} budget; the next "
+                f"call could cost up to {usd(self.needed_usd)}")
+
+
+def usd(amount: float) -> str:
+    """Dollars as a person reads them: cents for large amounts, 4 decimals for small ones."""
+    return f"${amount:.2f}" if amount >= 0.10 else f"${amount:.4f}"
 
 
 @dataclass(frozen=True)

@@ -134,13 +134,14 @@ async def run_loop(
             )
         except BudgetHalt as halt:
             run.trace.emit("budget_halt", spent_usd=round(run.budget.spent_usd, 8),
-                           cap_usd=run.budget.cap_usd, needed_usd=round(halt.needed_usd, 8))
+                           cap_usd=run.budget.cap_usd, needed_usd=round(halt.needed_usd, 8),
+                           scope=halt.scope, cap=halt.cap_name)
             # Halted before a call, the messages are whole: a person may grant more budget and
-            # the run continues from here (Runtime.continue_with_budget).
-            return Outcome("budget_exceeded", f"spent ${run.budget.spent_usd:.4f} of the "
-                           f"${run.budget.cap_usd:.2f} budget; the next call could cost "
-                           f"${halt.needed_usd:.4f}",
-                           state=_resume_state(run, messages, None, new_from))
+            # the run continues from here (Runtime.continue_with_budget) — unless a daily cap
+            # stopped it, which more run budget cannot lift.
+            return Outcome("budget_exceeded", halt.explain(run.budget, calls=run.model_calls),
+                           state=_resume_state(run, messages, None, new_from)
+                           if halt.scope == "run" else None)
         sent_before = len(messages)
         messages.append({"role": "assistant", "content": response.content})
         turn = classify(response)

@@ -260,10 +260,9 @@ async def _plan(run: Run, model: ModelClient, planner: Planner, walk: _Walk, hoo
         draft, calls = await make_plan(run, model, planner, first, on_usage=hooks.on_usage)
     except BudgetHalt as halt:
         run.trace.emit("budget_halt", spent_usd=round(run.budget.spent_usd, 8),
-                       cap_usd=run.budget.cap_usd, needed_usd=round(halt.needed_usd, 8))
-        return Outcome("budget_exceeded", f"spent ${run.budget.spent_usd:.4f} of the "
-                        f"${run.budget.cap_usd:.2f} budget; the next call could cost "
-                        f"${halt.needed_usd:.4f}")
+                       cap_usd=run.budget.cap_usd, needed_usd=round(halt.needed_usd, 8),
+                       scope=halt.scope, cap=halt.cap_name)
+        return Outcome("budget_exceeded", halt.explain(run.budget, calls=run.model_calls))
     except PlanningFailed as exc:
         where = "planning" if failure is None else f"re-planning from step {failure.step_id}"
         return Outcome("failed", f"{where} failed: {exc}")

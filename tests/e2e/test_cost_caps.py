@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 
 from agents.budget import BudgetHalt, LedgerGate
+from agents.config import load_settings
 from agents.executor.call import InputAnchor, call_model
 from agents.executor.prepare import Prefix
 from agents.model.anthropic_client import AnthropicModelClient
@@ -29,7 +30,9 @@ from storage.db import Database
 from storage.ledger import DailyCaps, Ledger
 from storage.traces import TraceStore
 from storage.usage import UsageDelta, UsageLedger
+from tests.e2e.conftest import BotWorld, bot_env, is_router, start_bot, stop_bot
 from tests.fakes.anthropic import FakeAnthropic, RecordedRequest, reply
+from tests.fakes.telegram import FakeTelegram
 
 pytestmark = pytest.mark.e2e
 
@@ -268,3 +271,50 @@ async def test_checking_spend_before_each_call_is_not_enough(
     _, server = await _crowd(fake_anthropic, client, tmp_path, users=users, caps=caps,
                              guard="check")
     assert server > 0.05 * 3
+
+
+# ------------------------------------------------------------------ small budgets, through the bot
+
+
+@pytest_asyncio.fixture
+async def small_budget_world(
+    fake_telegram: FakeTelegram, fake_anthropic: FakeAnthropic, monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[BotWorld]:
+    bot_env(monkeypatch, fake_telegram, fake_anthropic, KEEL_RUN_BUDGET_USD=request.param)
+    world = BotWorld(telegram=fake_telegram, anthropic=fake_anthropic, settings=load_settings())
+    world.app = await start_bot(world.settings)
+    try:
+        yield world
+    finally:
+        await stop_bot(world.app)
+    assert not fake_anthropic.unexpected, [r.note for r in fake_anthropic.unexpected]
+
+
+@pytest.mark.parametrize("small_budget_world", ["0.01"], indirect=True)
+async def test_hello_to_the_default_agent_completes_under_a_one_cent_run_cap(
+    small_budget_world: BotWorld,
+) -> None:
+    world = small_budget_world
+    world.answer(lambda req: reply("Hello! How can I help?"))
+    world.telegram.inject_text(world.alice_chat, "hello")
+    message = await world.telegram.next_bot_message(world.alice_chat.id)
+    assert "Hello! How can I help?" in message["text"]
+    assert len(world.agent_requests) == 1
+    billed_usd = billed(world.agent_requests) + sum(
+        (r.usage["input_tokens"] * 1.00 + r.usage["output_tokens"] * 5.00) / 1_000_000
+        for r in world.anthropic.message_requests if is_router(r) and r.usage)  # Haiku 4.5
+    assert billed_usd <= 0.01
+
+
+@pytest.mark.parametrize("small_budget_world", ["0.004"], indirect=True)
+async def test_a_budget_too_small_for_one_answer_says_so_and_spends_nothing_on_the_agent(
+    small_budget_world: BotWorld,
+) -> None:
+    world = small_budget_world
+    world.telegram.inject_text(world.alice_chat, "hello")
+    message = await world.telegram.next_bot_message(world.alice_chat.id)
+    assert world.agent_requests == []
+    # the router is paid from the run's budget before the agent's first call is reserved
+    assert "nothing was spent on an answer (choosing the agent cost $0.0003)" in message["text"]
+    assert "this $0.0040 budget cannot cover one answer of at most 256 tokens" in message["text"]
