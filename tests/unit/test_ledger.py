@@ -1,0 +1,138 @@
+"""The daily ledger: holds against every cap in one transaction, settled, released, reported."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from agents.runtime import Runtime
+from storage.db import Database
+from storage.ledger import DailyCaps, Hold, Ledger, Shortfall
+from storage.usage import UsageDelta
+from tests.fakes.scripted_model import ScriptedModel, reply, tool_call
+from tests.unit.conftest import task
+
+CAPS = DailyCaps(total_usd=0.05, per_user_usd=0.03, per_schedule_usd=0.02)
+
+
+@pytest_asyncio.fixture
+async def ledger(tmp_path: Path) -> AsyncIterator[Ledger]:
+    db = await Database.open(tmp_path / "keel.sqlite3")
+    try:
+        yield Ledger(db)
+    finally:
+        await db.close()
+
+
+async def hold(ledger: Ledger, want: float, *, user: int | None = 1, schedule: str | None = None,
+               run: str = "r1", floor: float = 0.001) -> Hold | Shortfall:
+    return await ledger.hold(run_id=run, agent="a", user_id=user, schedule=schedule, caps=CAPS,
+                             want_usd=want, min_usd=floor)
+
+
+async def test_a_hold_gets_what_the_tightest_cap_has_left(ledger: Ledger) -> None:
+    first = await hold(ledger, 0.025)
+    assert isinstance(first, Hold) and first.amount_usd == 0.025
+    second = await hold(ledger, 0.025)  # user 1 has 0.03 - 0.025 left
+    assert isinstance(second, Hold) and second.amount_usd == pytest.approx(0.005)
+    refused = await hold(ledger, 0.025)
+    assert refused == Shortfall(scope="user 1", cap_usd=0.03, left_usd=pytest.approx(0.0))
+    other = await hold(ledger, 0.025, user=2)  # overall: 0.05 - 0.03 held
+    assert isinstance(other, Hold) and other.amount_usd == pytest.approx(0.02)
+    assert await ledger.held() == pytest.approx(0.05)
+
+
+async def test_a_schedule_is_held_against_its_own_cap(ledger: Ledger) -> None:
+    got = await hold(ledger, 0.03, user=None, schedule="digest")
+    assert isinstance(got, Hold) and got.amount_usd == pytest.approx(0.02)
+    assert isinstance(await hold(ledger, 0.01, user=None, schedule="digest"), Shortfall)
+    other = await hold(ledger, 0.01, user=None, schedule="watch")
+    assert isinstance(other, Hold) and other.amount_usd == 0.01
+
+
+async def test_settling_replaces_the_hold_with_the_real_cost(ledger: Ledger) -> None:
+    got = await hold(ledger, 0.02, schedule="digest")
+    assert isinstance(got, Hold)
+    await ledger.settle(got, UsageDelta(cost_usd=0.004, input_tokens=10, output_tokens=5))
+    report = await ledger.report(CAPS)
+    assert await ledger.held() == 0
+    line = report.users[1]
+    assert (line.spent_usd, line.reserved_usd, line.left_usd) == (
+        pytest.approx(0.004), 0, pytest.approx(0.026))
+    assert report.overall.spent_usd == pytest.approx(0.004)
+    assert report.schedules["digest"].spent_usd == pytest.approx(0.004)
+
+
+async def test_many_holds_at_once_never_pass_the_cap(ledger: Ledger) -> None:
+    results = await asyncio.gather(*(hold(ledger, 0.01, user=u, floor=0.01, run=f"r{u}")
+                                     for u in range(50)))
+    granted = [r for r in results if isinstance(r, Hold)]
+    assert len(granted) == 5 and sum(h.amount_usd for h in granted) == pytest.approx(0.05)
+
+
+async def test_a_crashed_runs_holds_are_charged_at_start_up(ledger: Ledger) -> None:
+    got = await hold(ledger, 0.01, run="crashed")
+    assert isinstance(got, Hold)
+    assert await ledger.release_stale() == pytest.approx(0.01)
+    assert await ledger.held() == 0
+    # the call in flight may have been billed: the day counts it
+    assert (await ledger.report(CAPS)).overall.spent_usd == pytest.approx(0.01)
+
+
+async def test_releasing_a_run_frees_its_holds_only(ledger: Ledger) -> None:
+    await hold(ledger, 0.01, run="a")
+    await hold(ledger, 0.01, run="b", user=2)
+    assert await ledger.release_run("a") == pytest.approx(0.01)
+    assert await ledger.held() == pytest.approx(0.01)
+    assert (await ledger.report(CAPS)).overall.spent_usd == 0
+
+
+async def test_a_forfeited_hold_is_spent_and_a_released_one_is_not(ledger: Ledger) -> None:
+    a = await hold(ledger, 0.01)
+    b = await hold(ledger, 0.01, user=2)
+    assert isinstance(a, Hold) and isinstance(b, Hold)
+    await ledger.forfeit(a)
+    await ledger.release(b)
+    report = await ledger.report(CAPS)
+    assert report.overall.spent_usd == pytest.approx(0.01) and report.overall.reserved_usd == 0
+
+
+# ------------------------------------------------------------------ through the runtime
+
+
+async def test_a_runs_calls_are_recorded_once_and_leave_no_hold(make_runtime: Any) -> None:
+    model = ScriptedModel(tool_call("get_current_time", {"timezone": "UTC"}), reply("Noon."))
+    runtime: Runtime = await make_runtime(model)
+    result = await runtime.run(replace(task("time?"), user_id=5))
+    assert result.status == "completed"
+    report = await runtime.ledger.report(runtime.daily_caps())
+    assert report.users[5].spent_usd == pytest.approx(result.cost_usd)
+    assert report.overall.reserved_usd == 0
+
+
+async def test_a_daily_cap_halts_before_the_call_and_offers_no_continuation(
+    make_runtime: Any,
+) -> None:
+    runtime: Runtime = await make_runtime(ScriptedModel(), KEEL_DAILY_BUDGET_USD="0.01")
+    result = await runtime.run(replace(task("hello"), user_id=5))
+    assert result.status == "budget_exceeded" and result.model_calls == 0
+    assert "daily budget of everyone is used up" in (result.detail or "")
+    assert result.state is None
+
+
+async def test_a_continued_run_is_held_against_the_daily_cap_too(make_runtime: Any) -> None:
+    runtime: Runtime = await make_runtime(ScriptedModel(reply("never sent")),
+                                          KEEL_RUN_BUDGET_USD="0.001", KEEL_DAILY_BUDGET_USD="0.02")
+    halted = await runtime.run(replace(task("hello"), user_id=5))
+    assert halted.status == "budget_exceeded" and halted.state is not None
+    assert halted.detail is not None and halted.detail.startswith("nothing was spent")
+    # a person grants plenty more; the day's $0.02 still cannot cover the call's worst case
+    result = await runtime.continue_with_budget(halted.run_id, 1.0)
+    assert result.status == "budget_exceeded" and result.model_calls == 0
+    assert "daily budget of everyone" in (result.detail or "")
