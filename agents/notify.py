@@ -6,7 +6,10 @@ Scheduled runs and escalations post through a Notifier; the runtime never import
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+from storage.db import Database
+from storage.outbox import OutboxButton, OutboxRepository
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,3 +50,50 @@ class Notifier(Protocol):
         self, chat_id: int, filename: str, data: bytes, *, thread_id: int | None = None,
         caption: str | None = None,
     ) -> Delivered: ...
+
+
+class Mailbox(Protocol):
+    """The outbox as the runtime sees it: a message is put inside the transaction that causes it,
+    then delivered. ``bot.delivery.Outbox`` is the real one (chunk by chunk, nothing resent
+    blindly); ``NotifierMailbox`` stores the same rows and delivers through a plain Notifier."""
+
+    async def put(self, conn: Any, *, chat_id: int, thread_id: int | None, reply_to: int | None,
+                  markdown: str, run_id: str | None = None,
+                  buttons: list[list[Button]] | None = None) -> int: ...
+
+    async def deliver(self, item_id: int) -> Delivered | None:
+        """Deliver once; DeliveryError when it could not be (the row is then failed)."""
+        ...
+
+
+class NotifierMailbox:
+    """Outbox rows delivered whole through a Notifier (for front ends without chunk tracking)."""
+
+    def __init__(self, db: Database, notifier: Notifier) -> None:
+        self.repo = OutboxRepository(db)
+        self.notifier = notifier
+
+    async def put(self, conn: Any, *, chat_id: int, thread_id: int | None, reply_to: int | None,
+                  markdown: str, run_id: str | None = None,
+                  buttons: list[list[Button]] | None = None) -> int:
+        return await self.repo.put(
+            conn, chat_id=chat_id, thread_id=thread_id, reply_to=reply_to, markdown=markdown,
+            run_id=run_id, buttons=[[OutboxButton(label=b.label, key=b.key) for b in row]
+                                    for row in buttons] if buttons else None)
+
+    async def deliver(self, item_id: int) -> Delivered | None:
+        item = await self.repo.get(item_id)
+        if item is None or item.status != "pending":
+            return None
+        buttons = [[Button(label=b.label, key=b.key) for b in row] for row in item.buttons] \
+            if item.buttons else None
+        try:
+            delivered = await self.notifier.send(item.chat_id, item.markdown,
+                                                 thread_id=item.thread_id, buttons=buttons,
+                                                 reply_to=item.reply_to)
+        except DeliveryError as exc:
+            await self.repo.failed(item_id, str(exc))
+            raise
+        await self.repo.accepted(item_id, list(delivered.message_ids))
+        await self.repo.sent(item_id)
+        return delivered

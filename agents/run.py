@@ -78,6 +78,8 @@ class Run:
     model_calls: int = 0
     usage: Usage = field(default_factory=Usage)
     cancel_requested: bool = False
+    request_key: str | None = None
+    """The stored request this run serves (idempotency of side effects derives from it)."""
     last_call_shrunk: bool = False
     """The last call's max_tokens was cut to fit the budget."""
 

@@ -10,7 +10,8 @@ import asyncio
 import functools
 import json
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, assert_never
 
@@ -39,6 +40,15 @@ from storage.usage import UsageDelta, UsageLedger
 log = logging.getLogger(__name__)
 
 
+OnCommit = Callable[[Any, RunResult], Awaitable[None]]
+"""Called inside the write transaction that records a run's final status, with that transaction's
+connection: what the run's outcome causes (its reply in the outbox, its history, its request
+finished) commits with it or not at all."""
+
+ROUTE_TIMEOUT_S = 20.0
+"""The most routing may take of a run's deadline; past it the default agent answers."""
+
+
 class UnknownAgentError(KeelError):
     def __init__(self, name: str, known: list[str]) -> None:
         super().__init__(f"No agent named {name!r}. Known agents: {', '.join(sorted(known))}.")
@@ -60,6 +70,12 @@ class RunRequest:
     limits: Limits | None = None
     route: RouteDecision | None = None
     """How the agent was chosen; its cost counts against this run's budget."""
+    request_key: str | None = None
+    """The stored request this run serves; side effects are idempotent per request, so a run
+    retried after a crash never repeats one."""
+    started: float | None = None
+    """``time.monotonic()`` when the request was taken: the deadline counts from here, so it
+    covers routing and any wait before the run."""
 
 
 class Runtime:
@@ -192,8 +208,11 @@ class Runtime:
         *,
         on_progress: OnProgress | None = None,
         run_id: str | None = None,
+        on_commit: OnCommit | None = None,
     ) -> RunResult:
-        """Start and finish one run. Raises only for what prevents a start (config, daily caps)."""
+        """Start and finish one run. Raises only for what prevents a start (config, daily caps).
+
+        ``on_commit`` runs inside the transaction that records the final status."""
         spec = self.agent(request.agent)
         model_name = spec.model or self.settings.executor_model
         price = self.prices.require(model_name)
@@ -203,12 +222,16 @@ class Runtime:
         trace = self.traces.writer(trace_id=trace_id, run_id=rid)
         run = Run(agent=spec, model=model_name, price=price, limits=limits, trace=trace,
                   kind=request.kind, id=rid, trace_id=trace_id, user_id=request.user_id,
-                  chat_id=request.chat_id, thread_id=request.thread_id)
+                  chat_id=request.chat_id, thread_id=request.thread_id,
+                  request_key=request.request_key or f"run:{rid}")
+        if request.started is not None:
+            run.started = request.started
         self.attach_ledger(run)  # issue 13: every call held against the daily caps
         await self.runs.start(run_id=run.id, trace_id=run.trace_id, agent=spec.name,
                               kind=request.kind, budget_usd=limits.budget_usd,
                               user_id=request.user_id, chat_id=request.chat_id,
-                              thread_id=request.thread_id, session_id=request.session_id)
+                              thread_id=request.thread_id, session_id=request.session_id,
+                              request_key=run.request_key)
         trace.emit("run_start", agent=spec.name, kind=request.kind, model=model_name,
                    pattern=spec.pattern, user_id=request.user_id, chat_id=request.chat_id,
                    thread_id=request.thread_id, session_id=request.session_id,
@@ -239,7 +262,7 @@ class Runtime:
                     assert_never(spec.pattern)
         finally:
             self._active.pop(run.id, None)
-        await self._finish(run, result)
+        await self._finish(run, result, on_commit)
         return result
 
     async def resume(
@@ -249,6 +272,7 @@ class Runtime:
         *,
         answered_by: str | None = None,
         on_progress: OnProgress | None = None,
+        on_commit: OnCommit | None = None,
     ) -> RunResult:
         """Continue a ``waiting_human`` run with the human's answer as the escalation's result.
 
@@ -258,11 +282,11 @@ class Runtime:
         messages = answer_escalation(state["messages"], state["tool_use_id"], answer, answered_by)
         run.trace.emit("resume", tool_use_id=state["tool_use_id"], answer=answer,
                        answered_by=answered_by)
-        return await self._continue(run, state, messages, on_progress)
+        return await self._continue(run, state, messages, on_progress, on_commit)
 
     async def continue_with_budget(
         self, run_id: str, extra_usd: float, *, granted_by: str | None = None,
-        on_progress: OnProgress | None = None,
+        on_progress: OnProgress | None = None, on_commit: OnCommit | None = None,
     ) -> RunResult:
         """Continue a run its budget halted before a call, with its cap raised by ``extra_usd``."""
         if extra_usd <= 0:
@@ -270,13 +294,15 @@ class Runtime:
         run, state = await self._reopen(run_id, "budget_exceeded", extra_usd=extra_usd)
         run.trace.emit("budget_raised", extra_usd=extra_usd, cap_usd=run.budget.cap_usd,
                        granted_by=granted_by)
-        return await self._continue(run, state, state["messages"], on_progress)
+        return await self._continue(run, state, state["messages"], on_progress, on_commit)
 
     async def _reopen(self, run_id: str, status: str, *,
                       extra_usd: float = 0.0) -> tuple[Run, dict[str, Any]]:
         record = await self.runs.get(run_id)
         if record is None or record.state is None:
             raise KeelError(f"run {run_id!r} has no saved state to continue from")
+        # Resumed runs go through the same gates as new ones: the daily caps first.
+        await self.check_daily_caps(record.user_id)
         if not await self.runs.claim_waiting(record.id, status):
             raise KeelError(f"run {run_id!r} is {record.status}, not {status}")
         state = record.state
@@ -292,7 +318,7 @@ class Runtime:
         run = Run(agent=spec, model=model_name, price=self.prices.require(model_name),
                   limits=limits, trace=trace, kind="resume", id=record.id,
                   trace_id=record.trace_id, user_id=record.user_id, chat_id=record.chat_id,
-                  thread_id=record.thread_id)
+                  thread_id=record.thread_id, request_key=record.request_key or f"run:{record.id}")
         run.started -= float(state.get("elapsed_s", 0.0))
         run.steps = int(state.get("steps", 0))
         run.model_calls = int(state.get("model_calls", 0))
@@ -305,7 +331,8 @@ class Runtime:
         return run, state
 
     async def _continue(self, run: Run, state: dict[str, Any], messages: list[dict[str, Any]],
-                        on_progress: OnProgress | None) -> RunResult:
+                        on_progress: OnProgress | None,
+                        on_commit: OnCommit | None = None) -> RunResult:
         self._track(run)
         catalog = self.registry.catalog(list(run.agent.tools))
         hooks = Hooks(on_usage=self._record_usage, on_progress=on_progress)
@@ -322,7 +349,7 @@ class Runtime:
                     messages=messages, new_from=int(state.get("new_from", 0)), hooks=hooks)
         finally:
             self._active.pop(run.id, None)
-        await self._finish(run, result)
+        await self._finish(run, result, on_commit)
         return result
 
     def _track(self, run: Run) -> None:
@@ -343,16 +370,31 @@ class Runtime:
     def active_runs(self) -> list[Run]:
         return [run for run, _ in self._active.values()]
 
-    async def route(self, text: str, *, current: str | None) -> RouteDecision:
-        """Pick the agent for a message with the router model (falls back to the default)."""
+    async def route(self, text: str, *, current: str | None,
+                    deadline: float | None = None) -> RouteDecision:
+        """Pick the agent for a message with the router model (falls back to the default).
+
+        Routing is bounded by ``deadline`` (``time.monotonic()``; the run's own deadline, which
+        counts from when the request was taken) and by ROUTE_TIMEOUT_S; past it the default
+        agent answers, so a hanging router cannot hold a person past their run's deadline."""
         model = self.settings.router_model
-        return await route(self.model, model=model, price=self.prices.require(model),
-                           agents=self.agents, text=text, current=current,
-                           default=self.default_agent)
+        limit = ROUTE_TIMEOUT_S
+        if deadline is not None:
+            limit = max(0.0, min(limit, deadline - time.monotonic()))
+        try:
+            async with asyncio.timeout(limit):
+                return await route(self.model, model=model, price=self.prices.require(model),
+                                   agents=self.agents, text=text, current=current,
+                                   default=self.default_agent)
+        except TimeoutError:
+            log.warning("routing took longer than %.1f s; the default agent answers", limit)
+            return RouteDecision(agent=current if current in self.agents else self.default_agent,
+                                 reason=f"fallback: routing timed out after {limit:.1f} s")
 
     def _tool_context(self, run: Run) -> ToolContext:
         return ToolContext(
-            run_id=run.id, agent=run.agent.name, emit=run.trace.emit,
+            run_id=run.id, idempotency_key=run.request_key, agent=run.agent.name,
+            emit=run.trace.emit,
             idempotency=self.idempotency, default_timeout_s=run.limits.tool_timeout_s,
             user_id=run.user_id, chat_id=run.chat_id, thread_id=run.thread_id,
             timezone=self.settings.timezone,
@@ -366,7 +408,25 @@ class Runtime:
             cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens,
         ))
 
-    async def _finish(self, run: Run, result: RunResult) -> None:
+    async def close_interrupted(self) -> int:
+        """Runs a dead process left ``running`` end ``failed`` with a ``run_end`` in their trace;
+        their requests are retried by their owners (inbox, schedule fires) under the same request
+        key, so side effects are not repeated. Returns how many."""
+        detail = "interrupted: the bot stopped while this run was working"
+        records = await self.runs.running()
+        for record in records:
+            try:
+                trace = self.traces.writer(trace_id=record.trace_id, run_id=record.id)
+                trace.emit("run_end", agent=record.agent, status="failed", detail=detail,
+                           cost_usd=record.cost_usd, steps=record.steps,
+                           model_calls=record.model_calls, interrupted=True)
+                trace.close()
+            except OSError as exc:
+                log.warning("could not close the trace of interrupted run %s: %s", record.id, exc)
+        await self.runs.fail_interrupted(detail)
+        return len(records)
+
+    async def _finish(self, run: Run, result: RunResult, on_commit: OnCommit | None = None) -> None:
         totals = RunTotals(
             cost_usd=result.cost_usd, steps=result.steps, model_calls=result.model_calls,
             input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens,
@@ -377,10 +437,16 @@ class Runtime:
         summary.pop("run_id"), summary.pop("trace_id")
         run.trace.emit("run_end", **summary)
         run.trace.close()
-        await asyncio.shield(self.runs.finish(
-            run.id, status=result.status, detail=result.detail, output=result.output,
-            totals=totals, state=result.state,
-        ))
+
+        async def record() -> None:
+            async with self.db.write() as conn:
+                await self.runs.finish(run.id, status=result.status, detail=result.detail,
+                                       output=result.output, totals=totals, state=result.state,
+                                       conn=conn)
+                if on_commit is not None:
+                    await on_commit(conn, result)
+
+        await asyncio.shield(record())
 
 
 def answer_escalation(messages: list[dict[str, Any]], tool_use_id: str, answer: str,

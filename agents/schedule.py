@@ -260,12 +260,49 @@ class Scheduler:
                         misfire_grace_time=job.misfire_grace_s, replace_existing=True)
         aps.start()
         self.aps = aps
+        for claim in await self.unfinished():
+            # claimed by a process that died before the run's outcome was committed: run it
+            # again under the same request (its side effects are idempotent per fire)
+            log.warning("schedule %s for %s was interrupted; running it again", claim.job,
+                        claim.local_time)
+            self._spawn(self._run_claim(claim), f"keel-schedule-recover-{claim.job}")
         if catch_up:
             task = asyncio.create_task(self.catch_up(), name="keel-schedule-catch-up")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         log.info("scheduler started: %d job(s)%s", len(self.jobs),
                  "".join(f"; {name} next at {t}" for name, t in self.next_runs(len(self.jobs))))
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def unfinished(self) -> list[Fire]:
+        """Claims of known jobs whose run never committed an outcome."""
+        rows = await self.db.fetchall(
+            "SELECT job, local_time, run_id, scheduled_at FROM schedule_fires"
+            " WHERE status = 'claimed' ORDER BY fired_at")
+        out = []
+        for r in rows:
+            if r["job"] not in self.jobs or r["scheduled_at"] is None:
+                continue
+            scheduled = datetime.fromisoformat(r["scheduled_at"].replace("Z", "+00:00"))
+            out.append(Fire(job=r["job"], local_time=r["local_time"], scheduled=scheduled,
+                            run_id=new_id()))
+        return out
+
+    async def _run_claim(self, claim: Fire) -> None:
+        await self.db.execute_write(
+            "UPDATE schedule_fires SET run_id = ? WHERE job = ? AND local_time = ?",
+            (claim.run_id, claim.job, claim.local_time))
+        try:
+            await self.on_fire(self.jobs[claim.job], claim.scheduled, claim.run_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("scheduled run %s for %s failed outside the run", claim.job,
+                          claim.local_time)
 
     async def shutdown(self) -> None:
         """Stop firing; runs in flight are cancelled (the next start marks them interrupted)."""
@@ -302,8 +339,9 @@ class Scheduler:
             return None
         key, run_id = job.local_key(scheduled), new_id()
         inserted = await self.db.execute_write(
-            "INSERT OR IGNORE INTO schedule_fires (job, local_time, run_id, fired_at)"
-            " VALUES (?, ?, ?, ?)", (job.name, key, run_id, iso(now)))
+            "INSERT OR IGNORE INTO schedule_fires (job, local_time, run_id, fired_at, status,"
+            " scheduled_at) VALUES (?, ?, ?, ?, 'claimed', ?)",
+            (job.name, key, run_id, iso(now), iso(scheduled)))
         if not inserted:
             log.info("schedule %s: %s already ran; not running it again", job.name, key)
             return None

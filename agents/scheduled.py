@@ -1,11 +1,11 @@
 """Scheduled runs: run the agent for a fired schedule and post the outcome where it belongs.
 
 Every scheduled run posts its outcome into its thread: the briefing, or what went wrong with the
-run's trace id. A briefing counts as delivered only when ``Notifier.send`` returned (Telegram
-accepted every part). Delivery is retried a bounded number of times with backoff; when it still
-fails, a run that had completed is marked ``failed`` ("delivery failed: …") and the owner gets
-one alert in a private chat. A run that asks a human (``waiting_human``) is handed to the
-escalation flow.
+run's trace id. The post is committed to the outbox with the run's outcome and delivered from
+there; it counts as delivered only when Telegram accepted every part. The outbox's sender is the
+one retry layer; when it gives up, a run that had completed is marked ``failed`` ("delivery
+failed: …") and the owner gets one alert in a private chat. A run that asks a human
+(``waiting_human``) posts its question through the escalation flow, in the same transaction.
 """
 
 from __future__ import annotations
@@ -15,23 +15,21 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from agents.errors import KeelError
-from agents.notify import Delivered, DeliveryError, Notifier
+from agents.notify import Delivered, DeliveryError, Mailbox, Notifier, NotifierMailbox
 from agents.run import RunResult, RunStatus, describe
 from agents.runtime import RunRequest, Runtime
 from agents.schedule import ScheduledJob
 from storage.db import now_iso
+from storage.outbox import OutboxRepository
 
 log = logging.getLogger(__name__)
 
-DELIVERY_ATTEMPTS = 3
-DELIVERY_BACKOFF_S = 2.0
-"""Wait before the second attempt; doubled before each next one."""
-
-OnEscalation = Callable[[RunResult, int, int | None], Awaitable[None]]
-"""The bot's escalation flow: post the question of a parked run into (chat, thread)."""
+OnEscalation = Callable[[Any, RunResult, int, int | None], Awaitable[int]]
+"""The bot's escalation flow: inside the transaction that parks the run, store its question for
+(chat, thread) and return the question's outbox id."""
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -52,33 +50,39 @@ class ScheduledOutcome:
 
 
 class ScheduledRunner:
-    """The scheduler's fire handler: ``await runner(job, scheduled_time, run_id)``."""
+    """The scheduler's fire handler: ``await runner(job, scheduled_time, run_id)``.
+
+    The fire's claim row is the stored request; the run's outcome, its post (or question) and the
+    fire's ``done`` commit in one transaction, and the post is delivered from the outbox. A crash
+    before that commit re-runs the fire at the next start (side effects are idempotent per fire);
+    a crash after it delivers the post from the outbox, once."""
 
     def __init__(
         self,
         runtime: Runtime,
         notifier: Notifier,
         *,
+        mailbox: Mailbox | None = None,
         on_escalation: OnEscalation | None = None,
         owner_id: int | None = None,
-        attempts: int = DELIVERY_ATTEMPTS,
-        backoff_s: float = DELIVERY_BACKOFF_S,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.runtime = runtime
         self.notifier = notifier
+        self.mailbox: Mailbox = mailbox or NotifierMailbox(runtime.db, notifier)
         self.on_escalation = on_escalation
         allowed = runtime.settings.allowed_user_ids
+        owner = getattr(runtime.settings, "owner_id", None)
         # KEEL_ALLOWED_USER_IDS is a set; the lowest id stands in for "the first one".
-        self.owner_id = owner_id if owner_id is not None else (min(allowed) if allowed else None)
-        self.attempts = attempts
-        self.backoff_s = backoff_s
+        self.owner_id = owner_id if owner_id is not None else (
+            owner if owner is not None else (min(allowed) if allowed else None))
         self.sleep = sleep
         self._topic_lock = asyncio.Lock()
 
     async def __call__(self, job: ScheduledJob, scheduled: datetime, run_id: str) -> ScheduledOutcome:
         thread_id, note = await self.thread_for(job)
         when = scheduled.astimezone(job.tz).strftime("%Y-%m-%d %H:%M")
+        fire_key = job.local_key(scheduled)
         spec = self.runtime.agents.get(job.agent)  # unknown: runtime.run refuses it below
         request = RunRequest(
             agent=job.agent, kind="scheduled", chat_id=job.chat_id, thread_id=thread_id,
@@ -86,42 +90,72 @@ class ScheduledRunner:
                 f"[Scheduled run {job.name!r} for {when} ({job.timezone})]\n\n{job.task}")}]}],
             new_from=0,
             limits=spec.limits.overridden(budget_usd=job.budget_usd) if spec else None,
+            request_key=f"fire:{job.name}:{fire_key}",
         )
+        items: list[int] = []
+
+        async def commit(conn: Any, result: RunResult) -> None:
+            if result.status == "waiting_human" and self.on_escalation is not None:
+                items.append(await self.on_escalation(conn, result, job.chat_id, thread_id))
+            else:
+                text = post_text(job, result)
+                if note:
+                    text = f"{text}\n\n_{note}_"
+                items.append(await self.mailbox.put(conn, chat_id=job.chat_id,
+                                                    thread_id=thread_id, reply_to=None,
+                                                    markdown=text, run_id=result.run_id))
+                if result.status == "budget_exceeded" and result.state and self.on_escalation:
+                    # a budget halt escalates like a question: more budget, or stop here
+                    items.append(await self.on_escalation(conn, result, job.chat_id, thread_id))
+            await fire_done(conn, job.name, fire_key, "done")
+
         try:
-            result = await self.runtime.run(request, run_id=run_id)
+            result = await self.runtime.run(request, run_id=run_id, on_commit=commit)
         except KeelError as exc:  # refused before it began: daily cap, config
-            return await self._not_started(job, run_id, thread_id, str(exc))
+            return await self._not_started(job, fire_key, run_id, thread_id, str(exc))
         except Exception as exc:
             log.exception("scheduled run %s (%s) crashed before it finished", job.name, run_id)
-            return await self._not_started(job, run_id, thread_id,
+            return await self._not_started(job, fire_key, run_id, thread_id,
                                            f"internal error: {type(exc).__name__}")
+        return await self._deliver(job, result, thread_id, items)
 
-        if result.status == "waiting_human":
-            return await self._escalate(job, result, thread_id, note)
-        text = post_text(job, result)
-        if note:
-            text = f"{text}\n\n_{note}_"
-        delivered, error, attempts = await self.deliver(job.chat_id, text, thread_id)
+    async def _deliver(self, job: ScheduledJob, result: RunResult, thread_id: int | None,
+                       items: list[int]) -> ScheduledOutcome:
+        """Deliver what the run committed; a post Telegram would not take fails a completed run
+        and alerts the owner (the one retry layer is the outbox's own)."""
         status: RunStatus = result.status
-        self._trace(result, delivered, error, attempts, job.chat_id, thread_id)
-        if delivered is not None:
+        ids: list[int] = []
+        error: str | None = None
+        for item in items:
+            try:
+                delivered = await self.mailbox.deliver(item)
+            except DeliveryError as exc:
+                error = str(exc) or type(exc).__name__
+                await OutboxRepository(self.runtime.db).failed(item, error)
+                break
+            except Exception as exc:  # the contract says DeliveryError; a bug is no delivery
+                log.exception("delivery raised %s", type(exc).__name__)
+                error = f"{type(exc).__name__}: {exc}"
+                await OutboxRepository(self.runtime.db).failed(item, error)
+                break
+            if delivered is not None:
+                ids.extend(delivered.message_ids)
+        self._trace(result, ids if error is None else None, error, job.chat_id, thread_id)
+        if error is None:
             log.info("scheduled run %s %s: delivered to %s/%s", job.name, result.status,
                      job.chat_id, thread_id)
-            if result.status == "budget_exceeded" and result.state and self.on_escalation:
-                # a budget halt escalates like a question: more budget, or stop here
-                await self.on_escalation(result, job.chat_id, thread_id)
             return ScheduledOutcome(job=job.name, run_id=result.run_id, status=status,
                                     delivered=True, chat_id=job.chat_id, thread_id=thread_id,
-                                    trace_id=result.trace_id, message_ids=delivered.message_ids)
+                                    trace_id=result.trace_id, message_ids=tuple(ids))
         if result.status == "completed":
             status = "failed"
             await self.runtime.runs.set_status(result.run_id, "failed",
                                                f"delivery failed: {error}")
-        log.error("scheduled run %s: could not deliver to %s/%s after %d attempt(s): %s",
-                  job.name, job.chat_id, thread_id, attempts, error)
+        log.error("scheduled run %s: could not deliver to %s/%s: %s", job.name, job.chat_id,
+                  thread_id, error)
         await self._alert_owner(
             f"⚠️ Scheduled run `{job.name}` ({job.agent}) could not be delivered to chat "
-            f"{job.chat_id}{_thread(thread_id)} after {attempts} attempt(s): {error}\n"
+            f"{job.chat_id}{_thread(thread_id)}: {error}\n"
             f"The run is {status}. Trace: `{result.trace_id}`")
         return ScheduledOutcome(job=job.name, run_id=result.run_id, status=status,
                                 delivered=False, chat_id=job.chat_id, thread_id=thread_id,
@@ -156,61 +190,34 @@ class ScheduledRunner:
 
     # ------------------------------------------------------------------ delivery
 
-    async def deliver(self, chat_id: int, text: str,
-                      thread_id: int | None) -> tuple[Delivered | None, str | None, int]:
-        """Send with bounded retries: (what was delivered or None, the last error, attempts)."""
-        error = "not sent"
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return await self.notifier.send(chat_id, text, thread_id=thread_id), None, attempt
-            except DeliveryError as exc:
-                error = str(exc) or type(exc).__name__
-            except Exception as exc:  # the contract says DeliveryError; a bug is no delivery
-                log.exception("notifier.send raised %s", type(exc).__name__)
-                error = f"{type(exc).__name__}: {exc}"
-            if attempt < self.attempts:
-                await self.sleep(self.backoff_s * 2 ** (attempt - 1))
-        return None, error, self.attempts
+    async def _post(self, chat_id: int, text: str, thread_id: int | None, *,
+                    fire: tuple[str, str] | None = None) -> tuple[Delivered | None, str | None]:
+        """A message outside a run's outcome (a refusal, an alert), through the outbox."""
+        async with self.runtime.db.write() as conn:
+            item = await self.mailbox.put(conn, chat_id=chat_id, thread_id=thread_id,
+                                          reply_to=None, markdown=text)
+            if fire is not None:
+                await fire_done(conn, fire[0], fire[1], "failed")
+        try:
+            return await self.mailbox.deliver(item), None
+        except Exception as exc:
+            return None, str(exc) or type(exc).__name__
 
     async def _alert_owner(self, text: str) -> bool:
         if self.owner_id is None:
             log.error("no owner to alert (KEEL_ALLOWED_USER_IDS is empty): %s", text)
             return False
-        try:
-            await self.notifier.send(self.owner_id, text)
-            return True
-        except Exception as exc:
-            log.error("could not alert the owner %s either: %s", self.owner_id, exc)
-            return False
+        delivered, error = await self._post(self.owner_id, text, None)
+        if delivered is None:
+            log.error("could not alert the owner %s either: %s", self.owner_id, error)
+        return delivered is not None
 
-    async def _escalate(self, job: ScheduledJob, result: RunResult, thread_id: int | None,
-                        note: str | None) -> ScheduledOutcome:
-        if self.on_escalation is not None:
-            try:
-                await self.on_escalation(result, job.chat_id, thread_id)
-            except Exception as exc:
-                log.exception("escalation of scheduled run %s could not be posted", job.name)
-                return ScheduledOutcome(job=job.name, run_id=result.run_id,
-                                        status=result.status, delivered=False,
-                                        chat_id=job.chat_id, thread_id=thread_id,
-                                        trace_id=result.trace_id, error=str(exc))
-            return ScheduledOutcome(job=job.name, run_id=result.run_id, status=result.status,
-                                    delivered=True, chat_id=job.chat_id, thread_id=thread_id,
-                                    trace_id=result.trace_id)
-        reason = result.escalation.request.reason if result.escalation else result.detail
-        text = (f"⏸ Scheduled run `{job.name}` ({job.agent}) is waiting for a human answer: "
-                f"{reason}\nTrace: `{result.trace_id}`")
-        delivered, error, _ = await self.deliver(job.chat_id, text, thread_id)
-        return ScheduledOutcome(job=job.name, run_id=result.run_id, status=result.status,
-                                delivered=delivered is not None, chat_id=job.chat_id,
-                                thread_id=thread_id, trace_id=result.trace_id, error=error,
-                                message_ids=delivered.message_ids if delivered else ())
-
-    async def _not_started(self, job: ScheduledJob, run_id: str, thread_id: int | None,
-                           reason: str) -> ScheduledOutcome:
+    async def _not_started(self, job: ScheduledJob, fire_key: str, run_id: str,
+                           thread_id: int | None, reason: str) -> ScheduledOutcome:
         log.warning("scheduled run %s did not start: %s", job.name, reason)
         text = f"⚠️ Scheduled run `{job.name}` ({job.agent}) did not start: {reason}"
-        delivered, error, _ = await self.deliver(job.chat_id, text, thread_id)
+        delivered, error = await self._post(job.chat_id, text, thread_id,
+                                            fire=(job.name, fire_key))
         if delivered is None:
             await self._alert_owner(f"{text}\n(And the alert could not be posted to chat "
                                     f"{job.chat_id}{_thread(thread_id)}: {error})")
@@ -219,19 +226,25 @@ class ScheduledRunner:
                                 thread_id=thread_id, error=reason,
                                 message_ids=delivered.message_ids if delivered else ())
 
-    def _trace(self, result: RunResult, delivered: Delivered | None, error: str | None,
-               attempts: int, chat_id: int, thread_id: int | None) -> None:
+    def _trace(self, result: RunResult, message_ids: list[int] | None, error: str | None,
+               chat_id: int, thread_id: int | None) -> None:
         # Appended to the run's own trace, after run_end: what happened to its outcome.
         try:
             trace = self.runtime.traces.writer(trace_id=result.trace_id, run_id=result.run_id)
         except OSError:
             return
         try:
-            trace.emit("delivery", status="delivered" if delivered else "failed",
-                       chat_id=chat_id, thread_id=thread_id, attempts=attempts, error=error,
-                       message_ids=list(delivered.message_ids) if delivered else [])
+            trace.emit("delivery", status="delivered" if message_ids is not None else "failed",
+                       chat_id=chat_id, thread_id=thread_id, attempts=1, error=error,
+                       message_ids=message_ids or [])
         finally:
             trace.close()
+
+
+async def fire_done(conn: Any, job: str, local_time: str, status: str) -> None:
+    """Finish a fire's claim inside the transaction that commits what it produced."""
+    await conn.execute("UPDATE schedule_fires SET status = ? WHERE job = ? AND local_time = ?",
+                       (status, job, local_time))
 
 
 def post_text(job: ScheduledJob, result: RunResult) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 from agents.executor.loop import OnProgress
 from agents.router import RouteDecision
 from agents.run import RunResult
-from agents.runtime import RunRequest, Runtime
+from agents.runtime import OnCommit, RunRequest, Runtime
 from agents.spec import AgentSpec, Limits
 from agents.tokens import estimate
 from storage.conversations import StoredMessage
@@ -74,8 +74,16 @@ class Sessions:
         on_progress: OnProgress | None = None,
         run_id: str | None = None,
         route: RouteDecision | None = None,
+        request_key: str | None = None,
+        started: float | None = None,
+        on_commit: OnCommit | None = None,
+        compact: bool | None = None,
     ) -> TurnResult:
-        """One person's message through one run; history appended; compaction when due."""
+        """One person's message through one run. The turn's history commits in the same
+        transaction as the run's outcome (and whatever ``on_commit`` adds: its reply), so a crash
+        can neither lose a turn nor record it twice. Compaction is left to the caller
+        (``maybe_compact`` after the reply is out) when ``on_commit`` is given; otherwise it
+        follows here."""
         conversation = await self.repo.get_or_create(chat_id, thread_id)
         session_id = await self.repo.live_session(conversation.id, agent)
         history = await self.repo.history(session_id)
@@ -84,12 +92,21 @@ class Sessions:
         request = RunRequest(
             agent=agent, messages=[*messages, task], new_from=len(messages),
             kind="chat" if kind == "chat" else "cli", user_id=user_id, chat_id=chat_id,
-            thread_id=thread_id, session_id=session_id, route=route,
+            thread_id=thread_id, session_id=session_id, route=route, request_key=request_key,
+            started=started,
         )
-        result = await self.runtime.run(request, on_progress=on_progress, run_id=run_id)
-        if not parked(result):
-            await self.record(session_id, result)
-        compacted = await self.maybe_compact(session_id, user_id=user_id)
+
+        async def commit(conn: Any, result: RunResult) -> None:
+            if not parked(result):
+                await self.record_in(conn, session_id, result)
+            if on_commit is not None:
+                await on_commit(conn, result)
+
+        result = await self.runtime.run(request, on_progress=on_progress, run_id=run_id,
+                                        on_commit=commit)
+        compacted = False
+        if compact if compact is not None else on_commit is None:
+            compacted = await self.maybe_compact(session_id, user_id=user_id)
         return TurnResult(result=result, session_id=session_id, agent=agent, compacted=compacted)
 
     async def record(self, session_id: int, result: RunResult) -> None:
@@ -100,6 +117,16 @@ class Sessions:
             cache_read=result.usage.cache_read_tokens, cache_write=result.usage.cache_write_tokens,
             output=result.usage.output_tokens,
         )
+
+    async def record_in(self, conn: Any, session_id: int, result: RunResult) -> None:
+        """``record`` inside the caller's transaction."""
+        await self.repo.append_in(
+            conn, session_id, [(m["role"], m["content"], estimate(m)) for m in result.messages],
+            run_id=result.run_id)
+        await self.repo.add_session_usage(
+            session_id, input_tokens=result.usage.input_tokens,
+            cache_read=result.usage.cache_read_tokens, cache_write=result.usage.cache_write_tokens,
+            output=result.usage.output_tokens, conn=conn)
 
     async def record_messages(self, session_id: int, messages: list[dict[str, Any]], *,
                               run_id: str | None) -> None:

@@ -14,7 +14,6 @@ from typing import Any
 from telegram import Update
 from telegram.error import TelegramError
 from telegram.ext import (
-    AIORateLimiter,
     Application,
     ApplicationBuilder,
     CallbackQueryHandler,
@@ -28,16 +27,19 @@ from agents.config import Settings
 from agents.runtime import Runtime
 from agents.schedule import Scheduler, jobs_from_config
 from agents.scheduled import ScheduledRunner
-from bot.commands import HANDLERS, bot_commands
+from bot.access import gated, startup_hint
+from bot.commands import COMMANDS, bot_commands
 from bot.events import from_update
+from bot.poller import Poller
 from bot.service import KeelBot
 from storage.retention import housekeep
 
 log = logging.getLogger(__name__)
 
-# Handlers run concurrently; KeelBot orders each conversation itself. PTB's default (256) let
-# handlers waiting on rate-limited replies hold every slot, so new chats' runs started late.
-MAX_CONCURRENT_UPDATES = 4096
+OUTBOX_SWEEP_S = 30.0
+"""How often pending outbox rows (Telegram was unreachable) are tried again."""
+SHUTDOWN_GRACE_S = 10.0
+"""On SIGTERM, runs in flight get this long to finish; the rest are left to recovery."""
 
 ALLOWED_UPDATES = [Update.MESSAGE, Update.EDITED_MESSAGE, Update.CALLBACK_QUERY]
 
@@ -55,8 +57,10 @@ def build_application(settings: Settings, *, runtime: Runtime | None = None) -> 
         .token(token)
         .base_url(settings.telegram_api_base_url)
         .base_file_url(file_base_url(settings.telegram_api_base_url))
-        .rate_limiter(AIORateLimiter(max_retries=3))
-        .concurrent_updates(MAX_CONCURRENT_UPDATES)
+        # keel polls itself (bot/poller.py: store before acknowledging) and paces its own sends
+        # (bot/delivery.py: a 429 waits in its chat only), so neither the stock updater nor
+        # AIORateLimiter, which pauses every chat for one chat's flood wait, is used.
+        .updater(None)
         .post_init(_post_init)
         .post_shutdown(_post_shutdown)
         .build()
@@ -64,11 +68,15 @@ def build_application(settings: Settings, *, runtime: Runtime | None = None) -> 
     app.bot_data["settings"] = settings
     if runtime is not None:
         app.bot_data["runtime"] = runtime
-    allowed = filters.User(user_id=list(settings.allowed_user_ids)) if settings.allowed_user_ids else None
-    for name, handler in HANDLERS.items():
-        app.add_handler(CommandHandler(name, _gated(handler), filters=allowed, block=False))
-    app.add_handler(CallbackQueryHandler(on_callback, block=False))
-    app.add_handler(MessageHandler(filters.ALL & ~filters.StatusUpdate.ALL, on_message, block=False))
+    # No user filter here: strangers must reach the gate, which answers them at most once a day.
+    for command in COMMANDS:
+        app.add_handler(CommandHandler(command.name, _gated(gated(command))))
+    if (hint := startup_hint(settings)) is not None:
+        log.warning("%s", hint)
+    # Handlers block: each update runs in its own task (bot/poller.py), which settles its inbox
+    # row once the handler is done.
+    app.add_handler(CallbackQueryHandler(on_callback))
+    app.add_handler(MessageHandler(filters.ALL & ~filters.StatusUpdate.ALL, on_message))
     app.add_error_handler(on_error)
     return app
 
@@ -93,19 +101,25 @@ async def _post_init(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
     if app.job_queue is not None:
         app.job_queue.run_repeating(_expire_escalations, interval=60, first=1,
                                     name="expire-escalations")
+        app.job_queue.run_repeating(_sweep_outbox, interval=OUTBOX_SWEEP_S, first=OUTBOX_SWEEP_S,
+                                    name="sweep-outbox")
         # Starts with the job queue, after recovery below; file work runs in a thread.
         app.job_queue.run_repeating(_retention, interval=3600, first=30, name="retention")
     try:
         await app.bot.set_my_commands(bot_commands())
     except TelegramError as exc:
         log.warning("could not register commands: %s", exc)
+    poller = Poller(app.bot, store=keel.inbox.store, dispatch=_dispatcher(app, keel),
+                    order_key=conversation_key, allowed_updates=ALLOWED_UPDATES)
+    app.bot_data["poller"] = poller
+    keel.dispatch = poller.submit
     sent, answered = await keel.recover()
     # After recover(): it fails runs left 'running', which must not include catch-up runs.
     jobs = jobs_from_config(runtime.keel_file.schedules, default_timezone=settings.timezone,
                             agents=runtime.agents)
     if jobs:
         scheduler = Scheduler(runtime.db, jobs, ScheduledRunner(
-            runtime, keel.notifier, on_escalation=_escalation_poster(keel)))
+            runtime, keel.notifier, mailbox=keel.outbox, on_escalation=_escalation_poster(keel)))
         await scheduler.start()
         app.bot_data["scheduler"] = scheduler
     log.info("keel is up as @%s: %d agents; recovered %d pending repl(ies), re-answering %d "
@@ -123,6 +137,13 @@ async def _retention(context: ContextTypes.DEFAULT_TYPE) -> None:
                         trace_days=settings.trace_retention_days, max_seconds=20)
 
 
+async def _sweep_outbox(context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Replies Telegram was unreachable for stay pending; this sends them when it is back."""
+    keel: KeelBot | None = context.bot_data.get("keel")
+    if keel is not None:
+        await keel.outbox.sweep()
+
+
 async def _expire_escalations(context: ContextTypes.DEFAULT_TYPE) -> None:
     keel: KeelBot | None = context.bot_data.get("keel")
     if keel is not None:
@@ -130,11 +151,11 @@ async def _expire_escalations(context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 def _escalation_poster(keel: KeelBot) -> Any:
-    async def post(result: Any, chat_id: int, thread_id: int | None) -> None:
+    async def post(conn: Any, result: Any, chat_id: int, thread_id: int | None) -> int:
         if result.status == "budget_exceeded":
-            await keel.escalations.ask_budget(result, chat_id=chat_id, thread_id=thread_id)
-        else:
-            await keel.escalations.ask(result, chat_id=chat_id, thread_id=thread_id)
+            return await keel.escalations.ask_budget_in(conn, result, chat_id=chat_id,
+                                                        thread_id=thread_id)
+        return await keel.escalations.ask_in(conn, result, chat_id=chat_id, thread_id=thread_id)
 
     return post
 
@@ -158,15 +179,15 @@ async def on_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
         return
     if not keel.addressed(message):
         return  # a group message not meant for the bot
-    if not keel.allowed(message.user_id):
-        if message.is_private or message.mentions_bot or message.replies_to_bot:
-            await keel.tell_unknown_user(message.chat_id, message.user_id, message.thread_id)
+    if not await keel.allowed(message.user_id):
+        await keel.tell_unknown_user(message.chat_id, message.user_id, message.thread_id,
+                                     private=message.is_private)
         return
     if message.text.startswith("/"):
         await keel.notifier.send(message.chat_id, "Unknown command. /help lists what I know.",
                                  thread_id=message.thread_id)
         return
-    await keel.handle(message, update.to_dict())
+    await keel.handle(message)
 
 
 async def on_callback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -174,7 +195,7 @@ async def on_callback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
     query = update.callback_query
     assert query is not None
     keel: KeelBot | None = context.bot_data.get("keel")
-    if keel is None or not keel.allowed(query.from_user.id):
+    if keel is None or not await keel.allowed(query.from_user.id):
         await query.answer("You are not allowed to answer this.", show_alert=False)
         return
     handler = context.bot_data.get("on_button")
@@ -184,22 +205,89 @@ async def on_callback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
 
 
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Log first; then tell the person something went wrong, if there is one to tell."""
+    """Log first; then close the update as failed and tell the person, if there is one."""
     log.error("error while handling an update", exc_info=context.error)
-    if isinstance(update, Update) and update.effective_chat is not None:
+    keel: KeelBot | None = context.bot_data.get("keel")
+    if not isinstance(update, Update) or keel is None:
+        return
+    await keel.inbox.mark(update.update_id, "failed")
+    if update.effective_chat is not None:
         try:
-            await context.bot.send_message(
+            await keel.notifier.send(
                 update.effective_chat.id,
                 "Something went wrong on my side and has been logged. Please try again.",
             )
-        except TelegramError:
-            pass
+        except Exception as exc:
+            log.warning("could not tell chat %s about the error: %s", update.effective_chat.id,
+                        exc)
+
+
+def conversation_key(update: Update) -> tuple[int, int] | None:
+    """Plain messages of one conversation are handled in order; commands and button presses
+    are not queued behind a run (so /cancel reaches the run it cancels)."""
+    message = update.message
+    if message is None or (message.text or "").startswith("/"):
+        return None
+    thread = message.message_thread_id if message.is_topic_message else None
+    return (message.chat_id, thread or 0)
+
+
+def _dispatcher(app: Application[Any, Any, Any, Any, Any, Any], keel: KeelBot) -> Any:
+    async def dispatch(update: Update) -> None:
+        await app.process_update(update)
+        # a command, a button or a message no run took is finished once its handler returned
+        await keel.inbox.settle(update.update_id)
+
+    return dispatch
+
+
+async def start_app(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
+    """Initialise, recover, and start polling (what ``keel run`` does before it waits)."""
+    await app.initialize()
+    if app.post_init is not None:
+        await app.post_init(app)
+    await app.start()
+    poller: Poller = app.bot_data["poller"]
+    poller.start()
+
+
+async def stop_app(app: Application[Any, Any, Any, Any, Any, Any], *,
+                   grace_s: float = SHUTDOWN_GRACE_S) -> None:
+    """Stop within a bounded time: no new updates, runs in flight get ``grace_s`` to finish,
+    the rest are cancelled and left (stored) to recovery at the next start."""
+    poller: Poller | None = app.bot_data.get("poller")
+    if poller is not None:
+        await poller.stop()
+        cancelled = await poller.drain(grace_s)
+        if cancelled:
+            log.warning("%d update(s) still in flight at shutdown; the next start finishes them",
+                        cancelled)
+    if app.running:
+        await app.stop()
+    if app.post_shutdown is not None:
+        await app.post_shutdown(app)
+    await app.shutdown()
+
+
+async def _serve(settings: Settings) -> int:
+    app = build_application(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("starting long polling against %s", settings.telegram_api_base_url)
+    await start_app(app)
+    poller: Poller = app.bot_data["poller"]
+    stopped = asyncio.create_task(poller.stopped.wait())
+    asked = asyncio.create_task(stop.wait())
+    await asyncio.wait({stopped, asked}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    asked.cancel()
+    await stop_app(app)
+    if poller.fatal is not None:
+        raise poller.fatal
+    return 0
 
 
 def run_bot(settings: Settings) -> int:
-    app = build_application(settings)
-    log.info("starting long polling against %s", settings.telegram_api_base_url)
-    asyncio.set_event_loop(asyncio.new_event_loop())
-    app.run_polling(allowed_updates=ALLOWED_UPDATES, stop_signals=(signal.SIGINT, signal.SIGTERM),
-                    close_loop=True)
-    return 0
+    return asyncio.run(_serve(settings))

@@ -1,15 +1,33 @@
-"""Sending to Telegram so that nothing is lost: rendered chunks, plain-text fallback, bounded
-retries that honour ``retry_after``, and an outbox that remembers how far a reply got."""
+"""Sending to Telegram: nothing lost, nothing twice, one chat's flood wait stalls no other chat.
+
+Every message goes through the outbox (``storage/outbox.py``): it is committed first, then sent
+chunk by chunk, each accepted chunk recorded. There is one retry layer, here, and its policy is
+decided by what the error proves about the request:
+
+- **certainly not received** — the connection was never made (connect error, connect or pool
+  timeout), the request was not fully written, or Telegram answered with a 429 (flood control:
+  wait ``retry_after`` in this chat only) or a 5xx answer: retried, boundedly, with backoff;
+- **refused** — a 400/403 answer: a formatting rejection is resent once as plain text, anything
+  else fails the item (the person cannot be reached; retrying would not change that);
+- **ambiguous** — the request was sent but no answer came (read timeout, connection dropped after
+  sending), or the bot died with the chunk in flight: Telegram may have shown it. It is **not
+  resent**; it is recorded as unconfirmed (message id 0) and delivery goes on with the next chunk.
+  Duplicate replies are the failure people hate most in chat bots, and a duplicate cannot be taken
+  back, while the rare missing chunk is visible in the outbox and the log. To keep this case
+  rare, sends get a long read timeout: an answer that is merely late is still an answer.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
 import random
-from dataclasses import dataclass
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import httpx
 from telegram import (
     Bot,
     InlineKeyboardButton,
@@ -22,20 +40,45 @@ from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, Time
 
 from agents.notify import Button, Delivered, DeliveryError
 from bot.render import Chunk, render
-from storage.db import Database, now_iso
+from storage.db import Database
+from storage.outbox import OutboxButton, OutboxItem, OutboxRepository
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
+"""Sends of one chunk that certainly did not reach Telegram, before the item waits for the sweep."""
 BACKOFF_BASE_S = 0.5
 MAX_RETRY_AFTER_S = 120.0
+MAX_FLOOD_WAITS = 8
+SEND_READ_TIMEOUT_S = 30.0
+"""Telegram answers in milliseconds; a slower answer is still an answer, not a reason to resend."""
+GLOBAL_RATE = 30.0
+"""Messages per second across all chats (Telegram's overall limit for a bot)."""
+GROUP_RATE = (20, 60.0)
+"""Messages per window in one group (Telegram: 20 a minute)."""
+
+# httpx errors raised before a request was fully written: Telegram cannot have processed it.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteError,
+             httpx.WriteTimeout, httpx.UnsupportedProtocol, httpx.LocalProtocolError)
+
+
+class NotSent(DeliveryError):
+    """Telegram certainly did not receive the chunk, and retrying now did not help."""
+
+
+class Refused(DeliveryError):
+    """Telegram answered that it will not deliver this (chat not found, bot blocked, ...)."""
+
+
+class Unconfirmed(DeliveryError):
+    """The chunk was sent and no answer came back: it may or may not have arrived."""
 
 
 def _entities(chunk: Chunk) -> list[MessageEntity]:
     return [MessageEntity.de_json(e.to_api(), None) for e in chunk.entities]
 
 
-def _markup(buttons: list[list[Button]] | None) -> InlineKeyboardMarkup | None:
+def _markup(buttons: list[list[OutboxButton]] | list[list[Button]] | None) -> InlineKeyboardMarkup | None:
     if not buttons:
         return None
     return InlineKeyboardMarkup(
@@ -43,75 +86,238 @@ def _markup(buttons: list[list[Button]] | None) -> InlineKeyboardMarkup | None:
     )
 
 
-class TelegramNotifier:
-    """The Notifier the runtime declares, over python-telegram-bot."""
+def _retry_after_seconds(exc: RetryAfter) -> float:
+    value = exc._retry_after if hasattr(exc, "_retry_after") else exc.retry_after
+    return float(value.total_seconds() if hasattr(value, "total_seconds") else value)
 
-    def __init__(self, bot: Bot, *, backoff_base_s: float = BACKOFF_BASE_S) -> None:
+
+def never_reached_telegram(exc: BaseException) -> bool:
+    """True when the error proves the request was not received: no connection, a partial
+    write, or an HTTP answer (a 5xx is Telegram saying it did not do it)."""
+    cause = exc.__cause__
+    if isinstance(cause, _NOT_SENT):
+        return True
+    if isinstance(exc, TimedOut):
+        return False  # read timeout: sent, no answer
+    return cause is None  # NetworkError built from an HTTP error answer, e.g. 502 Bad Gateway
+
+
+class _Bucket:
+    """A token bucket: ``rate`` sends per ``per`` seconds, bursts up to ``rate``."""
+
+    def __init__(self, rate: float, per: float) -> None:
+        self.capacity = rate
+        self.fill = rate / per
+        self.tokens = rate
+        self.at = time.monotonic()
+        self.lock = asyncio.Lock()
+
+    async def take(self) -> None:
+        async with self.lock:
+            while True:
+                now = time.monotonic()
+                self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.fill)
+                self.at = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return
+                await asyncio.sleep((1 - self.tokens) / self.fill)
+
+
+class ChunkSender:
+    """One chunk to Telegram under the policy above: a message id, or a typed DeliveryError."""
+
+    def __init__(self, bot: Bot, *, backoff_base_s: float = BACKOFF_BASE_S,
+                 global_rate: float = GLOBAL_RATE) -> None:
         self.bot = bot
         self.backoff_base_s = backoff_base_s
+        self._global = _Bucket(global_rate, 1.0)
+        self._groups: dict[int, _Bucket] = {}
 
-    async def send(
-        self,
-        chat_id: int,
-        markdown: str,
-        *,
-        thread_id: int | None = None,
-        buttons: list[list[Button]] | None = None,
-        reply_to: int | None = None,
-        skip_chunks: int = 0,
-        on_chunk: Any = None,
-    ) -> Delivered:
-        chunks = render(markdown) or [Chunk(text="(empty answer)")]
-        ids: list[int] = []
-        for index, chunk in enumerate(chunks):
-            if index < skip_chunks:
-                continue
-            last = index == len(chunks) - 1
-            message_id = await self._send_chunk(
-                chat_id, chunk, thread_id=thread_id,
-                reply_to=reply_to if index == 0 else None,
-                markup=_markup(buttons) if last else None,
-            )
-            ids.append(message_id)
-            if on_chunk is not None:
-                await on_chunk(index, message_id)
-        return Delivered(message_ids=tuple(ids))
+    async def _pace(self, chat_id: int) -> None:
+        if chat_id < 0:  # groups and supergroups have negative ids
+            bucket = self._groups.get(chat_id)
+            if bucket is None:
+                bucket = self._groups[chat_id] = _Bucket(*GROUP_RATE)
+            await bucket.take()
+        await self._global.take()
 
-    async def _send_chunk(
-        self, chat_id: int, chunk: Chunk, *, thread_id: int | None, reply_to: int | None,
-        markup: InlineKeyboardMarkup | None,
-    ) -> int:
+    async def send(self, chat_id: int, chunk: Chunk, *, thread_id: int | None,
+                   reply_to: int | None, markup: InlineKeyboardMarkup | None) -> int:
         plain = False
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+        failures = flood_waits = 0
+        while True:
+            await self._pace(chat_id)
             try:
                 message = await self.bot.send_message(
-                    chat_id, chunk.text if not plain else chunk.plain,
+                    chat_id, chunk.plain if plain else chunk.text,
                     entities=None if plain else (_entities(chunk) or None),
                     message_thread_id=thread_id,
                     reply_parameters=ReplyParameters(reply_to, allow_sending_without_reply=True)
                     if reply_to else None,
                     reply_markup=markup,
                     link_preview_options=LinkPreviewOptions(is_disabled=True),
+                    read_timeout=SEND_READ_TIMEOUT_S,
                 )
                 return message.message_id
             except RetryAfter as exc:
-                wait = _retry_after_seconds(exc)
-                log.warning("flood control in chat %s: waiting %.1f s", chat_id, wait)
-                await asyncio.sleep(min(wait, MAX_RETRY_AFTER_S))
+                flood_waits += 1
+                if flood_waits > MAX_FLOOD_WAITS:
+                    raise NotSent(f"flood control in chat {chat_id} did not lift") from exc
+                wait = min(_retry_after_seconds(exc), MAX_RETRY_AFTER_S)
+                log.warning("flood control in chat %s: waiting %.1f s (other chats go on)",
+                            chat_id, wait)
+                await asyncio.sleep(wait)
             except BadRequest as exc:
                 text = str(exc).lower()
                 if not plain and ("entit" in text or "parse" in text):
                     log.warning("Telegram rejected formatting (%s); resending as plain text", exc)
                     plain = True
                     continue
-                raise DeliveryError(f"Telegram refused the message: {exc}") from exc
+                raise Refused(f"Telegram refused the message: {exc}") from exc
             except Forbidden as exc:
-                raise DeliveryError(f"the bot cannot write to chat {chat_id}: {exc}") from exc
+                raise Refused(f"the bot cannot write to chat {chat_id}: {exc}") from exc
             except (TimedOut, NetworkError) as exc:
-                if attempt == MAX_ATTEMPTS:
-                    raise DeliveryError(f"Telegram unreachable after {attempt} attempts: {exc}") from exc
-                await asyncio.sleep(self.backoff_base_s * 2 ** (attempt - 1) * (1 + random.random()))
-        raise DeliveryError(f"gave up after {MAX_ATTEMPTS} attempts")
+                if not never_reached_telegram(exc):
+                    raise Unconfirmed(f"sent, but Telegram did not answer: {exc}") from exc
+                failures += 1
+                if failures >= MAX_ATTEMPTS:
+                    raise NotSent(f"Telegram unreachable after {failures} attempts: {exc}") from exc
+                await asyncio.sleep(self.backoff_base_s * 2 ** (failures - 1)
+                                    * (1 + random.random()))
+
+
+AfterDelivery = Callable[[OutboxItem, list[int]], Awaitable[None]]
+
+
+class Outbox:
+    """Delivers outbox rows: one at a time per chat (in order), many chats at once."""
+
+    def __init__(self, db: Database, sender: ChunkSender, *,
+                 after_delivery: AfterDelivery | None = None) -> None:
+        self.db = db
+        self.repo = OutboxRepository(db)
+        self.sender = sender
+        self.after_delivery = after_delivery
+        self._chats: dict[int, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def _chat(self, chat_id: int) -> AsyncIterator[None]:
+        lock, users = self._chats.get(chat_id, (asyncio.Lock(), 0))
+        self._chats[chat_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._chats[chat_id]
+            if users <= 1:
+                del self._chats[chat_id]
+            else:
+                self._chats[chat_id] = (lock, users - 1)
+
+    async def put(self, conn: Any, *, chat_id: int, thread_id: int | None, reply_to: int | None,
+                  markdown: str, inbox_update_id: int | None = None, run_id: str | None = None,
+                  buttons: list[list[Button]] | None = None,
+                  escalation_id: str | None = None) -> int:
+        """Insert inside the caller's write transaction."""
+        return await self.repo.put(
+            conn, chat_id=chat_id, thread_id=thread_id, reply_to=reply_to, markdown=markdown,
+            inbox_update_id=inbox_update_id, run_id=run_id, escalation_id=escalation_id,
+            buttons=[[OutboxButton(label=b.label, key=b.key) for b in row]
+                     for row in buttons] if buttons else None)
+
+    async def enqueue(self, **kwargs: Any) -> int:
+        async with self.db.write() as conn:
+            return await self.put(conn, **kwargs)
+
+    async def pending(self) -> list[OutboxItem]:
+        return await self.repo.pending()
+
+    async def deliver(self, item_id: int) -> Delivered | None:
+        """Send what is left of the item. Returns the message ids (0 for an unconfirmed chunk),
+        None if the item is gone or already finished; raises DeliveryError when it could not be
+        sent (the item is then ``failed``, or still ``pending`` for the sweep when Telegram was
+        unreachable)."""
+        item = await self.repo.get(item_id)
+        if item is None:
+            log.error("outbox item %s vanished before delivery", item_id)
+            return None
+        async with self._chat(item.chat_id):
+            item = await self.repo.get(item_id)  # another delivery may have finished it
+            if item is None or item.status != "pending":
+                return None
+            return await self._deliver(item)
+
+    async def _deliver(self, item: OutboxItem) -> Delivered:
+        ids = list(item.message_ids)
+        if item.inflight_chunk is not None and item.inflight_chunk == len(ids):
+            # handed over when the process died: it may have arrived, so it is not resent
+            ids.append(0)
+            await self.repo.unconfirmed(item.id, ids, "in flight when the bot stopped")
+            log.warning("outbox %s: chunk %d was in flight when the bot stopped; not resending it",
+                        item.id, len(ids) - 1)
+        chunks = render(item.markdown) or [Chunk(text="(empty answer)")]
+        for index in range(len(ids), len(chunks)):
+            last = index == len(chunks) - 1
+            await self.repo.handing_over(item.id, index)
+            try:
+                message_id = await self.sender.send(
+                    item.chat_id, chunks[index], thread_id=item.thread_id,
+                    reply_to=item.reply_to if index == 0 else None,
+                    markup=_markup(item.buttons) if last else None)
+            except Unconfirmed as exc:
+                ids.append(0)
+                await self.repo.unconfirmed(item.id, ids, str(exc))
+                log.warning("outbox %s: chunk %d unconfirmed (%s); not resending it", item.id,
+                            index, exc)
+                continue
+            except NotSent:
+                await self.repo.not_handed_over(item.id)
+                raise
+            except Refused as exc:
+                await self.repo.failed(item.id, str(exc))
+                raise
+            except BaseException:
+                # cancelled or a bug mid-send: the chunk stays marked in flight, and recovery
+                # treats it as possibly delivered
+                raise
+            ids.append(message_id)
+            await self.repo.accepted(item.id, ids)
+        await self.repo.sent(item.id)
+        if self.after_delivery is not None:
+            try:
+                await self.after_delivery(item, ids)
+            except Exception:
+                log.exception("after delivery of outbox item %s", item.id)
+        return Delivered(message_ids=tuple(ids))
+
+    async def sweep(self) -> int:
+        """Deliver every pending item (start-up recovery, and periodically for items Telegram was
+        unreachable for). Returns how many were finished."""
+        done = 0
+        for item in await self.repo.pending():
+            try:
+                if await self.deliver(item.id) is not None:
+                    done += 1
+            except DeliveryError as exc:
+                log.warning("outbox %s still not delivered: %s", item.id, exc)
+        return done
+
+
+class OutboxNotifier:
+    """The Notifier the runtime declares: every send is an outbox row, committed, then delivered."""
+
+    def __init__(self, bot: Bot, outbox: Outbox) -> None:
+        self.bot = bot
+        self.outbox = outbox
+
+    async def send(self, chat_id: int, markdown: str, *, thread_id: int | None = None,
+                   buttons: list[list[Button]] | None = None,
+                   reply_to: int | None = None) -> Delivered:
+        item = await self.outbox.enqueue(chat_id=chat_id, thread_id=thread_id, reply_to=reply_to,
+                                         markdown=markdown, buttons=buttons)
+        delivered = await self.outbox.deliver(item)
+        return delivered or Delivered(message_ids=())
 
     async def edit(self, chat_id: int, message_id: int, markdown: str) -> None:
         chunk = (render(markdown) or [Chunk(text="…")])[0]
@@ -135,99 +341,3 @@ class TelegramNotifier:
         message = await self.bot.send_document(chat_id, document=data, filename=filename,
                                                caption=caption, message_thread_id=thread_id)
         return Delivered(message_ids=(message.message_id,))
-
-
-def _retry_after_seconds(exc: RetryAfter) -> float:
-    value = exc._retry_after if hasattr(exc, "_retry_after") else exc.retry_after
-    return float(value.total_seconds() if hasattr(value, "total_seconds") else value)
-
-
-@dataclass(frozen=True, kw_only=True)
-class OutboxItem:
-    id: int
-    chat_id: int
-    thread_id: int | None
-    reply_to: int | None
-    markdown: str
-    buttons: list[list[Button]] | None
-    sent_chunks: int
-    inbox_update_id: int | None
-    run_id: str | None
-
-
-class Outbox:
-    """Replies are stored before they are sent and marked sent when Telegram accepted them all;
-    after a crash, what is pending is sent once, from the first chunk not yet accepted."""
-
-    def __init__(self, db: Database, notifier: TelegramNotifier) -> None:
-        self.db = db
-        self.notifier = notifier
-
-    async def put(self, conn: Any, *, chat_id: int, thread_id: int | None, reply_to: int | None,
-                  markdown: str, inbox_update_id: int | None = None, run_id: str | None = None,
-                  buttons: list[list[Button]] | None = None) -> int:
-        """Insert inside the caller's write transaction (so an answer and its inbox row change
-        together)."""
-        payload = {"markdown": markdown, "buttons": [[{"label": b.label, "key": b.key}
-                                                      for b in row] for row in buttons or []]}
-        cursor = await conn.execute(
-            "INSERT INTO outbox (chat_id, thread_id, reply_to_message_id, payload, inbox_update_id,"
-            " run_id, telegram_message_ids, created_at) VALUES (?, ?, ?, ?, ?, ?, '[]', ?)",
-            (chat_id, thread_id, reply_to, json.dumps(payload, ensure_ascii=False),
-             inbox_update_id, run_id, now_iso()),
-        )
-        return int(cursor.lastrowid or 0)
-
-    async def enqueue(self, **kwargs: Any) -> int:
-        async with self.db.write() as conn:
-            return await self.put(conn, **kwargs)
-
-    async def pending(self) -> list[OutboxItem]:
-        rows = await self.db.fetchall("SELECT * FROM outbox WHERE status = 'pending' ORDER BY id")
-        return [_item(r) for r in rows]
-
-    async def get(self, item_id: int) -> OutboxItem | None:
-        row = await self.db.fetchone("SELECT * FROM outbox WHERE id = ?", (item_id,))
-        return _item(row) if row else None
-
-    async def deliver(self, item_id: int) -> Delivered | None:
-        item = await self.get(item_id)
-        if item is None:
-            log.error("outbox item %s vanished before delivery", item_id)
-            return None
-        ids = list(json.loads((await self.db.fetchval(
-            "SELECT telegram_message_ids FROM outbox WHERE id = ?", (item_id,))) or "[]"))
-
-        async def on_chunk(index: int, message_id: int) -> None:
-            ids.append(message_id)
-            await self.db.execute_write(
-                "UPDATE outbox SET telegram_message_ids = ?, attempts = attempts + 1 WHERE id = ?",
-                (json.dumps(ids), item_id),
-            )
-
-        try:
-            delivered = await self.notifier.send(
-                item.chat_id, item.markdown, thread_id=item.thread_id, buttons=item.buttons,
-                reply_to=item.reply_to, skip_chunks=item.sent_chunks, on_chunk=on_chunk,
-            )
-        except DeliveryError as exc:
-            await self.db.execute_write(
-                "UPDATE outbox SET status = 'failed', last_error = ? WHERE id = ?",
-                (str(exc), item_id),
-            )
-            raise
-        await self.db.execute_write(
-            "UPDATE outbox SET status = 'sent', sent_at = ? WHERE id = ?", (now_iso(), item_id)
-        )
-        return Delivered(message_ids=tuple(ids)) if ids else delivered
-
-
-def _item(row: Any) -> OutboxItem:
-    payload = json.loads(row["payload"])
-    buttons = [[Button(label=b["label"], key=b["key"]) for b in r] for r in payload.get("buttons") or []]
-    return OutboxItem(
-        id=row["id"], chat_id=row["chat_id"], thread_id=row["thread_id"],
-        reply_to=row["reply_to_message_id"], markdown=payload["markdown"], buttons=buttons or None,
-        sent_chunks=len(json.loads(row["telegram_message_ids"] or "[]")),
-        inbox_update_id=row["inbox_update_id"], run_id=row["run_id"],
-    )

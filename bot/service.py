@@ -1,31 +1,36 @@
-"""The conversation flow of one message, from allowlist to delivered answer.
+"""The conversation flow of one message, from a stored update to a delivered answer.
 
-allowlist → inbox (dedupe by update_id) → per-conversation lock → router (unless pinned) →
-session turn (a bounded run) → outbox (in the same transaction that closes the inbox row) →
-delivery. After a crash, ``recover()`` answers what was received but not answered, and sends what
-was answered but not sent — each once.
+inbox (committed by the poller before Telegram is told) → per-conversation lock → router (unless
+pinned, inside the run's deadline) → session turn (a bounded run) → the run's outcome, its history,
+its reply and the finished inbox row in ONE transaction → delivery → compaction. After a crash,
+``recover()`` answers what was received but not answered, and sends what was answered but not
+sent — each once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator, Coroutine
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import timedelta
 from typing import Any
 
 from telegram import Bot
 
 from agents.errors import DailyCapExceeded, KeelError
+from agents.notify import DeliveryError
 from agents.run import RunResult, describe, new_id
-from agents.runtime import Runtime
+from agents.runtime import OnCommit, Runtime
 from agents.sessions import Sessions
-from bot.delivery import Outbox, TelegramNotifier
+from bot.access import Access, Role
+from bot.delivery import ChunkSender, Outbox, OutboxNotifier
 from bot.events import IncomingMessage
 from bot.progress import Progress
-from storage.db import now_iso
 from storage.inbox import Inbox
+from storage.outbox import OutboxItem
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +78,8 @@ class KeelBot:
         self.bot = bot
         self.settings = runtime.settings
         self.sessions = Sessions(runtime)
-        self.notifier = TelegramNotifier(bot)
-        self.outbox = Outbox(runtime.db, self.notifier)
+        self.outbox = Outbox(runtime.db, ChunkSender(bot), after_delivery=self._after_delivery)
+        self.notifier = OutboxNotifier(bot, self.outbox)
         self.inbox = Inbox(runtime.db)
         self.locks = ConversationLocks()
         self.active: dict[tuple[int, int], str] = {}  # conversation → running run id
@@ -84,16 +89,29 @@ class KeelBot:
 
     # ------------------------------------------------------------------ gates
 
-    def allowed(self, user_id: int) -> bool:
-        return user_id in self.settings.allowed_user_ids
+    @functools.cached_property
+    def access(self) -> Access:
+        return Access(self.runtime.db, self.settings)
 
-    async def tell_unknown_user(self, chat_id: int, user_id: int, thread_id: int | None) -> None:
-        """An unknown user costs nothing: one short reply, no model call, no stored history."""
+    async def allowed(self, user_id: int, need: Role = "user") -> bool:
+        """The one gate: messages, commands and button presses all ask it."""
+        return await self.access.may(user_id, need)
+
+    async def tell_unknown_user(self, chat_id: int, user_id: int, thread_id: int | None, *,
+                                private: bool) -> None:
+        """A stranger costs nothing: no model call, no stored history, and at most one reply a
+        day, in a private chat only (in a group keel stays silent). The reply names no setting."""
+        if not private:
+            log.debug("ignoring user %s in group %s: not allowed", user_id, chat_id)
+            return
+        if not await self.access.first_reply_today(user_id):
+            log.debug("not allowed user %s was already told today", user_id)
+            return
         await self.notifier.send(
             chat_id,
-            f"Sorry, this bot only answers people on its allowlist.\n\nYour Telegram user id is "
-            f"`{user_id}`. To get access, send it to the bot's owner and ask them to add it to "
-            f"`KEEL_ALLOWED_USER_IDS`.",
+            f"Sorry, this bot is private: it only answers people its owner has let in.\n\n"
+            f"Your Telegram user id is `{user_id}`. If you know the owner, send them this id and "
+            f"ask them to add you.",
             thread_id=thread_id,
         )
 
@@ -103,18 +121,15 @@ class KeelBot:
 
     # ------------------------------------------------------------------ one message
 
-    async def handle(self, message: IncomingMessage, payload: dict[str, object]) -> None:
+    async def handle(self, message: IncomingMessage) -> None:
+        """A message update the poller already committed to the inbox."""
         if message.edited:
-            await self.notifier.send(
-                message.chat_id, "I answer new messages only; edits are not re-read. Send the "
-                "corrected text as a new message if you want a new answer.",
-                thread_id=message.thread_id, reply_to=message.message_id)
+            await self.say(message, "I answer new messages only; edits are not re-read. Send the "
+                           "corrected text as a new message if you want a new answer.")
             return
         if message.media is not None and not message.text:
             what = UNSUPPORTED_MEDIA.get(message.media, "this kind of message")
-            await self.notifier.send(
-                message.chat_id, f"I can't read {what} yet — please send your request as text.",
-                thread_id=message.thread_id, reply_to=message.message_id)
+            await self.say(message, f"I can't read {what} yet — please send your request as text.")
             return
         if not message.text:
             return
@@ -122,16 +137,24 @@ class KeelBot:
                 await self.escalations.on_reply(message.chat_id, message.reply_to_message_id,
                                                 message.text, message.user_id, message.user_name):
             return
-        fresh = await self.inbox.receive(
-            update_id=message.update_id, chat_id=message.chat_id, thread_id=message.thread_id,
-            user_id=message.user_id, payload=payload,
-        )
-        if not fresh:
-            log.info("update %s already received; not answering twice", message.update_id)
-            return
         await self.process(message)
 
+    async def say(self, message: IncomingMessage, markdown: str, *,
+                  run_id: str | None = None) -> None:
+        """Answer a stored message without a run: the reply and the finished inbox row commit
+        together, then the reply is delivered."""
+        async with self.runtime.db.write() as conn:
+            item = await self.outbox.put(
+                conn, chat_id=message.chat_id, thread_id=message.thread_id,
+                reply_to=None if message.is_private else message.message_id, markdown=markdown,
+                inbox_update_id=message.update_id, run_id=run_id)
+            await Inbox.close(conn, message.update_id, "done", run_id=run_id)
+        await self._deliver([item])
+
     async def process(self, message: IncomingMessage) -> None:
+        if not await self.inbox.take(message.update_id):
+            log.info("update %s is already answered; not answering twice", message.update_id)
+            return
         key = message.conversation
         async with self.locks.hold(key):
             try:
@@ -140,7 +163,8 @@ class KeelBot:
                 self.active.pop(key, None)
 
     async def _answer(self, message: IncomingMessage) -> None:
-        await self.inbox.mark(message.update_id, "processing")
+        # The run's deadline starts now, when the request is taken, and covers routing.
+        started = time.monotonic()
         text = message.text
         if message.media is not None:
             text += f"\n\n[The person also attached {UNSUPPORTED_MEDIA.get(message.media)}, which " \
@@ -150,17 +174,19 @@ class KeelBot:
         try:
             await self.runtime.check_daily_caps(message.user_id)
         except DailyCapExceeded as exc:
-            await self._reply(message, f"⚠️ {exc}", run_id=None)
+            await self.say(message, f"⚠️ {exc}")
             return
         route = None
+        run_id = new_id()
+        self.active[message.conversation] = run_id
         if conversation.pinned_agent and conversation.pinned_agent in self.runtime.agents:
             agent = conversation.pinned_agent
         else:
-            route = await self.runtime.route(text, current=conversation.current_agent)
+            route = await self.runtime.route(text, current=conversation.current_agent,
+                                             deadline=started + self.settings.run_timeout_s)
             agent = route.agent
             await self.runtime.conversations.set_current_agent(conversation.id, agent)
-        run_id = new_id()
-        self.active[message.conversation] = run_id
+        items: list[int] = []
         try:
             # Typing and drafts share Telegram's rate limit with answers: under load, answers
             # go first and the cosmetic traffic is shed.
@@ -172,55 +198,79 @@ class KeelBot:
                     chat_id=message.chat_id, thread_id=message.thread_id, agent=agent,
                     content=[{"type": "text", "text": text}], user_id=message.user_id,
                     on_progress=progress, run_id=run_id, route=route,
+                    request_key=f"tg:{message.update_id}", started=started,
+                    on_commit=self.outcome_commit(
+                        chat_id=message.chat_id, thread_id=message.thread_id,
+                        reply_to=None if message.is_private else message.message_id,
+                        update_id=message.update_id, items=items),
                 )
         except KeelError as exc:
-            await self._reply(message, f"⚠️ {exc}", run_id=run_id)
+            await self.say(message, f"⚠️ {exc}", run_id=run_id)
             return
-        if turn.result.status == "waiting_human":
-            await self.inbox.mark(message.update_id, "done", run_id=run_id)
-            await self.escalations.ask(turn.result, chat_id=message.chat_id,
-                                       thread_id=message.thread_id)
-            return
-        await self._reply(message, answer_text(turn.result), run_id=turn.result.run_id)
-        if turn.result.status == "budget_exceeded" and turn.result.state is not None:
-            await self.escalations.ask_budget(turn.result, chat_id=message.chat_id,
-                                              thread_id=message.thread_id)
+        await self._deliver(items)
+        # Compaction is its own step after the reply is committed and sent: a crash before it
+        # loses nothing and repeats nothing (the next turn compacts instead).
+        await self.sessions.maybe_compact(turn.session_id, user_id=message.user_id)
 
-    async def _reply(self, message: IncomingMessage, markdown: str, *, run_id: str | None) -> None:
-        async with self.runtime.db.write() as conn:
-            item = await self.outbox.put(
-                conn, chat_id=message.chat_id, thread_id=message.thread_id,
-                reply_to=None if message.is_private else message.message_id,
-                markdown=markdown, inbox_update_id=message.update_id, run_id=run_id)
-            await conn.execute(
-                "UPDATE inbox SET status = 'done', run_id = ?, done_at = ? WHERE update_id = ?",
-                (run_id, now_iso(), message.update_id))
-        await self.outbox.deliver(item)
+    def outcome_commit(self, *, chat_id: int, thread_id: int | None, reply_to: int | None,
+                       update_id: int | None, items: list[int]) -> OnCommit:
+        """What a finished run commits with its outcome, in the same transaction: its reply (or
+        its question), and the inbox row of the message it answered. Outbox ids go to ``items``."""
+
+        async def commit(conn: Any, result: RunResult) -> None:
+            if result.status == "waiting_human":
+                items.append(await self.escalations.ask_in(conn, result, chat_id=chat_id,
+                                                           thread_id=thread_id))
+            else:
+                items.append(await self.outbox.put(
+                    conn, chat_id=chat_id, thread_id=thread_id, reply_to=reply_to,
+                    markdown=answer_text(result), inbox_update_id=update_id,
+                    run_id=result.run_id))
+                if result.status == "budget_exceeded" and result.state is not None:
+                    items.append(await self.escalations.ask_budget_in(
+                        conn, result, chat_id=chat_id, thread_id=thread_id))
+            if update_id is not None:
+                await Inbox.close(conn, update_id, "done", run_id=result.run_id)
+
+        return commit
+
+    async def _deliver(self, items: list[int]) -> None:
+        for item in items:
+            try:
+                await self.outbox.deliver(item)
+            except DeliveryError as exc:
+                log.error("outbox item %s not delivered: %s", item, exc)
+
+    async def _after_delivery(self, item: OutboxItem, message_ids: list[int]) -> None:
+        sent = [m for m in message_ids if m]
+        if item.escalation_id is not None and sent:
+            await self.escalations.repo.set_message(item.escalation_id, sent[-1])
 
     # ------------------------------------------------------------------ recovery
 
     async def recover(self) -> tuple[int, int]:
-        """Send pending replies, then answer received-but-unanswered updates. Returns counts."""
-        interrupted = await self.runtime.runs.fail_interrupted("interrupted: the bot stopped "
-                                                               "while this run was working")
+        """Close what the last process left: interrupted runs get their run_end, pending replies
+        are sent (a chunk in flight is not resent), stored updates not yet answered are answered.
+        Returns (replies sent, messages re-answered)."""
+        interrupted = await self.runtime.close_interrupted()
         if interrupted:
-            log.warning("%d run(s) were interrupted by the last stop", interrupted)
-        sent = 0
-        for item in await self.outbox.pending():
-            try:
-                await self.outbox.deliver(item.id)
-                sent += 1
-            except Exception as exc:
-                log.error("could not deliver pending reply %s: %s", item.id, exc)
+            log.warning("%d run(s) were interrupted by the last stop; their requests are retried",
+                        interrupted)
+        sent = await self.outbox.sweep()
         answered = 0
         for entry in await self.inbox.unfinished():
-            message = _message_from_payload(entry.payload, self)
-            if message is None:
+            update = _update_from_payload(entry.payload, self)
+            if update is None:
                 await self.inbox.mark(entry.update_id, "ignored")
                 continue
-            spawn(self.process(message), f"recover update {entry.update_id}")
+            if self.dispatch is not None:
+                self.dispatch(update)
             answered += 1
+        await self.escalations.recover()
         return sent, answered
+
+    dispatch: Callable[[Any], Any] | None = None
+    """Set by the app: hands an update to the handlers (the same path as a fresh one)."""
 
     def cancel(self, key: tuple[int, int]) -> bool:
         run_id = self.active.get(key)
@@ -259,12 +309,7 @@ def answer_text(result: RunResult) -> str:
     return "\n".join(lines)
 
 
-def _message_from_payload(payload: dict[str, object], keel: KeelBot) -> IncomingMessage | None:
+def _update_from_payload(payload: dict[str, object], keel: KeelBot) -> Any:
     from telegram import Update
 
-    from bot.events import from_update
-
-    update = Update.de_json(payload, keel.bot)
-    if update is None:
-        return None
-    return from_update(update, bot_id=keel.bot.id, bot_username=keel.bot.username)
+    return Update.de_json(payload, keel.bot)

@@ -107,14 +107,17 @@ class ConversationRepository:
         )
 
     async def add_session_usage(
-        self, session_id: int, *, input_tokens: int, cache_read: int, cache_write: int, output: int
+        self, session_id: int, *, input_tokens: int, cache_read: int, cache_write: int, output: int,
+        conn: Any = None,
     ) -> None:
-        await self.db.execute_write(
-            "UPDATE sessions SET input_tokens = input_tokens + ?,"
-            " cache_read_tokens = cache_read_tokens + ?, cache_write_tokens = cache_write_tokens + ?,"
-            " output_tokens = output_tokens + ? WHERE id = ?",
-            (input_tokens, cache_read, cache_write, output, session_id),
-        )
+        sql = ("UPDATE sessions SET input_tokens = input_tokens + ?,"
+               " cache_read_tokens = cache_read_tokens + ?, cache_write_tokens = cache_write_tokens"
+               " + ?, output_tokens = output_tokens + ? WHERE id = ?")
+        params = (input_tokens, cache_read, cache_write, output, session_id)
+        if conn is not None:
+            await conn.execute(sql, params)
+        else:
+            await self.db.execute_write(sql, params)
 
     async def session_stats(self, session_id: int) -> SessionStats:
         row = await self.db.fetchone(
@@ -145,21 +148,32 @@ class ConversationRepository:
         run_id: str | None = None,
     ) -> None:
         """Append (role, content, tokens) messages to the session in one transaction."""
-        now = now_iso()
         async with self.db.write() as conn:
-            cursor = await conn.execute(
-                "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE session_id = ?", (session_id,)
+            await self.append_in(conn, session_id, messages, run_id=run_id)
+
+    @staticmethod
+    async def append_in(
+        conn: Any,
+        session_id: int,
+        messages: list[tuple[str, list[dict[str, Any]], int]],
+        *,
+        run_id: str | None = None,
+    ) -> None:
+        """``append`` inside the caller's transaction (a turn's history commits with its reply)."""
+        now = now_iso()
+        cursor = await conn.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE session_id = ?", (session_id,)
+        )
+        row = await cursor.fetchone()
+        seq = int(row[0]) if row else 0
+        for role, content, tokens in messages:
+            seq += 1
+            await conn.execute(
+                "INSERT INTO messages (session_id, seq, role, content, tokens, run_id,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (session_id, seq, role, json.dumps(content, ensure_ascii=False), tokens,
+                 run_id, now),
             )
-            row = await cursor.fetchone()
-            seq = int(row[0]) if row else 0
-            for role, content, tokens in messages:
-                seq += 1
-                await conn.execute(
-                    "INSERT INTO messages (session_id, seq, role, content, tokens, run_id,"
-                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (session_id, seq, role, json.dumps(content, ensure_ascii=False), tokens,
-                     run_id, now),
-                )
 
     async def compact(
         self, session_id: int, archive_ids: list[int], summary: list[dict[str, Any]] | None,

@@ -1,11 +1,16 @@
-"""The inbox: every Telegram update worth answering, stored (deduplicated by update_id) before it
-is processed, so a crash between receiving and answering is recovered on restart."""
+"""The inbox: every Telegram update, committed (deduplicated by update_id) before Telegram is told it
+arrived, so a crash between receiving and answering is recovered on restart.
+
+An update is ``received`` when stored, ``processing`` once a run took it, and ``done`` (or
+``ignored``/``failed``) in the same transaction as its reply's outbox row."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import aiosqlite
 
 from storage.db import Database, now_iso
 
@@ -36,6 +41,43 @@ class Inbox:
              now_iso()),
         )
         return inserted == 1
+
+    async def store(self, updates: list[InboxItem]) -> set[int]:
+        """Commit a batch of updates in one transaction; returns the ids new to the inbox (a
+        redelivery of an update already stored is not new)."""
+        fresh: set[int] = set()
+        now = now_iso()
+        async with self.db.write() as conn:
+            for u in updates:
+                cursor = await conn.execute(
+                    "INSERT OR IGNORE INTO inbox (update_id, chat_id, thread_id, user_id, payload,"
+                    " received_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (u.update_id, u.chat_id, u.thread_id, u.user_id,
+                     json.dumps(u.payload, ensure_ascii=False), now),
+                )
+                if cursor.rowcount == 1:
+                    fresh.add(u.update_id)
+        return fresh
+
+    async def take(self, update_id: int) -> bool:
+        """received → processing. False when the update is finished (or unknown)."""
+        return await self.db.execute_write(
+            "UPDATE inbox SET status = 'processing' WHERE update_id = ?"
+            " AND status IN ('received', 'processing')", (update_id,)) == 1
+
+    async def settle(self, update_id: int) -> None:
+        """An update no run took (a command, a button, a message not for keel) is done."""
+        await self.db.execute_write(
+            "UPDATE inbox SET status = 'done', done_at = ? WHERE update_id = ?"
+            " AND status = 'received'", (now_iso(), update_id))
+
+    @staticmethod
+    async def close(conn: aiosqlite.Connection, update_id: int, status: InboxStatus, *,
+                    run_id: str | None = None) -> None:
+        """Finish an update inside the caller's transaction (with its reply)."""
+        await conn.execute(
+            "UPDATE inbox SET status = ?, run_id = COALESCE(?, run_id), done_at = ?"
+            " WHERE update_id = ?", (status, run_id, now_iso(), update_id))
 
     async def status(self, update_id: int) -> InboxStatus | None:
         value = await self.db.fetchval("SELECT status FROM inbox WHERE update_id = ?", (update_id,))

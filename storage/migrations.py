@@ -192,6 +192,30 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
     ),
     Migration(
+        "0002_durable",
+        """
+        -- The stored request a run serves ('tg:<update_id>', 'fire:<job>:<local time>',
+        -- 'cli:<id>'): a retry after a crash is a new run of the same request, and side-effect
+        -- idempotency keys derive from it, so a recovered run never repeats an effect.
+        ALTER TABLE runs ADD COLUMN request_key TEXT;
+        CREATE INDEX runs_by_request ON runs (request_key);
+
+        -- The chunk handed to Telegram whose answer has not come back. Found set after a crash
+        -- (or after a read timeout) the chunk may or may not have arrived: it is not resent.
+        ALTER TABLE outbox ADD COLUMN inflight_chunk INTEGER;
+        ALTER TABLE outbox ADD COLUMN unconfirmed_chunks INTEGER NOT NULL DEFAULT 0;
+        -- A question's outbox row names its escalation, so its message id is stored whoever
+        -- delivers it (the run's own sender, or recovery after a crash).
+        ALTER TABLE outbox ADD COLUMN escalation_id TEXT;
+
+        -- A schedule fire is the stored request of a scheduled run: claimed → done (outcome and
+        -- post committed) or failed. Rows from before this migration are finished.
+        ALTER TABLE schedule_fires ADD COLUMN status TEXT NOT NULL DEFAULT 'done';
+        ALTER TABLE schedule_fires ADD COLUMN scheduled_at TEXT;
+        CREATE INDEX schedule_fires_open ON schedule_fires (status);
+        """,
+    ),
+    Migration(
         "0003_ledger",
         """
         -- Money held for model calls in flight: checked and written with the day's spend in one
@@ -216,6 +240,28 @@ MIGRATIONS: tuple[Migration, ...] = (
             cost_usd    REAL NOT NULL DEFAULT 0,
             model_calls INTEGER NOT NULL DEFAULT 0,
             PRIMARY KEY (day, schedule)
+        );
+        """,
+    ),
+    Migration(
+        "0004_people",
+        """
+        -- People keel serves and their role. The owner (KEEL_OWNER_ID) is not stored: it comes
+        -- from the environment. KEEL_ALLOWED_USER_IDS seeds 'user' rows once; 'removed' keeps a
+        -- /deny across restarts even while the environment still lists the id.
+        CREATE TABLE people (
+            user_id    INTEGER PRIMARY KEY,
+            role       TEXT NOT NULL CHECK (role IN ('admin', 'user', 'removed')),
+            source     TEXT NOT NULL CHECK (source IN ('environment', 'telegram')),
+            changed_by INTEGER,   -- who set the role from Telegram (NULL: the environment)
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+
+        -- The UTC day a stranger was last told how to get access: at most one reply a day.
+        CREATE TABLE stranger_replies (
+            user_id INTEGER PRIMARY KEY,
+            day     TEXT NOT NULL
         );
         """,
     ),

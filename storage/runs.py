@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import aiosqlite
+
 from storage.db import Database, now_iso
 
 
@@ -33,6 +35,7 @@ class RunRecord:
     state: dict[str, Any] | None
     started_at: str
     ended_at: str | None
+    request_key: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,12 +65,14 @@ class RunRepository:
         chat_id: int | None = None,
         thread_id: int | None = None,
         session_id: int | None = None,
+        request_key: str | None = None,
     ) -> None:
         await self.db.execute_write(
             "INSERT INTO runs (id, trace_id, agent, kind, user_id, chat_id, thread_id, session_id,"
-            " status, budget_usd, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)",
+            " status, budget_usd, started_at, request_key)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
             (run_id, trace_id, agent, kind, user_id, chat_id, thread_id, session_id, budget_usd,
-             now_iso()),
+             now_iso(), request_key),
         )
 
     async def finish(
@@ -79,9 +84,16 @@ class RunRepository:
         output: str | None,
         totals: RunTotals,
         state: dict[str, Any] | None = None,
+        conn: aiosqlite.Connection | None = None,
     ) -> None:
+        """Record the run's one final status (inside ``conn``'s transaction when given)."""
+        if conn is None:
+            async with self.db.write() as own:
+                await self.finish(run_id, status=status, detail=detail, output=output,
+                                  totals=totals, state=state, conn=own)
+            return
         ended = None if status == "waiting_human" else now_iso()
-        await self.db.execute_write(
+        await conn.execute(
             "UPDATE runs SET status = ?, status_detail = ?, output = ?, cost_usd = ?, steps = ?,"
             " model_calls = ?, input_tokens = ?, output_tokens = ?, cache_read_tokens = ?,"
             " cache_write_tokens = ?, state = ?, ended_at = ? WHERE id = ?",
@@ -104,6 +116,17 @@ class RunRepository:
             " AND state IS NOT NULL",
             (run_id, status),
         ) == 1
+
+    async def reparked(self, run_id: str, status: str) -> None:
+        """A parked run interrupted while it went on is parked again (its state is whole), so an
+        answered question can resume it after a restart."""
+        await self.db.execute_write(
+            "UPDATE runs SET status = ?, ended_at = NULL WHERE id = ? AND state IS NOT NULL"
+            " AND status = 'failed' AND status_detail LIKE 'interrupted%'", (status, run_id))
+
+    async def running(self) -> list[RunRecord]:
+        """Runs marked running: at start-up, those a dead process left behind."""
+        return await self.with_status("running")
 
     async def fail_interrupted(self, detail: str) -> int:
         """Runs left 'running' by a process that died; returns how many were closed."""
@@ -132,6 +155,18 @@ class RunRepository:
     async def with_status(self, status: str) -> list[RunRecord]:
         rows = await self.db.fetchall(
             "SELECT * FROM runs WHERE status = ? ORDER BY started_at", (status,)
+        )
+        return [_record(r) for r in rows]
+
+    async def visible(self, *, user_id: int | None, chat_id: int | None, prefix: str = "",
+                      limit: int = 10) -> list[RunRecord]:
+        """The newest runs of one person and/or one chat (None: any), whose run or trace id
+        starts with ``prefix``; the prefix is compared as text, never as a pattern."""
+        rows = await self.db.fetchall(
+            "SELECT * FROM runs WHERE (? IS NULL OR user_id = ?) AND (? IS NULL OR chat_id = ?)"
+            " AND (substr(trace_id, 1, ?) = ? OR substr(id, 1, ?) = ?)"
+            " ORDER BY started_at DESC LIMIT ?",
+            (user_id, user_id, chat_id, chat_id, len(prefix), prefix, len(prefix), prefix, limit),
         )
         return [_record(r) for r in rows]
 

@@ -52,6 +52,13 @@ class ToolContext:
     thread_id: int | None = None
     timezone: str = "UTC"
     extras: dict[str, Any] = field(default_factory=dict)
+    idempotency_key: str | None = None
+    """What a side effect is done once for: the stored request the run serves (so a run retried
+    after a crash finds the effects already done); the run id when there is none."""
+
+    @property
+    def effect_scope(self) -> str:
+        return self.idempotency_key or self.run_id
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -77,17 +77,19 @@ async def internal_error(tool: Tool, call: ToolCall, ctx: ToolContext, exc: Base
 
 async def _once_per_run(tool: Tool, args: BaseModel, call: ToolCall, ctx: ToolContext,
                         locks: KeyedLocks) -> ToolOutcome:
-    """A side effect happens once per (run, tool version, canonical arguments)."""
+    """A side effect happens once per (request, tool version, canonical arguments): a run
+    retried after a crash serves the same request and gets the stored result back."""
     canonical = args.model_dump(mode="json")
-    key = json.dumps([ctx.run_id, tool.versioned_name, canonical], sort_keys=True, default=str)
+    scope = ctx.effect_scope
+    key = json.dumps([scope, tool.versioned_name, canonical], sort_keys=True, default=str)
     async with locks.get(key):  # the same call twice in one turn runs one after the other
-        stored = await ctx.idempotency.get(ctx.run_id, tool.versioned_name, canonical)
+        stored = await ctx.idempotency.get(scope, tool.versioned_name, canonical)
         if stored is not None:
             return ToolOutcome(content=stored, attempts=0, replayed=True)
         outcome = await _bounded(tool, args, call, ctx)
         if not outcome.is_error:
             try:
-                await ctx.idempotency.put(ctx.run_id, tool.versioned_name, canonical,
+                await ctx.idempotency.put(scope, tool.versioned_name, canonical,
                                           outcome.content)
             except Exception as exc:  # the effect happened; the model must still hear of it
                 await emit(ctx, "error", where="idempotency", tool=tool.name,

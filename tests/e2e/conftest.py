@@ -83,26 +83,17 @@ def bot_env(monkeypatch: pytest.MonkeyPatch, telegram: FakeTelegram, anthropic: 
 
 
 async def start_bot(settings: Settings) -> Any:
-    from bot.app import ALLOWED_UPDATES, build_application
+    from bot.app import build_application, start_app
 
     app = build_application(settings)
-    await app.initialize()
-    assert app.post_init is not None
-    await app.post_init(app)
-    assert app.updater is not None
-    await app.updater.start_polling(poll_interval=0.0, timeout=1, allowed_updates=ALLOWED_UPDATES)
-    await app.start()
+    await start_app(app)
     return app
 
 
 async def stop_bot(app: Any) -> None:
-    if app.updater is not None and app.updater.running:
-        await app.updater.stop()
-    if app.running:
-        await app.stop()
-    if app.post_shutdown is not None:
-        await app.post_shutdown(app)
-    await app.shutdown()
+    from bot.app import stop_app
+
+    await stop_app(app)
 
 
 @pytest_asyncio.fixture

@@ -7,6 +7,7 @@ EXPECTED_TABLES = {
     "agent_topics", "conversations", "escalations", "idempotency_keys", "inbox", "messages",
     "outbox", "runs", "schedule_fires", "schema_migrations", "sessions", "usage_ledger",
     "budget_holds", "schedule_spend",
+    "people", "stranger_replies",
 }
 
 

@@ -17,7 +17,7 @@ import pytest_asyncio
 
 from agents.config import ScheduleConfig
 from agents.errors import ConfigError, ModelCallError
-from agents.notify import Button, Delivered, DeliveryError
+from agents.notify import Button, Delivered, DeliveryError, NotifierMailbox
 from agents.run import RunResult
 from agents.runtime import Runtime
 from agents.schedule import ScheduledJob, Scheduler, jobs_from_config, worst_case_daily_usd
@@ -444,15 +444,17 @@ async def test_a_scheduled_run_posts_its_briefing_into_the_thread(make_runtime: 
         ("delivered", [1000], 1)]
 
 
-async def test_a_delivery_that_keeps_failing_fails_the_run_and_alerts_the_owner(
+async def test_a_delivery_that_fails_fails_the_run_and_alerts_the_owner(
         make_runtime: Any) -> None:
     model = ScriptedModel(reply("**Monday briefing**"))
     runtime, notifier, runner, waits = await runner_for(make_runtime, model)
     notifier.failures[CHAT] = 99
     outcome = await fire(runner, scheduled())
     assert (outcome.status, outcome.delivered, outcome.message_ids) == ("failed", False, ())
-    assert notifier.attempts == [CHAT, CHAT, CHAT, OWNER]  # 3 bounded attempts, then the owner
-    assert waits == [2.0, 4.0]
+    # one retry layer: the sender's own (a DeliveryError means its retries are spent); the
+    # runner does not stack another on top, it alerts the owner
+    assert notifier.attempts == [CHAT, OWNER]
+    assert waits == []
     record = await runtime.runs.get("r-1")
     assert record is not None and record.status == "failed"
     assert (record.status_detail or "").startswith("delivery failed: Telegram unreachable")
@@ -461,15 +463,22 @@ async def test_a_delivery_that_keeps_failing_fails_the_run_and_alerts_the_owner(
     assert "could not be delivered" in alert["text"] and record.trace_id in alert["text"]
     assert all("Monday briefing" not in s["text"] for s in notifier.sent)
     delivery = [e for e in runtime.traces.read(record.trace_id) if e["type"] == "delivery"]
-    assert [(d["status"], d["attempts"]) for d in delivery] == [("failed", 3)]
+    assert [d["status"] for d in delivery] == ["failed"]
+    # the briefing's outbox row is failed, not left for a sweep to send after the alert
+    assert await runtime.db.fetchval(
+        "SELECT status FROM outbox WHERE chat_id = ? ORDER BY id LIMIT 1", (CHAT,)) == "failed"
 
 
-async def test_a_delivery_that_fails_once_is_retried(make_runtime: Any) -> None:
-    runtime, notifier, runner, waits = await runner_for(make_runtime, ScriptedModel(reply("hi")))
-    notifier.failures[CHAT] = 1
-    outcome = await fire(runner, scheduled())
-    assert (outcome.status, outcome.delivered, waits) == ("completed", True, [2.0])
-    assert [s["chat_id"] for s in notifier.sent] == [CHAT]
+async def test_the_briefing_commits_with_the_outcome_and_finishes_the_fire(
+        make_runtime: Any) -> None:
+    runtime, notifier, runner, _ = await runner_for(make_runtime, ScriptedModel(reply("hi")))
+    scheduler = Scheduler(runtime.db, [scheduled()], runner)
+    claim = await scheduler.fire("morning", now=AT_EIGHT.astimezone(UTC))
+    assert claim is not None
+    row = await runtime.db.fetchone("SELECT status FROM schedule_fires WHERE job = 'morning'")
+    assert row is not None and row["status"] == "done"
+    [item] = await runtime.db.fetchall("SELECT status, run_id FROM outbox")
+    assert (item["status"], item["run_id"]) == ("sent", claim.run_id)
 
 
 async def test_a_run_that_fails_posts_what_went_wrong_and_its_trace(make_runtime: Any) -> None:
@@ -504,16 +513,21 @@ async def test_a_run_that_asks_a_human_goes_to_the_escalation_flow(make_runtime:
                                                           "context": "weather"}))
     runtime, notifier, _, _ = await runner_for(make_runtime, model)
     asked: list[tuple[RunResult, int, int | None]] = []
+    mailbox = NotifierMailbox(runtime.db, notifier)
 
-    async def on_escalation(result: RunResult, chat_id: int, thread_id: int | None) -> None:
+    async def on_escalation(conn: Any, result: RunResult, chat_id: int,
+                            thread_id: int | None) -> int:
         asked.append((result, chat_id, thread_id))
+        return await mailbox.put(conn, chat_id=chat_id, thread_id=thread_id, reply_to=None,
+                                 markdown=f"question: {result.detail}")
 
     runner = ScheduledRunner(runtime, notifier, on_escalation=on_escalation)
     outcome = await fire(runner, scheduled())
-    assert outcome.status == "waiting_human" and notifier.sent == []
+    assert outcome.status == "waiting_human"
     [(result, chat_id, thread_id)] = asked
     assert (result.status, chat_id, thread_id) == ("waiting_human", CHAT, 42)
     assert result.escalation is not None and result.escalation.request.reason == "Which city?"
+    assert [s["text"] for s in notifier.sent] == ["question: asked a human: Which city?"]
 
 
 async def test_a_run_refused_by_the_daily_cap_says_it_did_not_start(make_runtime: Any) -> None:

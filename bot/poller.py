@@ -1,0 +1,152 @@
+"""Long polling that stores before it acknowledges.
+
+Telegram forgets an update once a later ``getUpdates`` names an offset past it. python-telegram-bot's
+updater moves the offset as soon as a batch arrives, before any handler has stored it, so a crash
+in that window loses messages for good. keel drives ``getUpdates`` itself: a batch is committed to
+the inbox in one transaction, and only then does the next call move the offset. A crash at any
+moment leaves every update either still at Telegram (redelivered, deduplicated by ``update_id``)
+or in the inbox (finished by recovery).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from telegram import Bot, Update
+from telegram.error import Conflict, Forbidden, InvalidToken, NetworkError, TimedOut
+
+from storage.inbox import InboxItem
+
+log = logging.getLogger(__name__)
+
+POLL_TIMEOUT_S = 25
+"""Long-poll wait per getUpdates (Telegram holds the request open up to this many seconds)."""
+BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+
+Store = Callable[[list[InboxItem]], Coroutine[Any, Any, set[int]]]
+Dispatch = Callable[[Update], Coroutine[Any, Any, None]]
+OrderKey = Callable[[Update], tuple[int, int] | None]
+
+
+def inbox_item(update: Update) -> InboxItem:
+    chat = update.effective_chat
+    message = update.effective_message
+    user = update.effective_user
+    thread = message.message_thread_id if message is not None and message.is_topic_message \
+        else None
+    return InboxItem(update_id=update.update_id, chat_id=chat.id if chat else None,
+                     thread_id=thread, user_id=user.id if user else None,
+                     payload=update.to_dict(), status="received")
+
+
+class Poller:
+    """getUpdates → commit the batch → dispatch what is new; the offset moves only after the
+    commit. Updates that share an order key (one conversation's messages) are handled one after
+    another in the order Telegram gave them; the rest concurrently."""
+
+    def __init__(self, bot: Bot, *, store: Store, dispatch: Dispatch, order_key: OrderKey,
+                 allowed_updates: list[str], timeout: int = POLL_TIMEOUT_S) -> None:
+        self.bot = bot
+        self.store = store
+        self.dispatch = dispatch
+        self.order_key = order_key
+        self.allowed_updates = allowed_updates
+        self.timeout = timeout
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._tails: dict[tuple[int, int], asyncio.Task[None]] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self.fatal: BaseException | None = None
+        """Set when polling stopped for good (a rejected token): the app should exit."""
+        self.stopped = asyncio.Event()
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._run(), name="keel-poller")
+
+    async def stop(self) -> None:
+        """Stop asking for updates. An unconfirmed batch in flight is redelivered next start."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+            self._loop_task = None
+
+    async def _run(self) -> None:
+        offset: int | None = None
+        failures = 0
+        try:
+            while True:
+                try:
+                    updates = await self.bot.get_updates(
+                        offset=offset, timeout=self.timeout, allowed_updates=self.allowed_updates,
+                        read_timeout=self.timeout + 10)
+                except (InvalidToken, Forbidden) as exc:
+                    log.error("Telegram refused the bot token (%s); stopping", type(exc).__name__)
+                    self.fatal = exc
+                    return
+                except Conflict:
+                    failures += 1
+                    log.error("another process is polling this bot's updates (Telegram answered "
+                              "409 Conflict); retrying — stop the other instance")
+                    await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S)) - 1])
+                    continue
+                except (TimedOut, NetworkError) as exc:
+                    failures += 1
+                    log.warning("getUpdates failed (%s); retrying", exc)
+                    await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S)) - 1])
+                    continue
+                failures = 0
+                if not updates:
+                    continue
+                try:
+                    fresh = await self.store([inbox_item(u) for u in updates])
+                except Exception:
+                    # not stored: the offset stays, Telegram sends the batch again
+                    log.exception("could not store %d update(s); asking again", len(updates))
+                    await asyncio.sleep(BACKOFF_S[0])
+                    continue
+                offset = updates[-1].update_id + 1  # confirmed by the next getUpdates
+                for update in updates:
+                    if update.update_id in fresh:
+                        self.submit(update)
+        finally:
+            self.stopped.set()
+
+    def submit(self, update: Update) -> asyncio.Task[None]:
+        """Handle a stored update (fresh, or found unfinished at start-up)."""
+        key = self.order_key(update)
+        previous = self._tails.get(key) if key is not None else None
+        task = asyncio.create_task(self._handle(update, previous),
+                                   name=f"update {update.update_id}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        if key is not None:
+            self._tails[key] = task
+
+            def forget(t: asyncio.Task[None], key: tuple[int, int] = key) -> None:
+                if self._tails.get(key) is t:
+                    del self._tails[key]
+
+            task.add_done_callback(forget)
+        return task
+
+    async def _handle(self, update: Update, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)
+        try:
+            await self.dispatch(update)
+        except Exception:
+            log.exception("update %s could not be handled", update.update_id)
+
+    async def drain(self, grace_s: float) -> int:
+        """Wait up to ``grace_s`` for updates being handled, then cancel the rest (their stored
+        requests are finished by recovery at the next start). Returns how many were cancelled."""
+        pending = set(self.tasks)
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=grace_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        return len(pending)

@@ -1,0 +1,120 @@
+"""The outbox: every message keel sends, stored before it is sent, with how far it got.
+
+A row is committed in the same transaction as what caused it (a run's outcome, a notice, a
+question), so a crash can lose neither. Delivery records each chunk Telegram accepted, and marks the
+chunk it is about to hand over (``inflight_chunk``) first: a chunk found in flight after a crash or a
+timeout may have arrived, and is never resent blindly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from storage.db import Database, now_iso
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutboxButton:
+    label: str
+    key: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutboxItem:
+    id: int
+    chat_id: int
+    thread_id: int | None
+    reply_to: int | None
+    markdown: str
+    buttons: list[list[OutboxButton]] | None
+    message_ids: list[int]
+    """Telegram message ids of the chunks accepted so far (an unconfirmed chunk counts as 0)."""
+    inflight_chunk: int | None
+    status: str
+    inbox_update_id: int | None
+    run_id: str | None
+    escalation_id: str | None
+
+    @property
+    def sent_chunks(self) -> int:
+        return len(self.message_ids)
+
+
+class OutboxRepository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def put(self, conn: aiosqlite.Connection, *, chat_id: int, thread_id: int | None,
+                  reply_to: int | None, markdown: str, inbox_update_id: int | None = None,
+                  run_id: str | None = None, buttons: list[list[OutboxButton]] | None = None,
+                  escalation_id: str | None = None) -> int:
+        """Insert inside the caller's write transaction; returns the row id."""
+        payload = {"markdown": markdown, "buttons": [[{"label": b.label, "key": b.key}
+                                                      for b in row] for row in buttons or []]}
+        cursor = await conn.execute(
+            "INSERT INTO outbox (chat_id, thread_id, reply_to_message_id, payload, inbox_update_id,"
+            " run_id, escalation_id, telegram_message_ids, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, '[]', ?)",
+            (chat_id, thread_id, reply_to, json.dumps(payload, ensure_ascii=False),
+             inbox_update_id, run_id, escalation_id, now_iso()),
+        )
+        return int(cursor.lastrowid or 0)
+
+    async def get(self, item_id: int) -> OutboxItem | None:
+        row = await self.db.fetchone("SELECT * FROM outbox WHERE id = ?", (item_id,))
+        return _item(row) if row else None
+
+    async def pending(self) -> list[OutboxItem]:
+        rows = await self.db.fetchall("SELECT * FROM outbox WHERE status = 'pending' ORDER BY id")
+        return [_item(r) for r in rows]
+
+    async def handing_over(self, item_id: int, chunk: int) -> None:
+        """Chunk ``chunk`` is about to be sent: committed before the request leaves."""
+        await self.db.execute_write("UPDATE outbox SET inflight_chunk = ?, attempts = attempts + 1"
+                                    " WHERE id = ?", (chunk, item_id))
+
+    async def accepted(self, item_id: int, message_ids: list[int]) -> None:
+        """Telegram accepted the chunk in flight; ``message_ids`` are all accepted so far."""
+        await self.db.execute_write(
+            "UPDATE outbox SET telegram_message_ids = ?, inflight_chunk = NULL WHERE id = ?",
+            (json.dumps(message_ids), item_id))
+
+    async def unconfirmed(self, item_id: int, message_ids: list[int], error: str) -> None:
+        """The chunk in flight may or may not have arrived; it counts as handed over (id 0)."""
+        await self.db.execute_write(
+            "UPDATE outbox SET telegram_message_ids = ?, inflight_chunk = NULL,"
+            " unconfirmed_chunks = unconfirmed_chunks + 1, last_error = ? WHERE id = ?",
+            (json.dumps(message_ids), error, item_id))
+
+    async def not_handed_over(self, item_id: int) -> None:
+        """The chunk in flight certainly did not reach Telegram (refused, or never connected)."""
+        await self.db.execute_write("UPDATE outbox SET inflight_chunk = NULL WHERE id = ?",
+                                    (item_id,))
+
+    async def sent(self, item_id: int) -> None:
+        await self.db.execute_write(
+            "UPDATE outbox SET status = 'sent', sent_at = ?, inflight_chunk = NULL WHERE id = ?",
+            (now_iso(), item_id))
+
+    async def failed(self, item_id: int, error: str) -> None:
+        await self.db.execute_write(
+            "UPDATE outbox SET status = 'failed', last_error = ?, inflight_chunk = NULL"
+            " WHERE id = ?", (error, item_id))
+
+
+def _item(row: Any) -> OutboxItem:
+    payload = json.loads(row["payload"])
+    buttons = [[OutboxButton(label=b["label"], key=b["key"]) for b in r]
+               for r in payload.get("buttons") or []]
+    return OutboxItem(
+        id=row["id"], chat_id=row["chat_id"], thread_id=row["thread_id"],
+        reply_to=row["reply_to_message_id"], markdown=payload["markdown"], buttons=buttons or None,
+        message_ids=list(json.loads(row["telegram_message_ids"] or "[]")),
+        inflight_chunk=row["inflight_chunk"], status=row["status"],
+        inbox_update_id=row["inbox_update_id"], run_id=row["run_id"],
+        escalation_id=row["escalation_id"],
+    )
