@@ -19,6 +19,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -54,6 +55,10 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("./data"), validation_alias="KEEL_DATA_DIR")
     allowed_user_ids: Annotated[frozenset[int], NoDecode] = Field(
         frozenset(), validation_alias="KEEL_ALLOWED_USER_IDS"
+    )
+    owner_id: int | None = Field(
+        None, validation_alias="KEEL_OWNER_ID",
+        description="The owner's Telegram user id; default: the first of KEEL_ALLOWED_USER_IDS.",
     )
     timezone: str = Field("UTC", validation_alias="KEEL_TIMEZONE")
     config_path: Path | None = Field(None, validation_alias="KEEL_CONFIG")
@@ -103,6 +108,22 @@ class Settings(BaseSettings):
             return frozenset(ids)
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _owner_defaults_to_first_allowed(cls, data: Any) -> Any:
+        # The parsed allowlist is a set and forgets the order; "first" means as written.
+        if not isinstance(data, dict):
+            return data
+        keys = {str(k).upper(): k for k in data}
+        owner_key = keys.get("KEEL_OWNER_ID")
+        if owner_key is not None and str(data[owner_key]).strip():
+            return data
+        data = {k: v for k, v in data.items() if k != owner_key}
+        first = _first_id(data.get(keys.get("KEEL_ALLOWED_USER_IDS", "")))
+        if first is not None:
+            data["KEEL_OWNER_ID"] = first
+        return data
+
     @field_validator("timezone")
     @classmethod
     def _check_timezone(cls, value: str) -> str:
@@ -151,6 +172,21 @@ class Settings(BaseSettings):
             if secret is not None and secret.get_secret_value():
                 out.append(secret.get_secret_value())
         return out
+
+
+def _first_id(value: Any) -> int | None:
+    """The first user id of a raw KEEL_ALLOWED_USER_IDS value (a bad one is reported elsewhere)."""
+    if isinstance(value, str):
+        for part in value.replace(";", ",").split(","):
+            part = part.strip()
+            if part:
+                return int(part) if part.lstrip("-").isdigit() else None
+        return None
+    if isinstance(value, list | tuple) and value:
+        return int(value[0])
+    if isinstance(value, set | frozenset) and value:
+        return min(int(v) for v in value)
+    return None
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -95,12 +96,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     settings.require_telegram_token()
     settings.require_anthropic_key()
+    from telegram.error import Conflict, InvalidToken, TelegramError
+
     from bot.app import run_bot
     from bot.cli_schedule import load_jobs
 
     load_jobs(settings)  # a bad schedule is a configuration error before anything starts
 
-    return run_bot(settings)
+    # Each failure is one line that never quotes the exception: PTB's own messages repeat the
+    # token ("The token `…` was rejected"), and a traceback would too. PTB also logs a start-up
+    # failure with its traceback before raising it; the line below replaces that record.
+    def not_a_startup_failure(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Network Retry Loop (Bootstrap")
+
+    logging.getLogger("telegram.ext").addFilter(not_a_startup_failure)
+    try:
+        return run_bot(settings)
+    except InvalidToken:
+        print("keel: Telegram rejected the bot token in TELEGRAM_BOT_TOKEN; copy it again from "
+              "@BotFather (/mybots → API Token).", file=sys.stderr)
+        return EXIT_USAGE
+    except Conflict:
+        print("keel: another program is already receiving updates for this bot token (a second "
+              "`keel run`, or a webhook); stop it, then start keel again.", file=sys.stderr)
+        return EXIT_FAILED
+    except TelegramError as exc:  # NetworkError, TimedOut: nothing answered
+        print(f"keel: cannot reach Telegram at {settings.telegram_api_base_url} "
+              f"({type(exc).__name__}); check the network or TELEGRAM_API_BASE_URL.",
+              file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,4 +1,8 @@
-"""Slash commands. Each handler answers the person; none calls a model."""
+"""Slash commands. Each handler answers the person; none calls a model.
+
+Every command declares the least role that may use it (see ``COMMANDS``) and runs behind the same
+gate as messages (``bot.access.gated``). What a person sees is scoped by ``bot.access.Scope``.
+"""
 
 from __future__ import annotations
 
@@ -9,26 +13,23 @@ from telegram.ext import ContextTypes
 
 from agents.router import routable
 from agents.trace_view import render_summary, summarise
+from bot.access import (
+    AccessRefused,
+    Command,
+    Handler,
+    Scope,
+    at_least,
+    parse_user_id,
+    scope_for,
+    sees_everyone,
+)
 from bot.service import KeelBot
-
-COMMANDS: list[tuple[str, str]] = [
-    ("start", "what this bot is and how to use it"),
-    ("help", "commands and tips"),
-    ("agents", "the agents you can talk to"),
-    ("agent", "pin an agent for this chat: /agent NAME"),
-    ("auto", "let the router pick the agent again"),
-    ("new", "start a fresh session (forget this chat's history)"),
-    ("cancel", "stop the run that is working now"),
-    ("cost", "today's spend and what is left"),
-    ("runs", "your recent runs"),
-    ("trace", "a run's trace: /trace ID"),
-    ("schedules", "scheduled agents, next runs and worst-case spend"),
-    ("run", "run a scheduled agent now: /run NAME"),
-]
+from storage.usage import SYSTEM_USER
 
 
 def bot_commands() -> list[BotCommand]:
-    return [BotCommand(name, description) for name, description in COMMANDS]
+    """The menu everyone sees: commands any allowed person may use (/help shows the rest)."""
+    return [BotCommand(c.name, c.description) for c in COMMANDS if c.role == "user"]
 
 
 def _keel(context: ContextTypes.DEFAULT_TYPE) -> KeelBot:
@@ -60,8 +61,12 @@ async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def help_(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """List the commands."""
-    lines = ["**Commands**"] + [f"/{name} — {text}" for name, text in COMMANDS]
+    """List the commands this person may use."""
+    user = update.effective_user
+    assert user is not None
+    role = await _keel(context).access.role(user.id)
+    lines = ["**Commands**"] + [f"/{c.name} — {c.description}" for c in COMMANDS
+                                if at_least(role, c.role)]
     lines.append("\nIn groups, mention me or reply to one of my messages.")
     await _reply(update, context, "\n".join(lines))
 
@@ -122,61 +127,146 @@ async def cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def cost(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Today's spend and what is left."""
+    """Today's spend: your own; the owner and admins also everyone's, in a private chat."""
     keel = _keel(context)
-    user = update.effective_user
-    assert user is not None
+    user, message = update.effective_user, update.effective_message
+    assert user is not None and message is not None
     settings = keel.settings
-    mine = await keel.runtime.usage.spent(user_id=user.id)
-    total = await keel.runtime.usage.spent()
-    await _reply(update, context,
-                 f"**Today (UTC)**\nYou: ${mine:.4f} of ${settings.daily_budget_usd_per_user:.2f} "
-                 f"(${max(0.0, settings.daily_budget_usd_per_user - mine):.4f} left)\n"
-                 f"Everyone: ${total:.4f} of ${settings.daily_budget_usd_total:.2f} "
-                 f"(${max(0.0, settings.daily_budget_usd_total - total):.4f} left)\n"
-                 f"Each run is capped at ${settings.run_budget_usd:.2f} unless its agent says "
+    usage = keel.runtime.usage
+    mine = await usage.spent(user_id=user.id)
+    lines = [f"**Today (UTC)**\nYou: ${mine:.4f} of ${settings.daily_budget_usd_per_user:.2f} "
+             f"(${max(0.0, settings.daily_budget_usd_per_user - mine):.4f} left)"]
+    if sees_everyone(await keel.access.role(user.id)):
+        if message.chat.type == "private":
+            total = await usage.spent()
+            lines.append(f"Everyone: ${total:.4f} of ${settings.daily_budget_usd_total:.2f} "
+                         f"(${max(0.0, settings.daily_budget_usd_total - total):.4f} left)")
+            lines += await _spend_by_person(keel, exclude=user.id)
+        else:
+            lines.append("_Everyone's figures: ask me in a private chat._")
+    lines.append(f"Each run is capped at ${settings.run_budget_usd:.2f} unless its agent says "
                  "otherwise.")
+    await _reply(update, context, "\n".join(lines))
+
+
+async def _spend_by_person(keel: KeelBot, *, exclude: int) -> list[str]:
+    ids = [p.user_id for p in await keel.access.everyone()]
+    if keel.access.owner_id is not None:
+        ids.append(keel.access.owner_id)
+    lines = []
+    for who in sorted(set(ids) - {exclude}):
+        spent = await keel.runtime.usage.spent(user_id=who)
+        if spent > 0:
+            lines.append(f"• `{who}`: ${spent:.4f}")
+    unattended = await keel.runtime.usage.spent(user_id=SYSTEM_USER)
+    if unattended > 0:
+        lines.append(f"• schedules and command line: ${unattended:.4f}")
+    return lines
+
+
+async def _scope(keel: KeelBot, update: Update) -> tuple[Scope, bool]:
+    """What the asker may see here, and whether this is a private chat."""
+    user, message = update.effective_user, update.effective_message
+    assert user is not None and message is not None
+    private = message.chat.type == "private"
+    role = await keel.access.role(user.id)
+    return scope_for(role, user_id=user.id, chat_id=message.chat_id, private=private), private
 
 
 async def runs(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Your recent runs."""
+    """Your recent runs (the owner and admins: everyone's; in a group: that group's)."""
     keel = _keel(context)
-    user = update.effective_user
-    assert user is not None
-    records = await keel.runtime.runs.recent(limit=10, user_id=user.id)
+    scope, _ = await _scope(keel, update)
+    records = await keel.runtime.runs.visible(user_id=scope.user_id, chat_id=scope.chat_id,
+                                              limit=10)
     if not records:
         await _reply(update, context, "No runs yet.")
         return
     lines = ["**Recent runs**"]
     for r in records:
-        lines.append(f"• {r.started_at[:16].replace('T', ' ')} `{r.agent}` {r.status} "
+        who = f" by `{r.user_id or 'schedule'}`" if scope.user_id is None else ""
+        lines.append(f"• {r.started_at[:16].replace('T', ' ')} `{r.agent}`{who} {r.status} "
                      f"${r.cost_usd:.4f} — `{r.trace_id[:8]}`")
     lines.append("\n/trace ID shows one.")
     await _reply(update, context, "\n".join(lines))
 
 
 async def trace(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """A run's summary; its owner also gets the JSONL file."""
+    """A run's summary; in a private chat also its JSONL file."""
     keel = _keel(context)
-    user = update.effective_user
-    assert user is not None
     if not context.args:
         await _reply(update, context, "Usage: `/trace ID` — ids are in /runs.")
         return
     wanted = context.args[0].strip()
-    found = await keel.runtime.traces.afind(wanted)  # a prefix walks the trace folders
-    record = await keel.runtime.runs.get(found.trace_id) if found else None
-    if found is None or record is None:
+    scope, private = await _scope(keel, update)
+    # Only runs the asker may see are searched: someone else's run answers as an unknown id.
+    matches = await keel.runtime.runs.visible(user_id=scope.user_id, chat_id=scope.chat_id,
+                                              prefix=wanted, limit=2)
+    found = (await asyncio.to_thread(keel.runtime.traces.find, matches[0].trace_id)
+             if len(matches) == 1 else None)
+    if len(matches) > 1:
+        await _reply(update, context, f"More than one run starts with `{wanted}`; give more of "
+                     "the id (/runs lists them).")
+        return
+    if found is None:
         await _reply(update, context, f"No trace `{wanted}`. /runs lists yours.")
         return
-    summary = render_summary(summarise(await keel.runtime.traces.aread(found.trace_id)))
+    events = await asyncio.to_thread(keel.runtime.traces.read, found.trace_id)
+    summary = render_summary(summarise(events))
     await _reply(update, context, f"```\n{summary}\n```")
-    if record.user_id == user.id:
-        message = update.effective_message
-        assert message is not None
-        await keel.notifier.send_document(
-            message.chat_id, found.path.name, await asyncio.to_thread(found.path.read_bytes),
-            thread_id=message.message_thread_id if message.is_topic_message else None)
+    message = update.effective_message
+    assert message is not None
+    if not private:  # the file holds the whole conversation and system prompt
+        await _reply(update, context, "_The full trace file is sent only in a private chat._")
+        return
+    await keel.notifier.send_document(
+        message.chat_id, found.path.name, await asyncio.to_thread(found.path.read_bytes),
+        thread_id=None)
+
+
+async def people(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Who keel serves, with roles (in a private chat only)."""
+    keel = _keel(context)
+    message = update.effective_message
+    assert message is not None
+    if message.chat.type != "private":
+        await _reply(update, context, "I list people only in a private chat.")
+        return
+    owner = keel.access.owner_id
+    lines = ["**People**", f"• `{owner}` — owner" if owner is not None else "• no owner set"]
+    removed = []
+    for person in await keel.access.everyone():
+        if person.role == "removed":
+            removed.append(f"`{person.user_id}`")
+        elif person.user_id != owner:
+            lines.append(f"• `{person.user_id}` — {person.role}")
+    if removed:
+        lines.append(f"\nRemoved: {', '.join(removed)}")
+    lines.append("\n/allow ID adds a person, /deny ID removes one, /promote ID makes an admin, "
+                 "/demote ID makes an admin a user again.")
+    await _reply(update, context, "\n".join(lines))
+
+
+def _changes_role(change: str) -> Handler:
+    async def handler(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        keel = _keel(context)
+        user = update.effective_user
+        assert user is not None
+        target = parse_user_id(context.args)
+        if target is None:
+            await _reply(update, context, f"Usage: `/{change} ID` — a numeric Telegram user id "
+                         "(a stranger who writes to me in private is told theirs).")
+            return
+        act = {"allow": keel.access.allow, "deny": keel.access.deny,
+               "promote": keel.access.promote, "demote": keel.access.demote}[change]
+        try:
+            said = await act(user.id, target)
+        except AccessRefused as exc:
+            said = str(exc)
+        await _reply(update, context, said)
+
+    handler.__doc__ = f"/{change} ID: change who keel serves."
+    return handler
 
 
 async def schedules(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -224,8 +314,22 @@ async def run_now(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     spawn(go(), f"/run {job.name}")
 
 
-HANDLERS = {
-    "start": start, "help": help_, "agents": agents, "agent": agent, "auto": auto, "new": new,
-    "cancel": cancel, "cost": cost, "runs": runs, "trace": trace, "schedules": schedules,
-    "run": run_now,
-}
+COMMANDS: tuple[Command, ...] = (
+    Command("start", "what this bot is and how to use it", start, "user"),
+    Command("help", "commands and tips", help_, "user"),
+    Command("agents", "the agents you can talk to", agents, "user"),
+    Command("agent", "pin an agent for this chat: /agent NAME", agent, "user"),
+    Command("auto", "let the router pick the agent again", auto, "user"),
+    Command("new", "start a fresh session (forget this chat's history)", new, "user"),
+    Command("cancel", "stop the run that is working now", cancel, "user"),
+    Command("cost", "today's spend and what is left", cost, "user"),
+    Command("runs", "your recent runs", runs, "user"),
+    Command("trace", "a run's trace: /trace ID", trace, "user"),
+    Command("schedules", "scheduled agents, next runs and worst-case spend", schedules, "admin"),
+    Command("run", "run a scheduled agent now: /run NAME", run_now, "admin"),
+    Command("people", "who I serve, and their roles", people, "admin"),
+    Command("allow", "let a person use me: /allow ID", _changes_role("allow"), "admin"),
+    Command("deny", "stop serving a person: /deny ID", _changes_role("deny"), "admin"),
+    Command("promote", "make a person an admin: /promote ID", _changes_role("promote"), "owner"),
+    Command("demote", "make an admin a user again: /demote ID", _changes_role("demote"), "owner"),
+)

@@ -46,13 +46,19 @@ def check(settings: Settings) -> list[Finding]:
 
     out.append(_check_data_dir(settings))
     out.append(Finding("ok", f"time zone {settings.timezone}"))
+    if settings.owner_id is None:
+        out.append(Finding("warn", "no owner: the bot will answer nobody",
+                           "Message the bot once in a private chat; it replies with your user id. "
+                           "Then set KEEL_OWNER_ID=<that id> and add people from Telegram with "
+                           "/allow ID."))
+    else:
+        how = "" if "KEEL_OWNER_ID" in os.environ else " (the first of KEEL_ALLOWED_USER_IDS)"
+        out.append(Finding("ok", f"owner: {settings.owner_id}{how}"))
     if settings.allowed_user_ids:
         ids = ", ".join(str(i) for i in sorted(settings.allowed_user_ids))
-        out.append(Finding("ok", f"allowed users: {ids}"))
-    else:
-        out.append(Finding("warn", "KEEL_ALLOWED_USER_IDS is empty: the bot will serve nobody",
-                           "Message the bot once; it replies with your user id. Then set "
-                           "KEEL_ALLOWED_USER_IDS=<that id> (comma-separate several)."))
+        out.append(Finding("ok", f"allowed users at first start: {ids} (then /allow, /deny)"))
+    elif settings.owner_id is not None:
+        out.append(Finding("ok", "no other allowed users yet: the owner adds them with /allow ID"))
 
     try:
         keel_file = load_keel_file(settings.config_path)
