@@ -32,7 +32,7 @@ from agents.tools.contract import ToolContext
 from storage.conversations import ConversationRepository
 from storage.db import Database
 from storage.idempotency import IdempotencyStore
-from storage.ledger import DailyCaps, Ledger
+from storage.ledger import CostReport, DailyCaps, Ledger
 from storage.runs import RunRepository, RunTotals
 from storage.traces import Redactor, TraceStore, day_of
 from storage.usage import UsageDelta, UsageLedger
@@ -196,6 +196,11 @@ class Runtime:
         the model: new, resumed and continued runs alike."""
         run.budget.gate = LedgerGate(self.ledger, self.daily_caps(schedule), run_id=run.id,
                                      agent=run.agent.name, user_id=run.user_id, schedule=schedule)
+
+    async def cost_report(self) -> CostReport:
+        """Today's spend for ``/cost`` and ``keel cost``: spent, reserved and left, overall, per
+        person and per schedule (schedule lines use KEEL_DAILY_BUDGET_USD_PER_SCHEDULE as cap)."""
+        return await self.ledger.report(self.daily_caps())
 
     async def release_stale_holds(self) -> float:
         """At start-up, before any run: clear the holds crashed runs left, charged as spent

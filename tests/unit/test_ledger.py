@@ -111,8 +111,9 @@ async def test_a_runs_calls_are_recorded_once_and_leave_no_hold(make_runtime: An
     runtime: Runtime = await make_runtime(model)
     result = await runtime.run(replace(task("time?"), user_id=5))
     assert result.status == "completed"
-    report = await runtime.ledger.report(runtime.daily_caps())
+    report = await runtime.cost_report()
     assert report.users[5].spent_usd == pytest.approx(result.cost_usd)
+    assert report.users[5].left_usd == pytest.approx(5.0 - result.cost_usd)  # default per-user cap
     assert report.overall.reserved_usd == 0
 
 
