@@ -143,3 +143,49 @@ async def test_a_budget_halt_asks_and_continues_with_more_budget(
         assert record.status == "completed" and record.cost_usd <= 0.04
     finally:
         await stop_bot(w.app)
+
+
+async def test_an_answer_resumes_even_when_telegram_refuses_the_acknowledgements(
+        bot_world: BotWorld) -> None:
+    # Measured: the answer was committed, then answerCallbackQuery and the edit ran before the
+    # resume was spawned; when either failed ("query is too old") the run stayed waiting forever.
+    w = bot_world
+    question = await _question(w)
+    w.telegram.fail_next("answerCallbackQuery", status=400,
+                         description="Bad Request: query is too old and response timeout expired "
+                         "or query ID is invalid")
+    w.telegram.fail_next("editMessageText", status=400,
+                         description="Bad Request: message to edit not found")
+    w.telegram.press_button(question, text="Approve", user=w.alice)
+    final = await w.telegram.wait_for(
+        lambda: next((m for m in w.telegram.sent(w.alice_chat.id) if m["text"].startswith("Done")),
+                     None), timeout=10)
+    assert final["text"] == "Done: Approve (decided by Alice)."
+    assert [c.status for c in w.telegram.calls("answerCallbackQuery")] == [400]
+    runtime = w.app.bot_data["runtime"]
+    [record] = await runtime.runs.recent()
+    assert record.status == "completed"
+
+
+async def test_every_expired_run_ends_even_when_the_notices_cannot_be_sent(
+        bot_world: BotWorld) -> None:
+    # Measured: expiry flipped every due row first, then sent notices in a loop without a try;
+    # the first failed send left the remaining runs waiting_human forever.
+    w = bot_world
+    w.answer(escalating_agent)
+    bob_chat = w.telegram.private_chat(w.bob)
+    for chat in (w.alice_chat, bob_chat):
+        w.telegram.inject_text(chat, "Please refund order 1234")
+        await w.telegram.next_bot_message(chat.id, timeout=10)
+    runtime = w.app.bot_data["runtime"]
+    await runtime.db.execute_write("UPDATE escalations SET expires_at = '2000-01-01T00:00:00.000000Z'")
+    w.telegram.fail_next("sendMessage", status=403, times=10)  # every notice refused
+    w.telegram.fail_next("editMessageText", status=403, times=10)
+    assert await w.app.bot_data["keel"].escalations.expire() == 2
+    statuses = [r.status for r in await runtime.runs.recent()]
+    assert statuses == ["cancelled", "cancelled"]
+    assert await runtime.db.fetchval(
+        "SELECT COUNT(*) FROM escalations WHERE status = 'pending'") == 0
+    for record in await runtime.runs.recent():
+        ends = [e for e in runtime.traces.read(record.trace_id) if e["type"] == "run_end"]
+        assert ends[-1]["status"] == "cancelled"
