@@ -421,7 +421,8 @@ class Runtime:
         records = await self.runs.running()
         for record in records:
             try:
-                trace = self.traces.writer(trace_id=record.trace_id, run_id=record.id)
+                trace = self.traces.writer(trace_id=record.trace_id, run_id=record.id,
+                                           day=day_of(record.started_at))
                 trace.emit("run_end", agent=record.agent, status="failed", detail=detail,
                            cost_usd=record.cost_usd, steps=record.steps,
                            model_calls=record.model_calls, interrupted=True)

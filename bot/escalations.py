@@ -22,6 +22,7 @@ from agents.tokens import estimate
 from agents.trace_view import summarise
 from storage.escalations import Escalation, EscalationRepository
 from storage.runs import RunTotals
+from storage.traces import day_of
 
 if TYPE_CHECKING:
     from bot.service import KeelBot
@@ -347,7 +348,9 @@ def _totals(record: Any) -> RunTotals:
 def _close_trace(keel: KeelBot, record: Any, status: str, detail: str) -> None:
     """A run ended outside the executor (expiry) still gets its run_end."""
     try:
-        trace = keel.runtime.traces.writer(trace_id=record.trace_id, run_id=record.id)
+        # Its day, or a trace begun on an earlier day would get a second file today.
+        trace = keel.runtime.traces.writer(trace_id=record.trace_id, run_id=record.id,
+                                           day=day_of(record.started_at))
         trace.emit("run_end", agent=record.agent, status=status, detail=detail,
                    cost_usd=record.cost_usd, steps=record.steps, model_calls=record.model_calls)
         trace.close()

@@ -212,3 +212,25 @@ async def test_housekeeping_reads_and_prefix_search_run_off_the_loop(
     writer.emit("resume")
     writer.close()
     assert [e["type"] for e in store.read("abcdef")] == ["run_start", "resume"]
+
+
+async def test_an_interrupted_run_from_an_earlier_day_ends_in_its_own_trace_file(
+    make_runtime: Any, tmp_path: Path
+) -> None:
+    """Start-up recovery appends run_end to the trace the run began days ago, not a new file."""
+    from tests.fakes.scripted_model import ScriptedModel
+
+    runtime = await make_runtime(ScriptedModel([]), KEEL_DATA_DIR=str(tmp_path / "data"))
+    three_days_ago = TODAY - timedelta(days=3)
+    writer = runtime.traces.writer(trace_id="t-old", run_id="r-old", day=three_days_ago)
+    writer.emit("run_start", agent="assistant")
+    writer.close()
+    await runtime.runs.start(run_id="r-old", trace_id="t-old", agent="assistant", kind="chat",
+                             budget_usd=1.0)
+    await runtime.db.execute_write("UPDATE runs SET started_at = ? WHERE id = 'r-old'",
+                                   (f"{three_days_ago.isoformat()}T10:00:00.000000Z",))
+    fresh = TraceStore(runtime.traces.root)  # a restarted process remembers nothing
+    runtime.traces = fresh
+    assert await runtime.close_interrupted() == 1
+    assert [e["type"] for e in fresh.read("t-old")] == ["run_start", "run_end"]
+    assert not (fresh.root / TODAY.isoformat() / "t-old.jsonl").exists()
