@@ -39,7 +39,7 @@ async def running(telegram: FakeTelegram, anthropic: FakeAnthropic,
 
 async def ask(w: BotWorld, chat: Chat, text: str, **kwargs: object) -> dict:  # type: ignore[type-arg]
     w.telegram.inject_text(chat, text, **kwargs)  # type: ignore[arg-type]
-    return await w.telegram.next_bot_message(chat.id, timeout=10)
+    return await w.telegram.next_bot_message(chat.id, timeout=30)
 
 
 async def test_a_user_sees_only_their_own_runs_traces_and_spend_the_owner_sees_all(

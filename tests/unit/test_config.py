@@ -93,7 +93,7 @@ def test_keel_doctor_lists_what_is_missing(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "TELEGRAM_BOT_TOKEN is not set" in result.stdout
     assert "ANTHROPIC_API_KEY is not set" in result.stdout
-    assert "KEEL_ALLOWED_USER_IDS is empty" in result.stdout
+    assert "no owner: the bot will answer nobody" in result.stdout
 
 
 def test_every_command_has_help(tmp_path: Path) -> None:
