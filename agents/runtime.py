@@ -73,6 +73,8 @@ class RunRequest:
     request_key: str | None = None
     """The stored request this run serves; side effects are idempotent per request, so a run
     retried after a crash never repeats one."""
+    schedule: str | None = None
+    """The schedule that fired this run: its own daily cap applies."""
     started: float | None = None
     """``time.monotonic()`` when the request was taken: the deadline counts from here, so it
     covers routing and any wait before the run."""
@@ -221,7 +223,7 @@ class Runtime:
         spec = self.agent(request.agent)
         model_name = spec.model or self.settings.executor_model
         price = self.prices.require(model_name)
-        await self.check_daily_caps(request.user_id)
+        await self.check_daily_caps(request.user_id, request.schedule)
         limits = request.limits or spec.limits
         trace_id, rid = new_id(), run_id or new_id()
         trace = self.traces.writer(trace_id=trace_id, run_id=rid)
@@ -231,7 +233,8 @@ class Runtime:
                   request_key=request.request_key or f"run:{rid}")
         if request.started is not None:
             run.started = request.started
-        self.attach_ledger(run)  # issue 13: every call held against the daily caps
+        # issue 13: every call held against the daily caps (and its schedule's)
+        self.attach_ledger(run, schedule=request.schedule)
         await self.runs.start(run_id=run.id, trace_id=run.trace_id, agent=spec.name,
                               kind=request.kind, budget_usd=limits.budget_usd,
                               user_id=request.user_id, chat_id=request.chat_id,

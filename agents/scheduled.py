@@ -90,7 +90,7 @@ class ScheduledRunner:
                 f"[Scheduled run {job.name!r} for {when} ({job.timezone})]\n\n{job.task}")}]}],
             new_from=0,
             limits=spec.limits.overridden(budget_usd=job.budget_usd) if spec else None,
-            request_key=f"fire:{job.name}:{fire_key}",
+            request_key=f"fire:{job.name}:{fire_key}", schedule=job.name,
         )
         items: list[int] = []
 

@@ -124,9 +124,6 @@ async def _post_init(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
         app.bot_data["scheduler"] = scheduler
     log.info("keel is up as @%s: %d agents; recovered %d pending repl(ies), re-answering %d "
              "message(s)", app.bot.username, len(runtime.agents), sent, answered)
-    if not settings.allowed_user_ids:
-        log.warning("KEEL_ALLOWED_USER_IDS is empty: the bot serves nobody and tells each person "
-                    "their id")
 
 
 async def _retention(context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -252,6 +252,9 @@ class KeelBot:
         """Close what the last process left: interrupted runs get their run_end, pending replies
         are sent (a chunk in flight is not resent), stored updates not yet answered are answered.
         Returns (replies sent, messages re-answered)."""
+        charged = await self.runtime.release_stale_holds()
+        if charged:
+            log.warning("budget holds of interrupted runs charged as spent: $%.4f", charged)
         interrupted = await self.runtime.close_interrupted()
         if interrupted:
             log.warning("%d run(s) were interrupted by the last stop; their requests are retried",

@@ -81,3 +81,35 @@ async def test_killed_between_receiving_and_replying_answers_once_after_restart(
                 bot.kill()
                 await bot.wait()
     assert bot.returncode == 0, (await bot.stderr.read()).decode()[-2000:] if bot.stderr else ""
+
+
+async def test_sigterm_stops_the_bot_in_bounded_time_while_the_model_hangs(
+    fake_telegram: FakeTelegram, fake_anthropic: FakeAnthropic, tmp_path: Path
+) -> None:
+    # Measured: with model calls hanging, SIGTERM did not stop the bot within 30 s. Shutdown now
+    # gives runs a short grace, then leaves them (stored) to the next start.
+    alice = fake_telegram.user("Alice", id=ALICE_ID)
+    chat = fake_telegram.private_chat(alice)
+    asked = asyncio.Event()
+    never = asyncio.Event()
+
+    async def respond(req: RecordedRequest) -> Reply:
+        if is_router(req):
+            return reply(tool_use("route", {"agent": "assistant"}))
+        asked.set()
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    fake_anthropic.responder = respond
+    bot = await _start_bot_process(fake_telegram, fake_anthropic, tmp_path / "data")
+    try:
+        fake_telegram.inject_text(chat, "hang on")
+        await asyncio.wait_for(asked.wait(), timeout=30)
+        bot.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(bot.wait(), timeout=25)  # grace 10 s + closing
+        assert bot.returncode == 0
+    finally:
+        never.set()
+        if bot.returncode is None:
+            bot.kill()
+            await bot.wait()
