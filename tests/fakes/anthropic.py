@@ -493,6 +493,11 @@ class FakeAnthropic:
             raise ApiError(404, "not_found_error", "Not Found")
         except ApiError as err:
             return self._error(rec, err.status, err.error_type, err.message)
+        except ConnectionResetError:
+            # the client went away mid-answer (a killed process, a cancelled stream): the real
+            # API just stops writing; nothing here is a bug of the fake or of the script
+            rec.note = "client disconnected before the answer was written"
+            raise
         except Exception as exc:  # a bug in a responder or in the fake: make it visible
             return self._script_problem(rec, f"FakeAnthropic crashed: {exc!r}")
 
