@@ -427,12 +427,9 @@ class Trial:
         report.tool_calls = len(_lines(self.effects_file.with_name(self.effects_file.name
                                                                    + ".calls")))
         report.trace_errors, report.torn_last_lines = check_traces(self.data_dir / "traces")
-        # The fake Anthropic notes an answer it could not write to a killed client as a crash
-        # of its own; that is the kill, not a refused request.
-        refused = [r.note for r in self.anthropic.unexpected
-                   if "closing transport" not in (r.note or "")]
-        if refused:
-            report.process_errors.append(f"the fake Anthropic refused requests: {refused}")
+        if self.anthropic.unexpected:
+            report.process_errors.append(
+                f"the fake Anthropic refused requests: {[r.note for r in self.anthropic.unexpected]}")
         if self.telegram.crashes:
             report.process_errors.append(f"the fake Telegram crashed: {self.telegram.crashes}")
 
