@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -143,11 +144,24 @@ class ChunkSender:
         await self._global.take()
 
     async def send(self, chat_id: int, chunk: Chunk, *, thread_id: int | None,
-                   reply_to: int | None, markup: InlineKeyboardMarkup | None) -> int:
+                   reply_to: int | None, markup: InlineKeyboardMarkup | None,
+                   handing_over: Callable[[], Awaitable[None]] | None = None,
+                   not_handed_over: Callable[[], Awaitable[None]] | None = None) -> int:
+        """Send one chunk. ``handing_over`` is awaited right before each attempt leaves (after
+        pacing); ``not_handed_over`` as soon as an attempt is known not to have been shown (an
+        answer refusing it, or no connection made), before any wait. So a chunk is marked in
+        flight only while a request may really be on its way — not while keel waits out a
+        backoff or a flood, where a crash would wrongly leave it "possibly delivered"."""
+        async def released() -> None:
+            if not_handed_over is not None:
+                await not_handed_over()
+
         plain = False
         failures = flood_waits = 0
         while True:
             await self._pace(chat_id)
+            if handing_over is not None:
+                await handing_over()
             try:
                 message = await self.bot.send_message(
                     chat_id, chunk.plain if plain else chunk.text,
@@ -161,6 +175,7 @@ class ChunkSender:
                 )
                 return message.message_id
             except RetryAfter as exc:
+                await released()
                 flood_waits += 1
                 if flood_waits > MAX_FLOOD_WAITS:
                     raise NotSent(f"flood control in chat {chat_id} did not lift") from exc
@@ -169,6 +184,7 @@ class ChunkSender:
                             chat_id, wait)
                 await asyncio.sleep(wait)
             except BadRequest as exc:
+                await released()
                 text = str(exc).lower()
                 if not plain and ("entit" in text or "parse" in text):
                     log.warning("Telegram rejected formatting (%s); resending as plain text", exc)
@@ -176,10 +192,12 @@ class ChunkSender:
                     continue
                 raise Refused(f"Telegram refused the message: {exc}") from exc
             except Forbidden as exc:
+                await released()
                 raise Refused(f"the bot cannot write to chat {chat_id}: {exc}") from exc
             except (TimedOut, NetworkError) as exc:
                 if not never_reached_telegram(exc):
                     raise Unconfirmed(f"sent, but Telegram did not answer: {exc}") from exc
+                await released()
                 failures += 1
                 if failures >= MAX_ATTEMPTS:
                     raise NotSent(f"Telegram unreachable after {failures} attempts: {exc}") from exc
@@ -259,12 +277,13 @@ class Outbox:
         chunks = render(item.markdown) or [Chunk(text="(empty answer)")]
         for index in range(len(ids), len(chunks)):
             last = index == len(chunks) - 1
-            await self.repo.handing_over(item.id, index)
             try:
                 message_id = await self.sender.send(
                     item.chat_id, chunks[index], thread_id=item.thread_id,
                     reply_to=item.reply_to if index == 0 else None,
-                    markup=_markup(item.buttons) if last else None)
+                    markup=_markup(item.buttons) if last else None,
+                    handing_over=functools.partial(self.repo.handing_over, item.id, index),
+                    not_handed_over=functools.partial(self.repo.not_handed_over, item.id))
             except Unconfirmed as exc:
                 ids.append(0)
                 await self.repo.unconfirmed(item.id, ids, str(exc))
@@ -272,7 +291,6 @@ class Outbox:
                             index, exc)
                 continue
             except NotSent:
-                await self.repo.not_handed_over(item.id)
                 raise
             except Refused as exc:
                 await self.repo.failed(item.id, str(exc))

@@ -24,6 +24,7 @@ import os
 import random
 import re
 import signal
+import sqlite3
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -50,6 +51,7 @@ START_TIMEOUT_S = 20.0  # a start must reach its first getUpdates within this
 
 Trigger = Literal["timer", "batch", "effect", "sent", "late_send"]
 TRIGGERS: tuple[Trigger, ...] = ("timer", "batch", "effect", "sent", "late_send")
+FORCED_TRIGGER: Trigger | None = os.environ.get("KEEL_KILL_TRIGGER") or None  # type: ignore[assignment]
 """When a kill happens: a random time after the start; a few ms after a getUpdates answer carried
 a batch of updates; after the agent's tool ran (the model is asked with its result); after
 Telegram answered a sendMessage; while Telegram holds the answer to a sendMessage it already
@@ -88,6 +90,9 @@ class TrialReport:
     messages: int = 0
     effects: int = 0
     lost: list[str] = field(default_factory=list)  # tokens without a reply
+    unconfirmed: list[str] = field(default_factory=list)
+    """Tokens whose reply keel recorded as unconfirmed (a send in flight at the kill: the
+    documented ambiguous case). Informative: a lost reply must be one of these, never silent."""
     twice: dict[str, int] = field(default_factory=dict)  # token → replies (> 1)
     others: list[str] = field(default_factory=list)  # bot messages that answer no message
     effects_lost: list[str] = field(default_factory=list)
@@ -119,6 +124,8 @@ class TrialReport:
     def line(self) -> str:
         status = "ok" if not self.problems else "; ".join(self.problems)
         missed = f", missed: {', '.join(self.missed)}" if self.missed else ""
+        if self.unconfirmed:
+            missed += f", unconfirmed: {', '.join(self.unconfirmed)}"
         return (f"seed {self.seed} ({self.duration_s:.0f}s, kills: {', '.join(self.kills) or 'none'}"
                 f"{missed}): {status}")
 
@@ -198,6 +205,10 @@ class Trial:
         self.switch = KillSwitch()
         self.generation = 0
         self.latency_rng = random.Random(seed ^ 0x5EED)
+        # The typing pace draws from its own generator: drawn from ``rng`` it would interleave
+        # with the kill plan's draws in an order that depends on timing, and a seed would not
+        # replay the same kills.
+        self.pace_rng = random.Random(seed ^ 0xBEA7)
 
     # ------------------------------------------------------------------ the world
 
@@ -282,13 +293,15 @@ class Trial:
             await self.telegram.wait_for(lambda: self.telegram.calls("getUpdates"),
                                          timeout=START_TIMEOUT_S)
         for message in self.messages:
-            await asyncio.sleep(self.rng.uniform(0.0, 0.15))  # a person's typing pace
+            await asyncio.sleep(self.pace_rng.uniform(0.0, 0.15))  # a person's typing pace
             self.telegram.inject_text(chats[message.chat_index], message.text)
 
     async def kill_once(self, process: asyncio.subprocess.Process) -> bool:
         """Arm one kill from the seed as the bot starts; True when the bot was killed, False when
         its moment never came (everything was answered first, or TRIGGER_TIMEOUT_S passed)."""
         trigger = self.rng.choice(TRIGGERS)
+        if FORCED_TRIGGER:  # the draw above still happens, so the rest of the plan is the same
+            trigger = FORCED_TRIGGER
         nth = self.rng.randint(1, 2) if trigger in ("batch", "sent") else 1
         delay_s = self.rng.uniform(0.0, 0.04)
         watcher: asyncio.Task[None] | None = None
@@ -417,6 +430,7 @@ class Trial:
         report.twice = {m.token: counts[m.token] for m in self.messages if counts[m.token] > 1}
         report.others = [s.get("text", "<media>")[:80] for s in self.telegram.sent()
                          if not TOKEN.search(s.get("text", ""))]
+        report.unconfirmed = self._unconfirmed_tokens()
         ledger = _lines(self.effects_file)
         done = Counter(line.split("\t")[0] for line in ledger)
         for message in self.messages:
@@ -432,6 +446,16 @@ class Trial:
                 f"the fake Anthropic refused requests: {[r.note for r in self.anthropic.unexpected]}")
         if self.telegram.crashes:
             report.process_errors.append(f"the fake Telegram crashed: {self.telegram.crashes}")
+
+
+    def _unconfirmed_tokens(self) -> list[str]:
+        path = self.data_dir / "keel.sqlite3"
+        if not path.exists():
+            return []
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            rows = conn.execute("SELECT payload FROM outbox WHERE unconfirmed_chunks > 0"
+                                " ORDER BY id").fetchall()
+        return [token for (payload,) in rows for token in TOKEN.findall(payload)]
 
 
 def check_traces(root: Path) -> tuple[list[str], int]:
@@ -471,7 +495,8 @@ def summarise(reports: list[TrialReport]) -> str:
         f"  messages {total(lambda r: r.messages)}: lost {total(lambda r: len(r.lost))}, "
         f"answered twice or more {total(lambda r: len(r.twice))} "
         f"(extra replies {total(lambda r: sum(n - 1 for n in r.twice.values()))}), "
-        f"messages answering nothing {total(lambda r: len(r.others))}",
+        f"messages answering nothing {total(lambda r: len(r.others))}, replies recorded "
+        f"unconfirmed {total(lambda r: len(r.unconfirmed))}",
         f"  side effects {total(lambda r: r.effects)}: lost "
         f"{total(lambda r: len(r.effects_lost))}, done twice or more "
         f"{total(lambda r: len(r.effects_twice))} (tool calls {total(lambda r: r.tool_calls)})",

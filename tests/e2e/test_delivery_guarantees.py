@@ -206,3 +206,36 @@ async def test_a_retried_message_does_not_repeat_its_side_effect(
     finally:
         never.set()
         await stop_app(app)
+
+
+@pytest.mark.parametrize("failure", [{"status": 502}, {"status": 429, "retry_after": 30}])
+async def test_a_crash_while_waiting_to_retry_does_not_leave_the_chunk_possibly_delivered(
+        fake_telegram: FakeTelegram, tmp_path: Path, failure: dict[str, Any]) -> None:
+    # Found while explaining a kill-anywhere loss: the chunk was marked in flight before the
+    # retry loop, so a crash during a backoff or a flood wait — when Telegram had certainly not
+    # shown it — left it "possibly delivered", and recovery never sent it: the reply was lost.
+    from telegram import Bot
+
+    from bot.delivery import ChunkSender, Outbox
+    from storage.db import Database
+
+    user = fake_telegram.user("Ann")
+    chat = fake_telegram.private_chat(user)
+    db = await Database.open(tmp_path / "keel.sqlite3")
+    async with Bot(fake_telegram.token, base_url=fake_telegram.base_url) as bot:
+        outbox = Outbox(db, ChunkSender(bot, backoff_base_s=30.0))
+        item = await outbox.enqueue(chat_id=chat.id, thread_id=None, reply_to=None,
+                                    markdown="after the crash")
+        fake_telegram.fail_next("sendMessage", **failure)
+        delivering = asyncio.create_task(outbox.deliver(item))
+        await fake_telegram.wait_for(lambda: fake_telegram.calls("sendMessage"), timeout=5)
+        await asyncio.sleep(0.2)  # the answer is back; keel now waits to try again
+        delivering.cancel()  # the crash: nothing after this point runs
+        with pytest.raises(asyncio.CancelledError):
+            await delivering
+        recovered = Outbox(db, ChunkSender(bot))  # the next start's sweep
+        assert await recovered.sweep() == 1
+    row = await db.fetchone("SELECT status, unconfirmed_chunks FROM outbox WHERE id = ?", (item,))
+    await db.close()
+    assert [m["text"] for m in fake_telegram.sent(chat.id)] == ["after the crash"]
+    assert row is not None and (row["status"], row["unconfirmed_chunks"]) == ("sent", 0)
