@@ -201,7 +201,7 @@ def _explain(exc: ValidationError) -> str:
     lines = ["The configuration has errors:"]
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "?"
-        lines.append(f"  {where}: {err['msg']}")
+        lines.append(f"  {where}: {str(err['msg']).removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 

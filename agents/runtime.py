@@ -16,8 +16,8 @@ from dataclasses import dataclass, replace
 from typing import Any, assert_never
 
 from agents.budget import LedgerGate
-from agents.catalog import builtin_agents
-from agents.config import KeelFile, Settings, load_keel_file, price_table
+from agents.config import KeelFile, Settings
+from agents.config_check import Problem, assemble_agents, describe, load_configuration
 from agents.errors import ConfigError, DailyCapExceeded, KeelError
 from agents.executor import Hooks, execute
 from agents.executor.loop import OnProgress
@@ -27,7 +27,7 @@ from agents.pricing import PriceTable, Usage
 from agents.router import RouteDecision, route
 from agents.run import Run, RunKind, RunResult, new_id
 from agents.spec import AgentSpec, Limits
-from agents.tools import ToolRegistry, builtin_registry, load_tool_modules
+from agents.tools import ToolRegistry
 from agents.tools.contract import ToolContext
 from storage.conversations import ConversationRepository
 from storage.db import Database
@@ -116,16 +116,10 @@ class Runtime:
         model: ModelClient | None = None,
         registry: ToolRegistry | None = None,
     ) -> Runtime:
-        keel_file = load_keel_file(settings.config_path)
-        prices = price_table(keel_file)
-        registry = registry or builtin_registry()
-        if keel_file.tool_modules:
-            load_tool_modules(registry, keel_file.tool_modules)
-        agents = build_agents(settings, keel_file, registry)
-        for spec in agents.values():
-            prices.require(spec.model or settings.executor_model)
-            if spec.pattern == "plan_execute":
-                prices.require(settings.planner_model)
+        # the same check `keel doctor` runs: any problem refuses the start, all of them listed
+        checked = load_configuration(settings, registry=registry)
+        keel_file, prices = checked.keel_file, checked.prices
+        registry, agents = checked.registry, checked.agents
         if model is None:
             from agents.model.anthropic_client import AnthropicModelClient
 
@@ -482,23 +476,8 @@ def _limits_dict(limits: Limits) -> dict[str, Any]:
 
 def build_agents(settings: Settings, keel_file: KeelFile, registry: ToolRegistry) -> dict[str, AgentSpec]:
     """Built-in agents plus those in keel.toml (a keel.toml agent replaces a built-in of its name)."""
-    defaults = Limits.from_settings(settings)
-    agents = builtin_agents(defaults)
-    for name, cfg in keel_file.agents.items():
-        system = cfg.system
-        if system is None and cfg.system_file is not None:
-            try:
-                system = cfg.system_file.read_text("utf-8").strip()
-            except OSError as exc:
-                raise ConfigError(f"agent {name!r}: cannot read system_file: {exc}") from None
-        agents[name] = AgentSpec(
-            name=name, description=cfg.description, system=system or "", model=cfg.model,
-            tools=tuple(cfg.tools), limits=defaults.overridden(cfg.limits), pattern=cfg.pattern,
-        )
-    known = set(registry.names())
-    for spec in agents.values():
-        missing = [t for t in spec.tools if t not in known]
-        if missing:
-            raise ConfigError(f"agent {spec.name!r} names unknown tool(s) {missing}; known tools: "
-                              f"{', '.join(sorted(known))}")
+    problems: list[Problem] = []
+    agents = assemble_agents(settings, keel_file, registry, problems)
+    if problems:
+        raise ConfigError(describe(problems))
     return agents

@@ -14,7 +14,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from agents.config import Settings, load_settings
-from agents.errors import ConfigError
+from agents.config_check import lenient_settings, load_configuration, require_data_dir
+from agents.errors import ConfigError, MissingSettingError
 from agents.logs import configure_logging
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -74,6 +75,12 @@ def _register_runtime_commands(sub: argparse._SubParsersAction[argparse.Argument
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "doctor":  # the whole checklist, even when some variables are wrong
+        settings, env_problems = lenient_settings()
+        configure_logging(settings.log_level, settings.secrets())
+        from bot.doctor import run_doctor
+
+        return run_doctor(settings, online=args.online, env_problems=env_problems)
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -82,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.secrets())
     handler: Handler = args.handler
     try:
+        if _writes_data(args):
+            require_data_dir(settings.data_dir)
         return handler(args, settings)
     except ConfigError as exc:
         print(f"keel: {exc}", file=sys.stderr)
@@ -93,15 +102,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
+def _writes_data(args: argparse.Namespace) -> bool:
+    """Commands that open the database or write traces under KEEL_DATA_DIR."""
+    command = (args.command, getattr(args, "db_command", None) or
+               getattr(args, "agent_command", None))
+    return command in {("run", None), ("chat", None), ("db", "migrate"), ("db", "prune"),
+                       ("agent", "run")}
+
+
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    settings.require_telegram_token()
-    settings.require_anthropic_key()
+    missing = []
+    for require in (settings.require_telegram_token, settings.require_anthropic_key):
+        try:
+            require()
+        except MissingSettingError as exc:
+            missing.append(str(exc))
+    if missing:  # every missing variable at once, not one per attempt
+        raise ConfigError("\n".join(missing))
     from telegram.error import Conflict, InvalidToken, TelegramError
 
     from bot.app import run_bot
-    from bot.cli_schedule import load_jobs
 
-    load_jobs(settings)  # a bad schedule is a configuration error before anything starts
+    # The check `keel doctor` makes: a bad agent, tool, price or schedule is a configuration
+    # error before anything starts, with every problem listed.
+    load_configuration(settings)
 
     # Each failure is one line that never quotes the exception: PTB's own messages repeat the
     # token ("The token `…` was rejected"), and a traceback would too. PTB also logs a start-up
@@ -130,7 +154,7 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     from bot.doctor import run_doctor
 
-    return run_doctor(settings, online=args.online)
+    return run_doctor(settings, online=args.online)  # main() calls it with env problems
 
 
 def _cmd_db_migrate(args: argparse.Namespace, settings: Settings) -> int:

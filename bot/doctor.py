@@ -6,10 +6,11 @@ import asyncio
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
-from agents.config import KeelFile, Settings, load_keel_file, price_table
-from agents.errors import ConfigError
+from agents.config import Settings
+from agents.config_check import Problem, check_configuration, data_dir_problem
 
 Level = Literal["ok", "warn", "error"]
 _TOKEN_SHAPE = re.compile(r"^\d{5,}:[A-Za-z0-9_-]{30,}$")
@@ -22,15 +23,18 @@ class Finding:
     detail: str = ""
 
 
-def check(settings: Settings) -> list[Finding]:
-    out: list[Finding] = []
+def check(settings: Settings, env_problems: list[Problem] | None = None) -> list[Finding]:
+    """The whole checklist. ``env_problems``: environment variables that could not be read
+    (they fell back to their defaults for the rest of the checks)."""
+    out: list[Finding] = [Finding("error", p.what, p.fix) for p in env_problems or []]
     token = settings.telegram_bot_token.get_secret_value() if settings.telegram_bot_token else ""
     if not token:
         out.append(Finding("error", "TELEGRAM_BOT_TOKEN is not set",
                            "Create a bot with @BotFather (/newbot) and set TELEGRAM_BOT_TOKEN in .env."))
     elif not _TOKEN_SHAPE.match(token):
-        out.append(Finding("warn", "TELEGRAM_BOT_TOKEN does not look like a bot token",
-                           "Expected '<digits>:<35 letters>' as @BotFather prints it."))
+        out.append(Finding("error", "TELEGRAM_BOT_TOKEN is not a bot token",
+                           "Expected '<digits>:<35 letters>' as @BotFather prints it; copy it "
+                           "again from @BotFather (/mybots → API Token)."))
     else:
         out.append(Finding("ok", "TELEGRAM_BOT_TOKEN is set"))
     key = settings.anthropic_api_key.get_secret_value() if settings.anthropic_api_key else ""
@@ -45,7 +49,8 @@ def check(settings: Settings) -> list[Finding]:
         out.append(Finding("ok", f"Anthropic API at {settings.anthropic_base_url}"))
 
     out.append(_check_data_dir(settings))
-    out.append(Finding("ok", f"time zone {settings.timezone}"))
+    if not any(p.what.startswith("KEEL_TIMEZONE") for p in env_problems or []):
+        out.append(Finding("ok", f"time zone {settings.timezone}"))
     if settings.owner_id is None:
         out.append(Finding("warn", "no owner: the bot will answer nobody",
                            "Message the bot once in a private chat; it replies with your user id. "
@@ -59,49 +64,31 @@ def check(settings: Settings) -> list[Finding]:
         out.append(Finding("ok", f"allowed users at first start: {ids} (then /allow, /deny)"))
     elif settings.owner_id is not None:
         out.append(Finding("ok", "no other allowed users yet: the owner adds them with /allow ID"))
+    out.extend(_check_configuration(settings))
+    return out
 
-    try:
-        keel_file = load_keel_file(settings.config_path)
-        where = str(settings.config_path or "keel.toml") if (settings.config_path or os.path.exists("keel.toml")) else None
-        out.append(Finding("ok", f"config file {where}" if where else "no keel.toml (built-in agents only)"))
-    except ConfigError as exc:
-        out.append(Finding("error", "keel.toml has errors", str(exc)))
-        keel_file = KeelFile()
-    out.extend(_check_prices(settings, keel_file))
+
+def _check_configuration(settings: Settings) -> list[Finding]:
+    """keel.toml, tool modules, agents, prices and schedules: the very check `keel run` makes."""
+    checked = check_configuration(settings)
+    where = settings.config_path or (Path("keel.toml") if Path("keel.toml").exists() else None)
+    if checked.problems:
+        return [Finding("error", p.what, p.fix) for p in checked.problems]
+    out = [Finding("ok", f"config file {where}" if where else
+                   "no keel.toml (built-in agents only)")]
+    out.append(Finding("ok", f"{len(checked.agents)} agents, default {checked.keel_file.default_agent}"
+                       f"; every model they use has a price"))
+    if checked.jobs:
+        out.append(Finding("ok", f"{len(checked.jobs)} schedule(s): "
+                           + ", ".join(job.name for job in checked.jobs)))
     return out
 
 
 def _check_data_dir(settings: Settings) -> Finding:
-    try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        probe = settings.data_dir / ".doctor-probe"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        return Finding("error", f"data directory {settings.data_dir} is not writable",
-                       f"{exc}. Set KEEL_DATA_DIR to a writable folder.")
+    problem = data_dir_problem(settings.data_dir)
+    if problem is not None:
+        return Finding("error", problem.what, problem.fix)
     return Finding("ok", f"data directory {settings.data_dir.resolve()}")
-
-
-def _check_prices(settings: Settings, keel_file: KeelFile) -> list[Finding]:
-    table = price_table(keel_file)
-    models = {
-        "KEEL_ROUTER_MODEL": settings.router_model,
-        "KEEL_PLANNER_MODEL": settings.planner_model,
-        "KEEL_EXECUTOR_MODEL": settings.executor_model,
-    }
-    for name, agent in keel_file.agents.items():
-        if agent.model:
-            models[f"agent {name!r}"] = agent.model
-    out = []
-    for who, model in models.items():
-        if table.get(model) is None:
-            out.append(Finding("error", f"{who}: no price for model {model!r}",
-                               f"Add [prices.{model!r}] to keel.toml or pin one of: "
-                               f"{', '.join(table.models)}."))
-    if not out:
-        out.append(Finding("ok", "every pinned model has a price"))
-    return out
 
 
 async def check_online(settings: Settings) -> list[Finding]:
@@ -150,8 +137,9 @@ def render(findings: list[Finding]) -> str:
     return "\n".join(lines)
 
 
-def run_doctor(settings: Settings, *, online: bool) -> int:
-    findings = check(settings)
+def run_doctor(settings: Settings, *, online: bool,
+               env_problems: list[Problem] | None = None) -> int:
+    findings = check(settings, env_problems)
     if online:
         findings += asyncio.run(check_online(settings))
     print(render(findings))
