@@ -92,12 +92,14 @@ class ConversationRepository:
             row = await cursor.fetchone()
             if row is not None:
                 return int(row[0])
-            cursor = await conn.execute(
-                "INSERT INTO sessions (conversation_id, agent, created_at) VALUES (?, ?, ?)",
+            async with conn.execute(
+                "INSERT INTO sessions (conversation_id, agent, created_at) VALUES (?, ?, ?)"
+                " RETURNING id",
                 (conversation_id, agent, now_iso()),
-            )
-            assert cursor.lastrowid is not None
-            return cursor.lastrowid
+            ) as cursor:
+                row = await cursor.fetchone()
+            assert row is not None
+            return int(row[0])
 
     async def archive_sessions(self, conversation_id: int) -> int:
         """/new: every live session of the conversation is archived; returns how many."""

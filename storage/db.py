@@ -4,21 +4,58 @@ Two connections: the writer, used only inside ``Database.write()`` under a lock 
 ``BEGIN IMMEDIATE``; and the reader, in autocommit mode, which sees only committed data (WAL lets it
 read while a write is open). A write that raises — cancellation included — is rolled back, so a
 cancelled task never leaves half a change behind.
+
+``storage.pg.PostgresDatabase`` is the same interface on PostgreSQL; repositories see only what the
+protocols below describe (rows by name and by position, a cursor's ``rowcount``), and write SQL
+both understand (``storage/dialect.py``). New rows' ids come from ``RETURNING``, not ``lastrowid``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, Self
 
 import aiosqlite
 
+from storage.dialect import Dialect
+
 Params = Sequence[Any] | dict[str, Any]
+
+
+class Row(Protocol):
+    """A result row, by column name or by position (``sqlite3.Row`` and ``storage.pg.PgRow``)."""
+
+    def keys(self) -> list[str]: ...
+    def __getitem__(self, key: int | str, /) -> Any: ...
+    def __iter__(self) -> Iterator[Any]: ...
+    def __len__(self) -> int: ...
+
+
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+    async def fetchone(self) -> Row | None: ...
+    async def fetchall(self) -> Iterable[Row]: ...
+
+
+class CursorResult(Protocol):
+    """What ``execute`` returns: awaited, or used as ``async with`` (which closes the cursor)."""
+
+    def __await__(self) -> Generator[Any, None, Cursor]: ...
+    async def __aenter__(self) -> Cursor: ...
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any, /) -> Any: ...
+
+
+class WriteConnection(Protocol):
+    """The connection ``Database.write()`` yields, inside its one transaction."""
+
+    def execute(self, sql: str, params: Params = ..., /) -> CursorResult: ...
+    def executemany(self, sql: str, params: Iterable[Params], /) -> CursorResult: ...
 
 
 def now_iso() -> str:
@@ -31,6 +68,8 @@ def iso(moment: datetime) -> str:
 
 
 class Database:
+    dialect: Dialect = "sqlite"
+
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path) if str(path) != ":memory:" else path
         self._writer: aiosqlite.Connection | None = None
@@ -42,7 +81,7 @@ class Database:
         self._read_lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: Path | str, *, migrate: bool = True) -> Database:
+    async def open(cls, path: Path | str, *, migrate: bool = True) -> Self:
         db = cls(path)
         await db.connect()
         if migrate:
@@ -80,7 +119,7 @@ class Database:
     # ------------------------------------------------------------ the one door for writes
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def write(self) -> AsyncIterator[WriteConnection]:
         """Hold the write lock inside one transaction; commit on success, roll back on anything."""
         conn = self._require(self._writer)
         async with self._lock:
@@ -107,11 +146,11 @@ class Database:
 
     # ------------------------------------------------------------ reads
 
-    async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
 
-    async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         async with self._read_lock:
             async with self._require(self._reader).execute(sql, params) as cursor:
                 return list(await cursor.fetchall())

@@ -29,7 +29,7 @@ class IdempotencyStore:
     async def put(self, run_id: str, tool: str, args: Any, result: str) -> None:
         """Store ``result``; a concurrent duplicate keeps the first stored result."""
         await self.db.execute_write(
-            "INSERT OR IGNORE INTO idempotency_keys (run_id, tool, args_hash, result, created_at)"
-            " VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO idempotency_keys (run_id, tool, args_hash, result, created_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (run_id, tool, canonical_args_hash(args), result, now_iso()),
         )

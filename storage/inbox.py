@@ -10,9 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import aiosqlite
-
-from storage.db import Database, now_iso
+from storage.db import Database, WriteConnection, now_iso
 
 InboxStatus = Literal["received", "processing", "done", "ignored", "failed"]
 
@@ -35,8 +33,8 @@ class Inbox:
                       user_id: int | None, payload: dict[str, Any]) -> bool:
         """Store an update; False if it was already stored (a redelivery)."""
         inserted = await self.db.execute_write(
-            "INSERT OR IGNORE INTO inbox (update_id, chat_id, thread_id, user_id, payload,"
-            " received_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO inbox (update_id, chat_id, thread_id, user_id, payload,"
+            " received_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (update_id, chat_id, thread_id, user_id, json.dumps(payload, ensure_ascii=False),
              now_iso()),
         )
@@ -50,8 +48,8 @@ class Inbox:
         async with self.db.write() as conn:
             for u in updates:
                 cursor = await conn.execute(
-                    "INSERT OR IGNORE INTO inbox (update_id, chat_id, thread_id, user_id, payload,"
-                    " received_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO inbox (update_id, chat_id, thread_id, user_id, payload,"
+                    " received_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     (u.update_id, u.chat_id, u.thread_id, u.user_id,
                      json.dumps(u.payload, ensure_ascii=False), now),
                 )
@@ -72,7 +70,7 @@ class Inbox:
             " AND status = 'received'", (now_iso(), update_id))
 
     @staticmethod
-    async def close(conn: aiosqlite.Connection, update_id: int, status: InboxStatus, *,
+    async def close(conn: WriteConnection, update_id: int, status: InboxStatus, *,
                     run_id: str | None = None) -> None:
         """Finish an update inside the caller's transaction (with its reply)."""
         await conn.execute(

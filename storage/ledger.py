@@ -19,9 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import aiosqlite
-
-from storage.db import Database, now_iso
+from storage.db import Database, WriteConnection, now_iso
 from storage.usage import SYSTEM_USER, UsageDelta, record_usage, today
 
 MONEY_EPSILON = 1e-12
@@ -140,14 +138,14 @@ class Ledger:
                 if left + MONEY_EPSILON < min_usd:
                     return Shortfall(scope=scope, cap_usd=cap, left_usd=max(0.0, left))
                 amount = min(want_usd, left)
-            cursor = await conn.execute(
+            async with conn.execute(
                 "INSERT INTO budget_holds (run_id, day, user_id, schedule, agent, amount_usd,"
-                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (run_id, day, uid, sched, agent, amount, now_iso()),
-            )
-            hold_id = cursor.lastrowid
-        assert hold_id is not None
-        return Hold(id=hold_id, run_id=run_id, day=day, user_id=uid, schedule=sched, agent=agent,
+            ) as cursor:
+                row = await cursor.fetchone()
+        assert row is not None
+        return Hold(id=int(row[0]), run_id=run_id, day=day, user_id=uid, schedule=sched, agent=agent,
                     amount_usd=amount)
 
     async def settle(self, hold: Hold, delta: UsageDelta) -> None:
@@ -246,7 +244,7 @@ _USED_SQL: dict[Scope, tuple[str, str]] = {
 }
 
 
-async def _used(conn: aiosqlite.Connection, day: str, scope: Scope,
+async def _used(conn: WriteConnection, day: str, scope: Scope,
                 params: tuple[object, ...]) -> float:
     """Spent plus held on ``day`` within a scope, read inside the write transaction."""
     total = 0.0
@@ -257,13 +255,14 @@ async def _used(conn: aiosqlite.Connection, day: str, scope: Scope,
     return total
 
 
-async def _spend(conn: aiosqlite.Connection, day: str, user_id: int, agent: str, schedule: str,
+async def _spend(conn: WriteConnection, day: str, user_id: int, agent: str, schedule: str,
                  delta: UsageDelta) -> None:
     await record_usage(conn, day=day, user_id=user_id, agent=agent, delta=delta)
     if schedule:
         await conn.execute(
             "INSERT INTO schedule_spend (day, schedule, cost_usd, model_calls) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (day, schedule) DO UPDATE SET cost_usd = cost_usd + excluded.cost_usd,"
-            " model_calls = model_calls + excluded.model_calls",
+            " ON CONFLICT (day, schedule) DO UPDATE SET"
+            " cost_usd = schedule_spend.cost_usd + excluded.cost_usd,"
+            " model_calls = schedule_spend.model_calls + excluded.model_calls",
             (day, schedule, delta.cost_usd, delta.model_calls),
         )

@@ -12,9 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
-from storage.db import Database, now_iso
+from storage.db import Database, WriteConnection, now_iso
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,21 +46,22 @@ class OutboxRepository:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def put(self, conn: aiosqlite.Connection, *, chat_id: int, thread_id: int | None,
+    async def put(self, conn: WriteConnection, *, chat_id: int, thread_id: int | None,
                   reply_to: int | None, markdown: str, inbox_update_id: int | None = None,
                   run_id: str | None = None, buttons: list[list[OutboxButton]] | None = None,
                   escalation_id: str | None = None) -> int:
         """Insert inside the caller's write transaction; returns the row id."""
         payload = {"markdown": markdown, "buttons": [[{"label": b.label, "key": b.key}
                                                       for b in row] for row in buttons or []]}
-        cursor = await conn.execute(
+        async with conn.execute(
             "INSERT INTO outbox (chat_id, thread_id, reply_to_message_id, payload, inbox_update_id,"
             " run_id, escalation_id, telegram_message_ids, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, '[]', ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, '[]', ?) RETURNING id",
             (chat_id, thread_id, reply_to, json.dumps(payload, ensure_ascii=False),
              inbox_update_id, run_id, escalation_id, now_iso()),
-        )
-        return int(cursor.lastrowid or 0)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row is not None else 0
 
     async def get(self, item_id: int) -> OutboxItem | None:
         row = await self.db.fetchone("SELECT * FROM outbox WHERE id = ?", (item_id,))

@@ -6,9 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
-from storage.db import Database, now_iso
+from storage.db import Database, WriteConnection, now_iso
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,7 +82,7 @@ class RunRepository:
         output: str | None,
         totals: RunTotals,
         state: dict[str, Any] | None = None,
-        conn: aiosqlite.Connection | None = None,
+        conn: WriteConnection | None = None,
     ) -> None:
         """Record the run's one final status (inside ``conn``'s transaction when given)."""
         if conn is None:
@@ -163,7 +161,8 @@ class RunRepository:
         """The newest runs of one person and/or one chat (None: any), whose run or trace id
         starts with ``prefix``; the prefix is compared as text, never as a pattern."""
         rows = await self.db.fetchall(
-            "SELECT * FROM runs WHERE (? IS NULL OR user_id = ?) AND (? IS NULL OR chat_id = ?)"
+            "SELECT * FROM runs WHERE (CAST(? AS BIGINT) IS NULL OR user_id = ?)"
+            " AND (CAST(? AS BIGINT) IS NULL OR chat_id = ?)"
             " AND (substr(trace_id, 1, ?) = ? OR substr(id, 1, ?) = ?)"
             " ORDER BY started_at DESC LIMIT ?",
             (user_id, user_id, chat_id, chat_id, len(prefix), prefix, len(prefix), prefix, limit),

@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import aiosqlite
-
-from storage.db import Database
+from storage.db import Database, WriteConnection
 
 SYSTEM_USER = 0  # scheduled and command-line runs
 
@@ -49,19 +47,19 @@ class UsageLedger:
         return float(value or 0.0)
 
 
-async def record_usage(conn: aiosqlite.Connection, *, day: str, user_id: int, agent: str,
+async def record_usage(conn: WriteConnection, *, day: str, user_id: int, agent: str,
                        delta: UsageDelta) -> None:
     """Add ``delta`` to the day's row of (user, agent), inside the caller's write transaction."""
     await conn.execute(
         "INSERT INTO usage_ledger (day, user_id, agent, cost_usd, input_tokens, output_tokens,"
         " cache_read_tokens, cache_write_tokens, model_calls) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (day, user_id, agent) DO UPDATE SET"
-        " cost_usd = cost_usd + excluded.cost_usd,"
-        " input_tokens = input_tokens + excluded.input_tokens,"
-        " output_tokens = output_tokens + excluded.output_tokens,"
-        " cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,"
-        " cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,"
-        " model_calls = model_calls + excluded.model_calls",
+        " cost_usd = usage_ledger.cost_usd + excluded.cost_usd,"
+        " input_tokens = usage_ledger.input_tokens + excluded.input_tokens,"
+        " output_tokens = usage_ledger.output_tokens + excluded.output_tokens,"
+        " cache_read_tokens = usage_ledger.cache_read_tokens + excluded.cache_read_tokens,"
+        " cache_write_tokens = usage_ledger.cache_write_tokens + excluded.cache_write_tokens,"
+        " model_calls = usage_ledger.model_calls + excluded.model_calls",
         (day, user_id, agent, delta.cost_usd, delta.input_tokens, delta.output_tokens,
          delta.cache_read_tokens, delta.cache_write_tokens, delta.model_calls),
     )
