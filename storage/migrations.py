@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from storage.db import Database, now_iso
+from storage.dialect import Dialect, postgres_ddl, split_statements
 
 
 @dataclass(frozen=True)
@@ -269,7 +270,11 @@ MIGRATIONS: tuple[Migration, ...] = (
 
 
 async def migrate(db: Database) -> list[str]:
-    """Apply the migrations not yet applied; returns the names applied now (empty: nothing to do)."""
+    """Apply the migrations not yet applied; returns the names applied now (empty: nothing to do).
+
+    Safe with several processes starting together (PostgreSQL): each migration is applied in the
+    one write transaction that first checks it is still unapplied, and write transactions take
+    turns (storage/pg.py), so a migration another process applied meanwhile is skipped."""
     async with db.write() as conn:
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations "
@@ -281,7 +286,11 @@ async def migrate(db: Database) -> list[str]:
         if migration.name in applied:
             continue
         async with db.write() as conn:
-            for statement in _statements(migration.sql):
+            async with conn.execute("SELECT 1 FROM schema_migrations WHERE name = ?",
+                                    (migration.name,)) as cursor:
+                if await cursor.fetchone() is not None:
+                    continue
+            for statement in _statements(migration.sql, db.dialect):
                 await conn.execute(statement)
             await conn.execute(
                 "INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
@@ -291,7 +300,10 @@ async def migrate(db: Database) -> list[str]:
     return done
 
 
-def _statements(sql: str) -> list[str]:
-    """Split a migration into statements (executescript would commit our transaction)."""
-    lines = [line.split("--", 1)[0] for line in sql.splitlines()]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+def _statements(sql: str, dialect: Dialect = "sqlite") -> list[str]:
+    """Split a migration into statements (executescript would commit our transaction), in
+    ``dialect``: migrations are written once, in SQLite's types (storage/dialect.py)."""
+    statements = split_statements(sql)
+    if dialect == "postgresql":
+        return [postgres_ddl(s) for s in statements]
+    return statements
