@@ -14,24 +14,18 @@ from telegram import Update
 from telegram.ext import ContextTypes
 
 from agents.errors import KeelError
-from agents.executor.resolve import close_transcript
+from agents.escalation_flow import DEFAULT_TTL, EscalationFlow, in_words, reply_target
 from agents.notify import Button
 from agents.run import RunResult
-from agents.sessions import parked
-from agents.tokens import estimate
 from agents.trace_view import summarise
-from storage.escalations import Escalation, EscalationRepository
-from storage.runs import RunTotals
-from storage.traces import day_of
+from storage.escalations import Escalation
 
 if TYPE_CHECKING:
     from bot.service import KeelBot
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TTL = timedelta(hours=24)
 CALLBACK_PREFIX = "e"
-BUDGET = "budget"  # the tool_use_id of a budget escalation: more budget, or stop
 
 
 def callback_data(key: str, index: int) -> str:
@@ -48,21 +42,17 @@ def parse_callback(data: str) -> tuple[str, int] | None:
 class Escalations:
     def __init__(self, keel: KeelBot, *, ttl: timedelta = DEFAULT_TTL) -> None:
         self.keel = keel
-        self.repo = EscalationRepository(keel.runtime.db)
+        self.flow = EscalationFlow(keel.runtime, ttl=ttl)
+        self.repo = self.flow.repo
         self.ttl = ttl
 
     async def ask_in(self, conn: Any, result: RunResult, *, chat_id: int,
                      thread_id: int | None) -> int:
         """Store the escalation of a parked run and its question's outbox row inside ``conn``'s
         transaction (the one that records the run as waiting_human). Returns the outbox id."""
-        assert result.escalation is not None
-        request = result.escalation.request
-        escalation = await self.repo.create(
-            run_id=result.run_id, tool_use_id=result.escalation.tool_use_id, chat_id=chat_id,
-            thread_id=thread_id, reason=request.reason, context=request.context,
-            options=list(request.options), ttl=self.ttl, conn=conn)
+        escalation = await self.flow.park_in(conn, result, chat_id=chat_id, thread_id=thread_id)
         buttons = [[Button(label=o, key=callback_data(escalation.id, i))]
-                   for i, o in enumerate(request.options)]
+                   for i, o in enumerate(escalation.options)]
         return await self.keel.outbox.put(
             conn, chat_id=chat_id, thread_id=thread_id, reply_to=None, run_id=result.run_id,
             markdown=self._question(escalation, result), buttons=buttons or None,
@@ -77,7 +67,7 @@ class Escalations:
             lines += ["", f"**Context:** {e.context}"]
         lines += ["", "Tap an option, or reply to this message with your own answer."
                   if e.options else "Reply to this message with your answer.",
-                  f"_Expires in {_duration(self.ttl)}. Run so far: ${summary.cost_usd:.4f}, "
+                  f"_Expires {in_words(self.ttl.total_seconds())}. Run so far: ${summary.cost_usd:.4f}, "
                   f"{summary.steps} tool call(s) ({tools}); trace `{result.trace_id[:8]}`._"]
         return "\n".join(lines)
 
@@ -86,15 +76,9 @@ class Escalations:
         """A run halted by its budget: ask whether to continue with as much again, or stop.
         Inside the transaction that records the halt; returns the outbox id."""
         extra = result.budget_usd
-        options = [f"Continue (+${extra:.2f})", "Stop here"]
-        escalation = await self.repo.create(
-            run_id=result.run_id, tool_use_id=BUDGET, chat_id=chat_id, thread_id=thread_id,
-            reason=f"The run spent ${result.cost_usd:.4f} of its ${result.budget_usd:.2f} budget "
-            "before it could finish.",
-            context=f"Continuing allows up to ${extra:.2f} more; stopping keeps what was spent.",
-            options=options, ttl=self.ttl, conn=conn)
+        escalation = await self.flow.park_in(conn, result, chat_id=chat_id, thread_id=thread_id)
         buttons = [[Button(label=o, key=callback_data(escalation.id, i))]
-                   for i, o in enumerate(options)]
+                   for i, o in enumerate(escalation.options)]
         text = (f"💸 **Budget spent** — `{result.agent}` stopped at ${result.cost_usd:.4f} of "
                 f"${result.budget_usd:.2f}.\n\nContinue with up to ${extra:.2f} more, or stop "
                 f"here? _Trace `{result.trace_id[:8]}`._")
@@ -163,104 +147,60 @@ class Escalations:
 
     async def _answer(self, e: Escalation, answer: str, user_id: int, user_name: str,
                       *, respond: Callable[[str], Awaitable[Any]]) -> None:
-        if e.status != "pending" or not await self.repo.answer(
+        if e.stage != "pending" or not await self.repo.answer(
                 e.id, answer=answer, user_id=user_id, user_name=user_name):
             current = await self.repo.get(e.id)
-            who = current.answered_by_name if current else None
-            said = (f"Already answered by {who}: {current.answer}" if current and
-                    current.status == "answered" else "This question is no longer open.")
-            await _best_effort(respond(said), "tell that the question is closed")
+            await _best_effort(respond(closed_text(current)), "tell that the question is closed")
             return
         # The answer is committed: from here the resume is driven by the stored row. Telling the
         # person and editing the question are cosmetic and may fail ("query is too old");
         # neither may keep the run waiting.
         from bot.service import spawn
 
-        spawn(self._resume(e, answer, user_name), f"resume run {e.run_id}")
+        answered = await self.repo.get(e.id)
+        spawn(self._resume(answered or e), f"resume run {e.run_id}")
         await _best_effort(respond("Got it — resuming."), "acknowledge the answer")
         if e.chat_id is not None and e.message_id is not None:
             await self._edit(e, f"✅ **Decision:** {answer}\n_by {user_name}_ — the run goes on."
                              f"\n\n**Why it asked:** {e.reason}")
 
-    async def _resume(self, e: Escalation, answer: str, answered_by: str) -> None:
+    async def _resume(self, e: Escalation) -> None:
+        """Resume the run of an answered escalation, if this process wins the claim."""
         keel = self.keel
-        key = (e.chat_id or 0, e.thread_id or 0)
-        if e.tool_use_id == BUDGET and answer != e.options[0]:
-            # "Stop here": the run stays budget_exceeded
-            await self._record_stopped(e.run_id, "run stopped: its budget was spent")
-            return
+        record = await keel.runtime.runs.get(e.run_id)
+        chat_id, thread_id = reply_target(e, record)
+        key = (chat_id or 0, thread_id or 0)
         async with keel.locks.hold(key):
-            record = await keel.runtime.runs.get(e.run_id)
             items: list[int] = []
-            commit = self._commit(record.session_id if record else None, e.chat_id, e.thread_id,
-                                  items)
+            commit = keel.outcome_commit(chat_id=chat_id, thread_id=thread_id, reply_to=None,
+                                         update_id=None, items=items) \
+                if chat_id is not None else None
             try:
                 # registered for /cancel like any run in this conversation
                 keel.active[key] = e.run_id
-                if e.tool_use_id == BUDGET:
-                    extra = record.budget_usd if record else 0.0
-                    await keel.runtime.continue_with_budget(e.run_id, extra, granted_by=answered_by,
-                                                            on_commit=commit)
-                else:
-                    await keel.runtime.resume(e.run_id, answer, answered_by=answered_by,
-                                              on_commit=commit)
+                await self.flow.resume(e, on_commit=commit)
             except KeelError as exc:
                 log.warning("cannot resume run %s: %s", e.run_id, exc)
-                if e.chat_id is not None:
+                if chat_id is not None:
                     await _best_effort(keel.notifier.send(
-                        e.chat_id, f"⚠️ The run `{e.run_id[:8]}` could not go on: {exc}",
-                        thread_id=e.thread_id), "tell that a resume was refused")
+                        chat_id, f"⚠️ The run `{e.run_id[:8]}` could not go on: {exc}",
+                        thread_id=thread_id), "tell that a resume was refused")
                 return
             finally:
                 keel.active.pop(key, None)
             for item in items:
                 await _best_effort(keel.outbox.deliver(item), f"deliver outbox item {item}")
 
-    def _commit(self, session_id: int | None, chat_id: int | None, thread_id: int | None,
-                items: list[int]) -> Any:
-        """What a resumed run commits with its outcome: its history when it ends for good, and
-        its answer (or its next question) in the outbox."""
-        keel = self.keel
-        answer_commit = keel.outcome_commit(chat_id=chat_id, thread_id=thread_id, reply_to=None,
-                                            update_id=None, items=items) \
-            if chat_id is not None else None
-
-        async def commit(conn: Any, result: RunResult) -> None:
-            if not parked(result) and session_id:
-                await keel.sessions.record_in(conn, session_id, result)
-            if answer_commit is not None:
-                await answer_commit(conn, result)
-
-        return commit
-
     async def recover(self) -> int:
         """At start-up: answered questions whose run did not go on (the process died between the
         answer and the resume, or during the resume) are resumed now. Returns how many."""
+        from bot.service import spawn
+
         count = 0
-        for e in await self.repo.answered_unresumed():
-            from bot.service import spawn
-
-            budget = e.tool_use_id == BUDGET
-            if budget and e.answer != e.options[0]:
-                continue  # "Stop here" needs no resume
-            # interrupted while it went on: back to parked, so the resume claims it once
-            await self.keel.runtime.runs.reparked(
-                e.run_id, "budget_exceeded" if budget else "waiting_human")
-
-            spawn(self._resume(e, e.answer or "", e.answered_by_name or "someone"),
-                  f"resume run {e.run_id} after restart")
+        for e in await self.flow.recoverable():
+            spawn(self._resume(e), f"resume run {e.run_id} after restart")
             count += 1
         return count
-
-    async def _record_stopped(self, run_id: str, note: str) -> None:
-        """A parked run that will not go on: its closed transcript joins the session history."""
-        record = await self.keel.runtime.runs.get(run_id)
-        if record is None or record.state is None or not record.session_id:
-            return
-        state = record.state
-        transcript = close_transcript(state["messages"][int(state.get("new_from", 0)):],
-                                      note)
-        await self.keel.sessions.record_messages(record.session_id, transcript, run_id=run_id)
 
     # ------------------------------------------------------------------ expiry
 
@@ -268,51 +208,16 @@ class Escalations:
         """End runs whose question went unanswered past its expiry; returns how many. Each
         escalation is expired in its own transaction with its run's end and its notice, so one
         failed send cannot leave the others waiting."""
-        count = 0
-        for e in await self.repo.due():
-            try:
-                if await self._expire_one(e):
-                    count += 1
-            except Exception:
-                log.exception("could not expire escalation %s", e.id)
-        return count
-
-    async def _expire_one(self, e: Escalation) -> bool:
-        keel = self.keel
-        record = await keel.runtime.runs.get(e.run_id)
-        items: list[int] = []
-        budget = e.tool_use_id == BUDGET
-        note = ("run stopped: its budget was spent" if budget
-                else "run cancelled: the question to a human expired")
-        async with keel.runtime.db.write() as conn:
-            if not await self.repo.expire_in(conn, e.id):
-                return False  # answered meanwhile
-            if record is not None and record.state is not None and record.session_id:
-                state = record.state
-                transcript = close_transcript(
-                    state["messages"][int(state.get("new_from", 0)):], note)
-                await keel.sessions.repo.append_in(
-                    conn, record.session_id,
-                    [(m["role"], m["content"], estimate(m)) for m in transcript],
-                    run_id=e.run_id)
-            if not budget and record is not None and record.status == "waiting_human":
-                await keel.runtime.runs.finish(
-                    e.run_id, status="cancelled", detail="the question to a human expired "
-                    "unanswered", output=None, totals=_totals(record), conn=conn)
-            if e.chat_id is not None and not budget:
-                items.append(await keel.outbox.put(
-                    conn, chat_id=e.chat_id, thread_id=e.thread_id, reply_to=None,
-                    run_id=e.run_id, markdown=f"⌛ Nobody answered in time, so the run was "
-                    f"cancelled (trace `{record.trace_id[:8] if record else e.run_id[:8]}`). "
-                    "Ask again whenever you are ready."))
-        if not budget and record is not None and record.status == "waiting_human":
-            _close_trace(keel, record, "cancelled", "the question to a human expired unanswered")
-        if e.chat_id is not None and e.message_id is not None:
-            await self._edit(e, "⌛ **Expired unanswered** — the run stays stopped." if budget
-                             else f"⌛ **Expired unanswered.**\n\n**Why it asked:** {e.reason}")
-        for item in items:
-            await _best_effort(keel.outbox.deliver(item), f"deliver expiry notice {item}")
-        return True
+        expired = await self.flow.expire_due()
+        for one in expired:
+            e = one.escalation
+            if e.chat_id is not None and e.message_id is not None:
+                await self._edit(e, "⌛ **Expired unanswered** — the run stays stopped."
+                                 if e.kind == "budget"
+                                 else f"⌛ **Expired unanswered.**\n\n**Why it asked:** {e.reason}")
+            for item in one.items:
+                await _best_effort(self.keel.outbox.deliver(item), f"deliver expiry notice {item}")
+        return len(expired)
 
     async def _edit(self, e: Escalation, markdown: str) -> None:
         assert e.chat_id is not None and e.message_id is not None
@@ -329,30 +234,11 @@ async def _best_effort(awaitable: Awaitable[Any], what: str) -> None:
         log.warning("could not %s: %s", what, exc)
 
 
-def _duration(ttl: timedelta) -> str:
-    seconds = ttl.total_seconds()
-    if seconds >= 3600:
-        return f"{seconds / 3600:g} h"
-    if seconds >= 60:
-        return f"{round(seconds / 60):d} min"
-    return f"{round(seconds):d} s"
-
-
-def _totals(record: Any) -> RunTotals:
-    return RunTotals(cost_usd=record.cost_usd, steps=record.steps, model_calls=record.model_calls,
-                     input_tokens=record.input_tokens, output_tokens=record.output_tokens,
-                     cache_read_tokens=record.cache_read_tokens,
-                     cache_write_tokens=record.cache_write_tokens)
-
-
-def _close_trace(keel: KeelBot, record: Any, status: str, detail: str) -> None:
-    """A run ended outside the executor (expiry) still gets its run_end."""
-    try:
-        # Its day, or a trace begun on an earlier day would get a second file today.
-        trace = keel.runtime.traces.writer(trace_id=record.trace_id, run_id=record.id,
-                                           day=day_of(record.started_at))
-        trace.emit("run_end", agent=record.agent, status=status, detail=detail,
-                   cost_usd=record.cost_usd, steps=record.steps, model_calls=record.model_calls)
-        trace.close()
-    except OSError as exc:
-        log.warning("could not close the trace of run %s: %s", record.id, exc)
+def closed_text(current: Escalation | None) -> str:
+    """What a late answer is told: who answered first, or that the question is closed."""
+    if current is not None and current.stage in ("answered", "resumed", "done") and \
+            current.answer is not None:
+        return f"Already answered by {current.answered_by_name}: {current.answer}"
+    if current is not None and current.stage == "expired":
+        return "This question expired; nothing was changed."
+    return "This question is no longer open."

@@ -266,6 +266,50 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        "0005_escalation_state",
+        """
+        -- An escalation is one row moving pending -> answered -> resumed -> done, or expired.
+        -- Every transition is guarded by the stage it leaves (storage/escalations.py), so a
+        -- second answer, an answer after expiry or a second resumer changes nothing. The stage
+        -- is the claim: whoever moves answered -> resumed (the bot, its start-up recovery or
+        -- `keel escalation answer`) is the one process that resumes the run.
+        ALTER TABLE escalations ADD COLUMN stage TEXT NOT NULL DEFAULT 'pending'
+            CHECK (stage IN ('pending', 'answered', 'resumed', 'done', 'expired'));
+        -- question (escalate_to_human), budget (continue or stop) or approval (a risky tool).
+        ALTER TABLE escalations ADD COLUMN kind TEXT NOT NULL DEFAULT 'question'
+            CHECK (kind IN ('question', 'budget', 'approval'));
+        -- JSON list of user ids who may answer an approval; NULL: the owner and admins.
+        ALTER TABLE escalations ADD COLUMN approvers TEXT;
+        ALTER TABLE escalations ADD COLUMN resumed_at TEXT;
+        ALTER TABLE escalations ADD COLUMN done_at TEXT;
+
+        UPDATE escalations SET kind = 'budget' WHERE tool_use_id = 'budget';
+        UPDATE escalations SET stage = 'expired' WHERE status IN ('expired', 'cancelled');
+        -- Answered before this migration: still to resume while its run is parked (or was cut
+        -- off while it went on), being resumed while its run runs, otherwise finished.
+        UPDATE escalations SET stage = 'done' WHERE status = 'answered';
+        UPDATE escalations SET stage = 'resumed' WHERE status = 'answered' AND run_id IN
+            (SELECT id FROM runs WHERE status = 'running');
+        UPDATE escalations SET stage = 'answered' WHERE status = 'answered' AND run_id IN
+            (SELECT id FROM runs WHERE state IS NOT NULL AND (status IN ('waiting_human',
+             'budget_exceeded') OR (status = 'failed' AND status_detail LIKE 'interrupted%')))
+            AND created_at = (SELECT MAX(x.created_at) FROM escalations x
+                              WHERE x.run_id = escalations.run_id);
+        CREATE INDEX escalations_by_stage ON escalations (stage, expires_at);
+        """,
+    ),
+    Migration(
+        "0006_session_counts",
+        """
+        -- The exact input size (tokens, as the API billed it) of a session's last model call,
+        -- how many history messages it covered and a digest of the prefix and those messages:
+        -- the next turn's first reservation is that count plus a bound of what was added since.
+        ALTER TABLE sessions ADD COLUMN anchor_tokens INTEGER;
+        ALTER TABLE sessions ADD COLUMN anchor_messages INTEGER;
+        ALTER TABLE sessions ADD COLUMN anchor_digest TEXT;
+        """,
+    ),
 )
 
 

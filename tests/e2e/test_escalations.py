@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import pytest
@@ -59,6 +60,8 @@ async def test_a_button_press_resumes_and_completes_the_run(bot_world: BotWorld)
     assert "reply_markup" not in edited or not edited["reply_markup"].get("inline_keyboard")
     record = await runtime.runs.get(record.id)
     assert record.status == "completed" and record.steps == 1
+    stages = await runtime.db.fetchall("SELECT stage FROM escalations")
+    assert [r["stage"] for r in stages] == ["done"]  # pending → answered → resumed → done
 
     await w.telegram.wait_for(lambda: w.telegram.answered(second["callback_query"]["id"]), timeout=5)
     assert "Already answered by Alice" in str(w.telegram.answered(second["callback_query"]["id"]))
@@ -189,3 +192,35 @@ async def test_every_expired_run_ends_even_when_the_notices_cannot_be_sent(
     for record in await runtime.runs.recent():
         ends = [e for e in runtime.traces.read(record.trace_id) if e["type"] == "run_end"]
         assert ends[-1]["status"] == "cancelled"
+
+
+async def test_after_expiry_the_trace_says_cancelled_and_a_late_press_changes_nothing(
+        bot_world: BotWorld) -> None:
+    # Measured: the expiry notice cited an id and the question said "Expires in 0.00138889 h";
+    # /trace must accept the cited id and say the final status, not waiting_human.
+    w = bot_world
+    question = await _question(w)
+    assert "Expires in 24 h." in question["text"]
+    runtime = w.app.bot_data["runtime"]
+    await runtime.db.execute_write("UPDATE escalations SET expires_at = '2000-01-01T00:00:00.000000Z'")
+    w.telegram.fail_next("editMessageText", status=400, times=2,  # the buttons stay
+                         description="Bad Request: message to edit not found")
+    assert await w.app.bot_data["keel"].escalations.expire() == 1
+    note = await w.telegram.wait_for(
+        lambda: next((m for m in w.telegram.sent(w.alice_chat.id) if "Nobody answered" in m["text"]),
+                     None), timeout=5)
+    cited = re.search(r"/trace ([0-9a-f-]+)", note["text"])
+    assert cited is not None, note["text"]
+    w.telegram.inject_text(w.alice_chat, f"/trace {cited.group(1)}")
+    summary = await w.telegram.wait_for(
+        lambda: next((m for m in w.telegram.sent(w.alice_chat.id) if "status:" in m["text"]), None),
+        timeout=10)
+    assert "status: cancelled — the question to a human expired unanswered" in summary["text"]
+
+    press = w.telegram.press_button(question, text="Approve", user=w.alice)
+    await w.telegram.wait_for(lambda: w.telegram.answered(press["callback_query"]["id"]), timeout=5)
+    assert "expired" in str(w.telegram.answered(press["callback_query"]["id"]))
+    [record] = await runtime.runs.recent()
+    assert record.status == "cancelled"
+    assert await runtime.db.fetchval("SELECT stage FROM escalations") == "expired"
+    assert len(w.agent_requests) == 1  # the question only: nothing resumed
