@@ -34,6 +34,21 @@ class SecretFilter(logging.Filter):
         return True
 
 
+class SdkRetriesAtDebug(logging.Filter):
+    """The anthropic SDK logs each retry ("Retrying request to /v1/messages in 0.4 seconds") at
+    INFO, which lands in the middle of `keel chat` and `keel agent run` output. Retries are
+    bounded and traced by keel itself; the SDK's line is kept for DEBUG only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and str(record.msg).startswith("Retrying request"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
+SDK_RETRY_FILTER = SdkRetriesAtDebug()
+
+
 def configure_logging(level: str, secrets: Iterable[str]) -> None:
     root = logging.getLogger()
     root.setLevel(level)
@@ -45,3 +60,6 @@ def configure_logging(level: str, secrets: Iterable[str]) -> None:
     root.addHandler(handler)
     for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "apscheduler.executors.default"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    sdk = logging.getLogger("anthropic._base_client")
+    if SDK_RETRY_FILTER not in sdk.filters:
+        sdk.addFilter(SDK_RETRY_FILTER)

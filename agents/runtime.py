@@ -450,6 +450,10 @@ class Runtime:
                     await on_commit(conn, result)
 
         await asyncio.shield(record())
+        # one line per run at INFO, for the operator following the console (no message text)
+        log.info("run %s %s: agent %s, %s, chat %s, $%.4f, %.1f s, trace %s", run.id,
+                 result.status, result.agent, run.kind, run.chat_id, result.cost_usd,
+                 result.duration_s, result.trace_id)
 
 
 def answer_escalation(messages: list[dict[str, Any]], tool_use_id: str, answer: str,

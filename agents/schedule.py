@@ -270,8 +270,9 @@ class Scheduler:
             task = asyncio.create_task(self.catch_up(), name="keel-schedule-catch-up")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        log.info("scheduler started: %d job(s)%s", len(self.jobs),
-                 "".join(f"; {name} next at {t}" for name, t in self.next_runs(len(self.jobs))))
+        log.info("scheduler started: %d job(s)%s", len(self.jobs), "".join(
+            f"; {name} next at {t:%Y-%m-%d %H:%M %Z}" if t else f"; {name} never again"
+            for name, t in self.next_run_of_each()))
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -316,11 +317,12 @@ class Scheduler:
     async def _on_time(self, name: str) -> None:
         await self.fire(name)
 
-    async def fire(self, name: str, *, now: datetime | None = None) -> Fire | None:
+    async def fire(self, name: str, *, now: datetime | None = None,
+                   catching_up: bool = False) -> Fire | None:
         """Run job ``name`` for its latest scheduled time, unless that time was already claimed.
         Returns the claim (after the run), or None when there was nothing to run."""
         job = self.jobs[name]
-        claim = await self.claim(job, now or self.now())
+        claim = await self.claim(job, now or self.now(), catching_up=catching_up)
         if claim is None:
             return None
         try:
@@ -331,11 +333,14 @@ class Scheduler:
             log.exception("scheduled run %s for %s failed outside the run", name, claim.local_time)
         return claim
 
-    async def claim(self, job: ScheduledJob, now: datetime) -> Fire | None:
+    async def claim(self, job: ScheduledJob, now: datetime, *,
+                    catching_up: bool = False) -> Fire | None:
         scheduled = job.latest_fire(now)
         if scheduled is None:
-            log.warning("schedule %s fired at %s with no scheduled time within its %d s grace",
-                        job.name, now.isoformat(), job.misfire_grace_s)
+            # at start-up, nothing missed within the grace is the normal case, not a warning
+            log.log(logging.DEBUG if catching_up else logging.WARNING,
+                    "schedule %s fired at %s with no scheduled time within its %d s grace",
+                    job.name, now.isoformat(), job.misfire_grace_s)
             return None
         key, run_id = job.local_key(scheduled), new_id()
         inserted = await self.db.execute_write(
@@ -350,7 +355,8 @@ class Scheduler:
     async def catch_up(self, *, now: datetime | None = None) -> list[Fire]:
         """For each job, the most recent scheduled time within its grace that never ran, once."""
         moment = now or self.now()
-        claims = await asyncio.gather(*(self.fire(name, now=moment) for name in self.jobs))
+        claims = await asyncio.gather(*(self.fire(name, now=moment, catching_up=True)
+                                        for name in self.jobs))
         return [c for c in claims if c is not None]
 
     async def fired(self, name: str) -> list[tuple[str, str | None]]:
@@ -359,6 +365,11 @@ class Scheduler:
             "SELECT local_time, run_id FROM schedule_fires WHERE job = ? ORDER BY local_time",
             (name,))
         return [(r["local_time"], r["run_id"]) for r in rows]
+
+    def next_run_of_each(self, *, now: datetime | None = None) -> list[tuple[str, datetime | None]]:
+        """Every job with its next run (local time), in the order they were declared."""
+        moment = now or self.now()
+        return [(job.name, job.next_fire(moment)) for job in self.jobs.values()]
 
     def next_runs(self, n: int, *, now: datetime | None = None) -> list[tuple[str, datetime]]:
         """The next ``n`` runs over all jobs, soonest first: (job name, local time)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from typing import Any
 
 from telegram import Update
@@ -184,7 +185,12 @@ async def on_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
         await keel.notifier.send(message.chat_id, "Unknown command. /help lists what I know.",
                                  thread_id=message.thread_id)
         return
+    started = time.monotonic()
     await keel.handle(message)
+    # one line per message at INFO (the run's own line says agent, status and cost); no text
+    log.info("message %s in chat %s%s from user %s handled in %.1f s", message.update_id,
+             message.chat_id, f" thread {message.thread_id}" if message.thread_id else "",
+             message.user_id, time.monotonic() - started)
 
 
 async def on_callback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
