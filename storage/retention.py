@@ -15,6 +15,10 @@ long as any run of their request could still be retried (the job starts after re
 
 To cover a new table, add a ``Rule``; columns added by later migrations are picked up by
 ``rules()`` from the schema it finds.
+
+On PostgreSQL rows have no rowid: batches walk the physical row address (``ctid``) instead. New
+rows may land in space freed by old ones, so there a pass reads the whole table (still 500 rows a
+read, one small delete at a time) rather than stopping at the first young batch.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from storage.db import Database, iso, placeholders
+from storage.dialect import Dialect
 from storage.traces import TraceStore
 
 log = logging.getLogger(__name__)
@@ -34,7 +39,9 @@ BATCH_ROWS = 500
 """Rows looked at per read and deleted at most per write transaction."""
 DEFAULT_PAUSE_S = 0.05
 """Pause between two delete transactions of a pass, so a large backlog trickles out."""
-_BEFORE_ANY_ROWID = -(2**63)
+_BEFORE_ANY_ROW: dict[Dialect, int | str] = {"sqlite": -(2**63), "postgresql": "(0,0)"}
+_ROW_ADDRESS: dict[Dialect, str] = {"sqlite": "rowid", "postgresql": "ctid"}
+_GREATEST: dict[Dialect, str] = {"sqlite": "MAX", "postgresql": "GREATEST"}
 
 _OPEN_RUN = ("running", "waiting_human")
 _FINAL_ESCALATION = ("expired", "cancelled", "done")
@@ -71,7 +78,7 @@ class Rule:
     """SQL over ``t``: the row is finished and nothing live refers to it."""
 
 
-def rules(columns: dict[str, set[str]]) -> list[Rule]:
+def rules(columns: dict[str, set[str]], dialect: Dialect = "sqlite") -> list[Rule]:
     """The rules for the tables present, in delete order (escalations before their runs)."""
     has_request_key = "request_key" in columns.get("runs", set())
 
@@ -89,7 +96,7 @@ def rules(columns: dict[str, set[str]]) -> list[Rule]:
         Rule(table="messages", born="t.created_at",
              done="COALESCE(t.archived_at, (SELECT s.archived_at FROM sessions s"
                   " WHERE s.id = t.session_id))",
-             deletable="1"),
+             deletable="TRUE"),
         Rule(table="idempotency_keys", born="t.created_at", done="t.created_at",
              deletable=no_live("t.run_id")),
         Rule(table="schedule_fires", born="t.fired_at", done="t.fired_at",
@@ -97,7 +104,8 @@ def rules(columns: dict[str, set[str]]) -> list[Rule]:
              + (" AND t.status IN ('done', 'failed', 'skipped')"
                 if "status" in columns["schedule_fires"] else "")),
         Rule(table="escalations", born="t.created_at",
-             done="MAX(t.created_at, t.expires_at, COALESCE(t.answered_at, ''))",
+             done=f"{_GREATEST[dialect]}(t.created_at, t.expires_at,"
+                  " COALESCE(t.answered_at, ''))",
              deletable=f"t.status <> 'pending' AND NOT EXISTS (SELECT 1 FROM runs er"  # noqa: S608
                        f" WHERE er.id = t.run_id AND er.status IN"
                        f" ({_sql_list((*_OPEN_RUN, 'budget_exceeded'))})"
@@ -144,17 +152,18 @@ async def prune(
     report = RetentionReport(cutoff=cutoff)
     tables = set(await db.table_names())
     columns = {t: set(await db.columns(t)) for t in tables}
-    for rule in rules(columns):
+    rowid = _ROW_ADDRESS[db.dialect]
+    for rule in rules(columns, db.dialect):
         report.deleted[rule.table] = 0
-        last = _BEFORE_ANY_ROWID
+        last = _BEFORE_ANY_ROW[db.dialect]
         while True:
             if stop_at is not None and loop.time() >= stop_at:
                 report.finished = False
                 return report
             rows = await db.fetchall(
-                f"SELECT t.rowid AS rid, {rule.born} AS born, {rule.done} AS done,"  # noqa: S608
-                f" ({rule.deletable}) AS ok FROM {rule.table} t WHERE t.rowid > ?"
-                " ORDER BY t.rowid LIMIT ?", (last, batch_rows))
+                f"SELECT t.{rowid} AS rid, {rule.born} AS born, {rule.done} AS done,"  # noqa: S608
+                f" ({rule.deletable}) AS ok FROM {rule.table} t WHERE t.{rowid} > ?"
+                f" ORDER BY t.{rowid} LIMIT ?", (last, batch_rows))
             if not rows:
                 break
             last = rows[-1]["rid"]
@@ -164,7 +173,7 @@ async def prune(
                 async with db.write() as conn:
                     # Checked again inside the transaction: a row may have changed since the read.
                     cursor = await conn.execute(
-                        f"DELETE FROM {rule.table} AS t WHERE t.rowid IN"  # noqa: S608
+                        f"DELETE FROM {rule.table} AS t WHERE t.{rowid} IN"  # noqa: S608
                         f" ({placeholders(doomed)}) AND {rule.done} < ? AND ({rule.deletable})",
                         (*doomed, cutoff))
                     count = max(cursor.rowcount, 0)
@@ -173,8 +182,9 @@ async def prune(
                 if on_batch is not None:
                     await on_batch(rule.table, count)
                 await asyncio.sleep(pause_s)  # other writers take the lock between batches
-            if all(r["born"] is not None and r["born"] >= cutoff for r in rows):
-                break  # everything after is younger still
+            if db.dialect == "sqlite" and all(r["born"] is not None and r["born"] >= cutoff
+                                              for r in rows):
+                break  # everything after is younger still (rowids grow with time)
     return report
 
 

@@ -1,4 +1,5 @@
-"""What keel stores and how big it is: rows per table, the database and WAL files, the traces."""
+"""What keel stores and how big it is: rows per table, the database (SQLite: the file and its WAL;
+PostgreSQL: keel's tables with their indexes), the traces."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from storage.db import Database
+from storage.pg import PostgresDatabase
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,8 +28,9 @@ class StorageStats:
 
     def render(self) -> str:
         width = max((len(t) for t in self.rows), default=5)
-        lines = [f"database: {self.database}",
-                 f"  file {_size(self.database_bytes)}, WAL {_size(self.wal_bytes)}"]
+        size = (f"  tables and indexes {_size(self.database_bytes)}" if "://" in self.database
+                else f"  file {_size(self.database_bytes)}, WAL {_size(self.wal_bytes)}")
+        lines = [f"database: {self.database}", size]
         lines += [f"  {table:<{width}}  {count:>10,}" for table, count in self.rows.items()]
         lines += [f"traces: {self.traces_dir}",
                   f"  {self.trace_files:,} file(s) in {self.trace_days} day(s), "
@@ -36,14 +39,21 @@ class StorageStats:
 
 
 async def storage_stats(db: Database, db_path: Path, traces_dir: Path) -> StorageStats:
+    """``db_path``: the SQLite file (unused on PostgreSQL, where the URL, password left out,
+    names the database)."""
     rows: dict[str, int] = {}
     for table in await db.table_names():
-        if table.isidentifier():  # names come from sqlite_master; never quoted input
+        if table.isidentifier():  # names come from the catalog; never quoted input
             rows[table] = int(await db.fetchval(f"SELECT count(*) FROM {table}") or 0)  # noqa: S608
     days, files, size = _walk(traces_dir)
-    return StorageStats(database=str(db_path), rows=rows, database_bytes=_file_size(db_path),
-                        wal_bytes=_file_size(Path(f"{db_path}-wal")), traces_dir=str(traces_dir),
-                        trace_days=days, trace_files=files, trace_bytes=size)
+    if isinstance(db, PostgresDatabase):
+        where, db_bytes, wal_bytes = str(db), await db.size_bytes(), 0
+    else:
+        where, db_bytes = str(db_path), _file_size(db_path)
+        wal_bytes = _file_size(Path(f"{db_path}-wal"))
+    return StorageStats(database=where, rows=rows, database_bytes=db_bytes, wal_bytes=wal_bytes,
+                        traces_dir=str(traces_dir), trace_days=days, trace_files=files,
+                        trace_bytes=size)
 
 
 def _walk(root: Path) -> tuple[int, int, int]:

@@ -1,16 +1,27 @@
-"""Shared test set-up: the network guard, a clean environment, a data directory per test."""
+"""Shared test set-up: the network guard, a clean environment, a data directory per test, and the
+database backends (SQLite, and PostgreSQL at KEEL_TEST_PG_URL) that storage tests run on."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+import pytest_asyncio
 
+from storage.db import Database
+from storage.migrations import migrate
+from storage.pg import PostgresDatabase, create_schema, drop_schema, redact
 from tests import netguard
 
 netguard.install()
+
+# Read before any test's clean environment drops every KEEL_ variable.
+TEST_PG_URL = os.environ.get("KEEL_TEST_PG_URL") or "postgresql://postgres@127.0.0.1:5432/test"
+IN_CI = os.environ.get("CI", "").lower() == "true"
 
 pytest_plugins = ["tests.fakes.fixtures_telegram", "tests.fakes.fixtures_anthropic"]
 
@@ -26,3 +37,92 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None
     monkeypatch.setenv("KEEL_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path)  # so a developer's .env in the repo is never read by a test
     yield
+
+
+# ------------------------------------------------------------------ database backends
+#
+# A test that takes ``backend`` (or ``open_db``) runs once on SQLite and once on PostgreSQL; each
+# PostgreSQL run gets a schema of its own, dropped afterwards. Without a reachable server the
+# PostgreSQL runs are skipped (and the session says so in one line) — except in CI (CI=true),
+# where they fail: the PostgreSQL suite must never be skipped silently there.
+
+_pg_problem: list[str | None] = []
+_pg_skipped: list[str] = []
+
+
+def _postgres_problem() -> str | None:
+    """Why PostgreSQL cannot be used (None: it can); asked once per session."""
+    if not _pg_problem:
+        try:
+            psycopg.connect(TEST_PG_URL, connect_timeout=3).close()
+            _pg_problem.append(None)
+        except psycopg.Error as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            _pg_problem.append(f"cannot connect to {redact(TEST_PG_URL)}: {reason}")
+    return _pg_problem[0]
+
+
+@pytest.fixture
+def postgres_url(request: pytest.FixtureRequest) -> str:
+    """The test server's URL; skips (fails in CI) when it cannot be reached."""
+    problem = _postgres_problem()
+    if problem is not None:
+        if IN_CI:
+            pytest.fail(f"PostgreSQL is required in CI (CI=true): {problem}", pytrace=False)
+        _pg_skipped.append(request.node.nodeid)
+        pytest.skip(f"PostgreSQL unavailable: {problem}")
+    return TEST_PG_URL
+
+
+@pytest_asyncio.fixture
+async def pg_schema(postgres_url: str) -> AsyncIterator[str]:
+    """A fresh, empty schema for this test alone; dropped with everything in it afterwards."""
+    name = f"keel_test_{uuid.uuid4().hex[:16]}"
+    await create_schema(postgres_url, name)
+    try:
+        yield name
+    finally:
+        await drop_schema(postgres_url, name)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+OpenDb = Callable[..., Awaitable[Database]]
+
+
+@pytest.fixture
+def new_db(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Database]:
+    """Makes unconnected Database objects on the test's backend, all on one store (one SQLite
+    file, or one schema): two of them stand for two processes."""
+    if backend == "postgres":
+        schema = request.getfixturevalue("pg_schema")
+        return lambda: PostgresDatabase(TEST_PG_URL, schema=schema)
+    return lambda: Database(tmp_path / "keel.sqlite3")
+
+
+@pytest_asyncio.fixture
+async def open_db(new_db: Callable[[], Database]) -> AsyncIterator[OpenDb]:
+    """Opens (and, by default, migrates) a database on the test's backend; closed afterwards."""
+    opened: list[Database] = []
+
+    async def open_one(*, migrated: bool = True) -> Database:
+        db = new_db()
+        await db.connect()
+        opened.append(db)
+        if migrated:
+            await migrate(db)
+        return db
+
+    yield open_one
+    for db in opened:
+        await db.close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _pg_skipped:
+        terminalreporter.write_line(
+            f"PostgreSQL: {len(_pg_skipped)} test(s) skipped — {_pg_problem[0]}; start the server"
+            " or set KEEL_TEST_PG_URL (with CI=true they fail instead)")

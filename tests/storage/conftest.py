@@ -1,13 +1,12 @@
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from storage.db import Database
+from tests.conftest import OpenDb
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "keel.sqlite3")
-    yield database
-    await database.close()
+async def db(open_db: OpenDb) -> AsyncIterator[Database]:
+    """A migrated database, on SQLite and on PostgreSQL (one run each)."""
+    yield await open_db()

@@ -62,14 +62,18 @@ async def _fire(db: Database, label: str, run_id: str, at: str) -> None:
 
 async def _session(db: Database, chat_id: int, archived_at: str | None) -> int:
     async with db.write() as conn:
-        cur = await conn.execute(
-            "INSERT INTO conversations (chat_id, created_at, updated_at) VALUES (?, ?, ?)",
-            (chat_id, OLD, OLD))
-        cur = await conn.execute(
+        async with conn.execute(
+            "INSERT INTO conversations (chat_id, created_at, updated_at) VALUES (?, ?, ?)"
+            " RETURNING id", (chat_id, OLD, OLD)) as cur:
+            conversation = await cur.fetchone()
+        assert conversation is not None
+        async with conn.execute(
             "INSERT INTO sessions (conversation_id, agent, created_at, archived_at)"
-            " VALUES (?, 'assistant', ?, ?)", (cur.lastrowid, OLD, archived_at))
-        assert cur.lastrowid is not None
-        return cur.lastrowid
+            " VALUES (?, 'assistant', ?, ?) RETURNING id",
+            (conversation[0], OLD, archived_at)) as cur:
+            session = await cur.fetchone()
+        assert session is not None
+        return int(session[0])
 
 
 async def _message(db: Database, session_id: int, seq: int, label: str,

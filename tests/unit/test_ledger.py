@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
 
 from agents.runtime import Runtime
-from storage.db import Database
 from storage.ledger import DailyCaps, Hold, Ledger, Shortfall
 from storage.usage import UsageDelta
+from tests.conftest import OpenDb
 from tests.fakes.scripted_model import ScriptedModel, reply, tool_call
 from tests.unit.conftest import task
 
@@ -22,12 +20,9 @@ CAPS = DailyCaps(total_usd=0.05, per_user_usd=0.03, per_schedule_usd=0.02)
 
 
 @pytest_asyncio.fixture
-async def ledger(tmp_path: Path) -> AsyncIterator[Ledger]:
-    db = await Database.open(tmp_path / "keel.sqlite3")
-    try:
-        yield Ledger(db)
-    finally:
-        await db.close()
+async def ledger(open_db: OpenDb) -> Ledger:
+    """A ledger on SQLite and on PostgreSQL (one run each)."""
+    return Ledger(await open_db())
 
 
 async def hold(ledger: Ledger, want: float, *, user: int | None = 1, schedule: str | None = None,
