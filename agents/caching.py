@@ -16,8 +16,17 @@ EPHEMERAL: dict[str, str] = {"type": "ephemeral"}
 _UNCACHEABLE = {"thinking", "redacted_thinking"}
 
 
-def system_blocks(system: str) -> list[dict[str, Any]]:
-    """The system prompt as one text block that ends the stable prefix."""
+def caches(agent: str) -> bool:
+    """Whether an agent's requests carry cache breakpoints. Internal agents (``_compactor``)
+    send one-off requests nobody reads again: a breakpoint there only writes (1.25× input) what
+    is never read, so they send none."""
+    return not agent.startswith("_")
+
+
+def system_blocks(system: str, *, cache: bool = True) -> list[dict[str, Any]]:
+    """The system prompt as one text block that ends the stable prefix (marked when cached)."""
+    if not cache:
+        return [{"type": "text", "text": system}]
     return [{"type": "text", "text": system, "cache_control": dict(EPHEMERAL)}]
 
 

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     anthropic_max_retries: int = Field(2, ge=0, le=10, validation_alias="KEEL_ANTHROPIC_MAX_RETRIES")
 
     data_dir: Path = Field(Path("./data"), validation_alias="KEEL_DATA_DIR")
+    database_url: SecretStr | None = Field(
+        None, validation_alias="KEEL_DATABASE_URL",
+        description="postgresql://user:password@host/db to share one PostgreSQL among processes; "
+                    "unset: SQLite in KEEL_DATA_DIR.",
+    )
     allowed_user_ids: Annotated[frozenset[int], NoDecode] = Field(
         frozenset(), validation_alias="KEEL_ALLOWED_USER_IDS"
     )
@@ -84,6 +89,11 @@ class Settings(BaseSettings):
     )
     escalation_ttl_s: float = Field(86_400, gt=0, validation_alias="KEEL_ESCALATION_TTL_S")
     compact_at_tokens: int = Field(24_000, ge=1000, validation_alias="KEEL_COMPACT_AT_TOKENS")
+    router_continue_s: float = Field(
+        120.0, ge=0, validation_alias="KEEL_ROUTER_CONTINUE_S",
+        description="A message within this many seconds of its conversation's last turn stays "
+                    "with the current agent without a router call (0: always route).",
+    )
     trace_retention_days: int = Field(30, ge=1, validation_alias="KEEL_TRACE_RETENTION_DAYS")
     retention_days: int = Field(
         30, ge=1, validation_alias="KEEL_RETENTION_DAYS",
@@ -139,9 +149,23 @@ class Settings(BaseSettings):
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+                ("postgresql://", "postgres://")):
+            raise ValueError("KEEL_DATABASE_URL must be a postgresql:// URL (unset it to use "
+                             "SQLite under KEEL_DATA_DIR)")
+        return value
+
     @property
     def db_path(self) -> Path:
         return self.data_dir / "keel.sqlite3"
+
+    @property
+    def database_target(self) -> str | Path:
+        """Where keel's database is: KEEL_DATABASE_URL, or the SQLite file in KEEL_DATA_DIR."""
+        return self.database_url.get_secret_value() if self.database_url else self.db_path
 
     @property
     def traces_dir(self) -> Path:

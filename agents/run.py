@@ -13,6 +13,7 @@ from agents.budget import BudgetMeter
 from agents.pricing import Price, Usage
 from agents.spec import AgentSpec, Limits
 from agents.tools.contract import EscalationRequest
+from storage.session_counts import SessionAnchor
 from storage.traces import TraceWriter
 
 RunStatus = Literal[
@@ -82,6 +83,8 @@ class Run:
     """The stored request this run serves (idempotency of side effects derives from it)."""
     last_call_shrunk: bool = False
     """The last call's max_tokens was cut to fit the budget."""
+    session_anchor: SessionAnchor | None = None
+    """The exact input size the session kept from its last turn (see storage.session_counts)."""
 
     def __post_init__(self) -> None:
         self.budget = BudgetMeter(self.limits.budget_usd)
@@ -123,6 +126,8 @@ class RunResult:
     escalation: PendingEscalation | None = None
     state: dict[str, Any] | None = None
     """What a parked run needs to resume."""
+    anchor: SessionAnchor | None = None
+    """A completed run's last exact input size, for its session's next turn."""
 
     @property
     def exit_code(self) -> int:

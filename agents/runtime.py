@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, assert_never
 
+from agents.affordability import Affordability
 from agents.budget import LedgerGate
 from agents.config import KeelFile, Settings
 from agents.config_check import Problem, assemble_agents, describe, load_configuration
@@ -24,16 +25,18 @@ from agents.executor.loop import OnProgress
 from agents.executor.plan import execute_plan, resume_plan
 from agents.model.types import ModelClient
 from agents.pricing import PriceTable, Usage
-from agents.router import RouteDecision, route
+from agents.router import ROUTER_AGENT, RouteDecision, routable, route
 from agents.run import Run, RunKind, RunResult, new_id
 from agents.spec import AgentSpec, Limits
 from agents.tools import ToolRegistry
 from agents.tools.contract import ToolContext
+from storage.connect import open_database
 from storage.conversations import ConversationRepository
 from storage.db import Database
 from storage.idempotency import IdempotencyStore
 from storage.ledger import CostReport, DailyCaps, Ledger
 from storage.runs import RunRepository, RunTotals
+from storage.session_counts import SessionAnchor, SessionCounts
 from storage.traces import Redactor, TraceStore, day_of
 from storage.usage import UsageDelta, UsageLedger
 
@@ -78,6 +81,8 @@ class RunRequest:
     started: float | None = None
     """``time.monotonic()`` when the request was taken: the deadline counts from here, so it
     covers routing and any wait before the run."""
+    session_anchor: SessionAnchor | None = None
+    """The exact input size the session kept from its last turn (tightens the first reservation)."""
 
 
 class Runtime:
@@ -129,7 +134,7 @@ class Runtime:
                 max_retries=settings.anthropic_max_retries,
                 timeout_s=settings.run_timeout_s,
             )
-        db = await Database.open(settings.db_path)
+        db = await open_database(settings)
         return cls(settings=settings, db=db, model=model, registry=registry, agents=agents,
                    prices=prices, keel_file=keel_file)
 
@@ -186,6 +191,14 @@ class Runtime:
                          per_user_usd=self.settings.daily_budget_usd_per_user,
                          per_schedule_usd=per_schedule)
 
+    @functools.cached_property
+    def affordability(self) -> Affordability:
+        """First-call needs of agents (routing leaves out those a budget cannot cover)."""
+        return Affordability(model=self.model, prices=self.prices, registry=self.registry,
+                             executor_model=self.settings.executor_model,
+                             planner_model=self.settings.planner_model,
+                             conversations=self.conversations, counts=SessionCounts(self.db))
+
     def attach_ledger(self, run: Run, *, schedule: str | None = None) -> None:
         """Hold every model call of ``run`` in the daily ledger, against every daily cap that
         applies (overall, its user's, its schedule's). Call once a Run exists, before it calls
@@ -227,6 +240,7 @@ class Runtime:
                   request_key=request.request_key or f"run:{rid}")
         if request.started is not None:
             run.started = request.started
+        run.session_anchor = request.session_anchor
         # issue 13: every call held against the daily caps (and its schedule's)
         self.attach_ledger(run, schedule=request.schedule)
         await self.runs.start(run_id=run.id, trace_id=run.trace_id, agent=spec.name,
@@ -244,7 +258,8 @@ class Runtime:
             if request.route.cost_usd:
                 run.budget.spent_usd += request.route.cost_usd
                 run.usage = run.usage + request.route.usage
-                await self._record_usage(run, request.route.usage, request.route.cost_usd)
+                if not request.route.settled:  # a held router call was recorded as it settled
+                    await self._record_usage(run, request.route.usage, request.route.cost_usd)
         self._track(run)
         catalog = self.registry.catalog(list(spec.tools))
         hooks = Hooks(on_usage=self._record_usage, on_progress=on_progress)
@@ -372,13 +387,18 @@ class Runtime:
     def active_runs(self) -> list[Run]:
         return [run for run, _ in self._active.values()]
 
-    async def route(self, text: str, *, current: str | None,
-                    deadline: float | None = None) -> RouteDecision:
+    async def route(self, text: str, *, current: str | None, deadline: float | None = None,
+                    run_id: str | None = None, user_id: int | None = None,
+                    conversation_id: int | None = None) -> RouteDecision:
         """Pick the agent for a message with the router model (falls back to the default).
 
         Routing is bounded by ``deadline`` (``time.monotonic()``; the run's own deadline, which
         counts from when the request was taken) and by ROUTE_TIMEOUT_S; past it the default
-        agent answers, so a hanging router cannot hold a person past their run's deadline."""
+        agent answers, so a hanging router cannot hold a person past their run's deadline.
+        With ``run_id`` the router call is held in the daily ledger like any call of that run
+        and agents that could not answer once it is paid are left out (issue 13); with
+        ``conversation_id`` a conversation that goes on within KEEL_ROUTER_CONTINUE_S keeps its
+        agent without asking the router."""
         model = self.settings.router_model
         limit = ROUTE_TIMEOUT_S
         if deadline is not None:
@@ -387,11 +407,38 @@ class Runtime:
             async with asyncio.timeout(limit):
                 return await route(self.model, model=model, price=self.prices.require(model),
                                    agents=self.agents, text=text, current=current,
-                                   default=self.default_agent)
+                                   default=self.default_agent,
+                                   **await self._route_budget(text, current, run_id, user_id,
+                                                              conversation_id))
         except TimeoutError:
             log.warning("routing took longer than %.1f s; the default agent answers", limit)
             return RouteDecision(agent=current if current in self.agents else self.default_agent,
                                  reason=f"fallback: routing timed out after {limit:.1f} s")
+
+    async def _route_budget(self, text: str, current: str | None, run_id: str | None,
+                            user_id: int | None, conversation_id: int | None) -> dict[str, Any]:
+        """What ``agents.router.route`` needs to hold the router call and skip it."""
+        out: dict[str, Any] = {"continue_within_s": self.settings.router_continue_s}
+        if conversation_id is not None and current is not None:
+            session = await self.affordability.counts.live_session(conversation_id, current)
+            if session is not None:
+                out["last_turn_age_s"] = await self.affordability.counts.last_turn_age_s(session)
+        if run_id is None:
+            return out
+        caps = self.daily_caps()
+        out["gate"] = LedgerGate(self.ledger, caps, run_id=run_id, agent=ROUTER_AGENT,
+                                 user_id=user_id)
+        report = await self.ledger.report(caps)
+        day_left = [line.left_usd for line in (report.overall, report.users.get(user_id or 0))
+                    if line is not None and line.left_usd is not None]
+        if user_id is not None and caps.per_user_usd is not None and user_id not in report.users:
+            day_left.append(caps.per_user_usd)
+        left = {name: min([spec.limits.budget_usd, *day_left])
+                for name, spec in routable(self.agents).items()}
+        out["left_usd"] = left
+        out["needs_usd"] = functools.partial(self.affordability.needs, routable(self.agents),
+                                             text, conversation_id=conversation_id, left_usd=left)
+        return out
 
     def _tool_context(self, run: Run) -> ToolContext:
         return ToolContext(

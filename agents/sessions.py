@@ -13,12 +13,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from agents.executor.loop import OnProgress
+from agents.history import to_messages
 from agents.router import RouteDecision
 from agents.run import RunResult
 from agents.runtime import OnCommit, RunRequest, Runtime
 from agents.spec import AgentSpec, Limits
 from agents.tokens import estimate
 from storage.conversations import StoredMessage
+from storage.session_counts import SessionCounts
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class Sessions:
         self.compact_at_tokens = compact_at_tokens or runtime.settings.compact_at_tokens
         self.compact_to_fraction = compact_to_fraction
         self.repo = runtime.conversations
+        self.counts = SessionCounts(runtime.db)
 
     async def turn(
         self,
@@ -93,12 +96,14 @@ class Sessions:
             agent=agent, messages=[*messages, task], new_from=len(messages),
             kind="chat" if kind == "chat" else "cli", user_id=user_id, chat_id=chat_id,
             thread_id=thread_id, session_id=session_id, route=route, request_key=request_key,
-            started=started,
+            started=started, session_anchor=await self.counts.anchor(session_id),
         )
 
         async def commit(conn: Any, result: RunResult) -> None:
             if not parked(result):
                 await self.record_in(conn, session_id, result)
+                # the exact input size of the last call, for the next turn's first reservation
+                await SessionCounts.save_anchor_in(conn, session_id, result.anchor)
             if on_commit is not None:
                 await on_commit(conn, result)
 
@@ -187,18 +192,6 @@ def parked(result: RunResult) -> bool:
     transcript joins the history only when it ends for good."""
     return result.status == "waiting_human" or (
         result.status == "budget_exceeded" and result.state is not None)
-
-
-def to_messages(history: list[StoredMessage]) -> list[dict[str, Any]]:
-    """Stored history → request messages; adjacent same-role messages are merged (a summary sits
-    before the next person's message)."""
-    out: list[dict[str, Any]] = []
-    for m in history:
-        if out and out[-1]["role"] == m.role:
-            out[-1] = {"role": m.role, "content": [*out[-1]["content"], *m.content]}
-        else:
-            out.append({"role": m.role, "content": list(m.content)})
-    return out
 
 
 def _is_turn_start(m: StoredMessage) -> bool:

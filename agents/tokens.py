@@ -8,6 +8,7 @@ agents/executor/call.py).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from typing import Any
@@ -89,3 +90,17 @@ def _canonical(value: Any) -> str:
     if isinstance(value, dict):  # a block's own marker only: inside, a key is data
         value = {k: v for k, v in value.items() if k != "cache_control"}
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def messages_digest(prefix_sha256: str, messages: list[dict[str, Any]]) -> str:
+    """A digest of a prefix and messages as the API reads them (cache markers left out): an
+    exact count kept for them is reused only while it still matches (``InputAnchor.seeded``)."""
+    digest = hashlib.sha256(prefix_sha256.encode())
+    for message in messages:
+        content = message.get("content")
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        digest.update(_canonical({"role": message.get("role"),
+                                  "content": [_canonical(b) for b in blocks or []]}).encode(
+                                      "utf-8", "surrogatepass"))
+        digest.update(b"\x00")
+    return digest.hexdigest()

@@ -183,7 +183,9 @@ class KeelBot:
             agent = conversation.pinned_agent
         else:
             route = await self.runtime.route(text, current=conversation.current_agent,
-                                             deadline=started + self.settings.run_timeout_s)
+                                             deadline=started + self.settings.run_timeout_s,
+                                             run_id=run_id, user_id=message.user_id,
+                                             conversation_id=conversation.id)
             agent = route.agent
             await self.runtime.conversations.set_current_agent(conversation.id, agent)
         items: list[int] = []

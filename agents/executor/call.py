@@ -22,8 +22,9 @@ from agents.executor.prepare import Prefix, build_request
 from agents.model.types import ModelClient, ModelRequest, ModelResponse, OnText
 from agents.pricing import Usage, dearest_input_rate, request_cache_ttl
 from agents.run import Run
-from agents.tokens import bound
+from agents.tokens import bound, messages_digest
 from storage.ledger import Hold
+from storage.session_counts import SessionAnchor
 
 OnUsage = Callable[[Run, Usage, float], Awaitable[None]]
 
@@ -61,6 +62,24 @@ class InputAnchor:
     def update(self, usage: Usage, messages_sent: int) -> None:
         self.tokens = usage.total_input_tokens
         self.messages = messages_sent
+
+    @classmethod
+    def seeded(cls, kept: SessionAnchor | None, prefix: Prefix,
+               messages: list[dict[str, Any]]) -> InputAnchor:
+        """An anchor that starts from the exact count a session kept from its last turn, when
+        that count still describes the head of ``messages`` under ``prefix`` (same digest)."""
+        anchor = cls()
+        if kept is not None and kept.messages <= len(messages) and kept.digest == \
+                messages_digest(prefix.sha256, messages[:kept.messages]):
+            anchor.tokens, anchor.messages = kept.tokens, kept.messages
+        return anchor
+
+    def kept(self, prefix: Prefix, messages: list[dict[str, Any]]) -> SessionAnchor | None:
+        """What a session keeps for its next turn: the last exact count and what it covered."""
+        if self.tokens is None or self.messages > len(messages):
+            return None
+        return SessionAnchor(tokens=self.tokens, messages=self.messages,
+                             digest=messages_digest(prefix.sha256, messages[:self.messages]))
 
 
 async def call_model(

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.budget import BudgetHalt
+from agents.caching import caches
 from agents.errors import ModelCallError
 from agents.executor.act import results_message, run_tools
 from agents.executor.call import InputAnchor, OnUsage, call_model
@@ -63,16 +64,22 @@ async def execute(
     """Run the loop over ``messages`` (history + this run's task). ``new_from`` is the index of
     the first message that belongs to this run."""
     hooks = hooks or Hooks()
-    prefix = Prefix.build(run.agent.system, catalog.schemas())
+    prefix = Prefix.build(run.agent.system, catalog.schemas(), cache=caches(run.agent.name))
     run.trace.emit("prefix", sha256=prefix.sha256, model=run.model, system=prefix.system,
                    tools=prefix.tools, tokens_estimate=prefix.tokens)
     messages = list(messages)
+    # issue 13: start from the exact count the session kept from its last turn, if it still fits
+    anchor = InputAnchor.seeded(run.session_anchor, prefix, messages)
     outcome = await bounded(
-        run, lambda: run_loop(run, model, catalog, tool_ctx, prefix, messages, hooks, new_from))
+        run, lambda: run_loop(run, model, catalog, tool_ctx, prefix, messages, hooks, new_from,
+                              anchor=anchor))
     transcript = messages[new_from:]
     if outcome.status not in ("completed", "waiting_human"):
         transcript = close_transcript(transcript, f"run {outcome.status}: {outcome.detail}")
-    return result_of(run, outcome, transcript)
+    result = result_of(run, outcome, transcript)
+    if outcome.status == "completed":
+        result = dataclasses.replace(result, anchor=anchor.kept(prefix, messages))
+    return result
 
 
 async def bounded(run: Run, body: Callable[[], Awaitable[Outcome]]) -> Outcome:
@@ -119,8 +126,10 @@ async def run_loop(
     messages: list[dict[str, Any]],
     hooks: Hooks,
     new_from: int,
+    *,
+    anchor: InputAnchor | None = None,
 ) -> Outcome:
-    anchor = InputAnchor()
+    anchor = anchor or InputAnchor()
     sent_before = 0
     while True:
         if run.model_calls >= run.limits.model_call_cap:

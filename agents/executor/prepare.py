@@ -25,16 +25,18 @@ class Prefix:
     bound: int = 0
     """Tokens the API cannot exceed for tools + system (``agents.tokens.bound``), tool-use
     system prompt included."""
+    cached: bool = True
+    """Requests carry cache breakpoints (not for one-off requests: ``agents.caching.caches``)."""
 
     @classmethod
-    def build(cls, system: str, tools: list[dict[str, Any]]) -> Prefix:
-        blocks = system_blocks(system)
+    def build(cls, system: str, tools: list[dict[str, Any]], *, cache: bool = True) -> Prefix:
+        blocks = system_blocks(system, cache=cache)
         clean_tools = tools_without_markers(tools)
         digest = hashlib.sha256(
             json.dumps([clean_tools, blocks], sort_keys=True, ensure_ascii=False).encode()
         ).hexdigest()
         return cls(blocks, clean_tools, digest, estimate(clean_tools) + estimate(blocks),
-                   request_bound(blocks, clean_tools, []))
+                   request_bound(blocks, clean_tools, []), cache)
 
 
 def build_request(
@@ -51,7 +53,7 @@ def build_request(
         max_tokens=max_tokens,
         system=prefix.system,
         tools=prefix.tools,
-        messages=with_moving_breakpoint(messages),
+        messages=with_moving_breakpoint(messages) if prefix.cached else list(messages),
         thinking=thinking,
         tool_choice=tool_choice,
     )
