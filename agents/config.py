@@ -10,6 +10,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -195,6 +196,10 @@ class Settings(BaseSettings):
         for secret in (self.telegram_bot_token, self.anthropic_api_key):
             if secret is not None and secret.get_secret_value():
                 out.append(secret.get_secret_value())
+        if self.database_url is not None:
+            password = urlsplit(self.database_url.get_secret_value()).password
+            if password:
+                out.append(password)
         return out
 
 

@@ -17,6 +17,7 @@ from agents.config import Settings, load_settings
 from agents.config_check import lenient_settings, load_configuration, require_data_dir
 from agents.errors import ConfigError, MissingSettingError
 from agents.logs import configure_logging
+from storage.pg import DatabaseUnavailable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -95,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"keel: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except DatabaseUnavailable as exc:
+        print(f"keel: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `keel ... | head`: the reader left; not an error of ours
@@ -158,11 +162,12 @@ def _cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_db_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from storage.db import Database
+    from storage.connect import database_for
     from storage.migrations import migrate
 
+    db = database_for(settings)
+
     async def go() -> list[str]:
-        db = Database(settings.db_path)
         await db.connect()
         try:
             return await migrate(db)
@@ -171,23 +176,24 @@ def _cmd_db_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
     applied = asyncio.run(go())
     print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
-    print(f"database: {settings.db_path.resolve()}")
+    print(f"database: {settings.db_path.resolve() if db.dialect == 'sqlite' else db}")
     return EXIT_OK
 
 
 def _cmd_db_stats(args: argparse.Namespace, settings: Settings) -> int:
     import json
 
-    from storage.db import Database
+    from storage.connect import database_for
     from storage.stats import storage_stats
 
-    if not settings.db_path.exists():
+    db = database_for(settings)
+    if db.dialect == "sqlite" and not settings.db_path.exists():
         print(f"keel: no database at {settings.db_path} yet (`keel run` or `keel db migrate` "
               "creates it)", file=sys.stderr)
         return EXIT_FAILED
 
     async def go() -> int:
-        db = await Database.open(settings.db_path, migrate=False)
+        await db.connect()
         try:
             stats = await storage_stats(db, settings.db_path.resolve(), settings.traces_dir)
         finally:
@@ -199,12 +205,12 @@ def _cmd_db_stats(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_db_prune(args: argparse.Namespace, settings: Settings) -> int:
-    from storage.db import Database
+    from storage.connect import open_database
     from storage.retention import housekeep
     from storage.traces import TraceStore
 
     async def go() -> int:
-        db = await Database.open(settings.db_path)
+        db = await open_database(settings)
         try:
             report = await housekeep(db, TraceStore(settings.traces_dir),
                                      days=settings.retention_days,

@@ -12,14 +12,14 @@ from storage.pg import PostgresDatabase, is_postgres_url
 
 class DatabaseSettings(Protocol):
     @property
-    def database_url(self) -> str | None: ...
-    @property
-    def db_path(self) -> Path: ...
+    def database_target(self) -> str | Path:
+        """A postgresql:// URL, or the SQLite file's path."""
+        ...
 
 
 def database_for(settings: DatabaseSettings) -> Database:
     """The database the settings name, not yet connected."""
-    return database_at(settings.database_url or settings.db_path)
+    return database_at(settings.database_target)
 
 
 def database_at(target: str | Path) -> Database:
