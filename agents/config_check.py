@@ -10,7 +10,7 @@ them all. Because both go through the same assembly, doctor cannot pass what run
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from agents.pricing import PriceTable
 from agents.schedule import ScheduledJob, jobs_from_config
 from agents.spec import AgentSpec, Limits
 from agents.tools import ToolRegistry, builtin_registry, load_tool_modules
+from agents.tools.external import EXTERNAL_CONTENT_TOOLS, with_rule
 
 CONFIG_FIX = "Edit keel.toml (or the file KEEL_CONFIG names); `keel doctor` checks it again."
 
@@ -109,6 +110,9 @@ def assemble_agents(settings: Settings, keel_file: KeelFile, registry: ToolRegis
             agents.pop(name, None)
             problems.append(Problem(str(exc), f"Fix system_file of [agents.{name}] in keel.toml, "
                                     "or give the prompt inline with system = \"...\"."))
+    for name, spec in agents.items():
+        if EXTERNAL_CONTENT_TOOLS.intersection(spec.tools):  # it reads outside text: say so
+            agents[name] = replace(spec, system=with_rule(spec.system))
     known = set(registry.names())
     for spec in list(agents.values()):
         missing = [t for t in spec.tools if t not in known]

@@ -10,7 +10,9 @@
 * at most ``MAX_BYTES`` are read and ``MAX_TEXT_CHARS`` returned; the run's tool timeout bounds
   the time, and each network step has its own shorter timeout;
 * HTML becomes title + readable text; other text types come back as they are; anything else is
-  refused before its body is downloaded.
+  refused before its body is downloaded;
+* the page's text reaches the model inside an ``<external … trust="untrusted">`` block
+  (``agents.tools.external``): data to read, never instructions to follow.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pydantic import Field
 from agents.tools.contract import ToolContext
 from agents.tools.declare import ToolArgs, tool
 from agents.tools.errors import ToolError
+from agents.tools.external import mark_external
 from agents.tools.html_text import html_to_text
 
 MAX_REDIRECTS = 5
@@ -269,13 +272,12 @@ def _render(url: str, kind: str, body: bytes, cut: bool, charset: str | None) ->
     title = ""
     if kind == "html":
         title, text = html_to_text(text)
-    lines = [f"URL: {url}"]
-    if title:
-        lines.append(f"Title: {title}")
     total = len(text)
     if total > MAX_TEXT_CHARS:
         text = text[:MAX_TEXT_CHARS]
-    lines += ["", text or "(the page has no readable text)"]
+    # the page's words (title included) go inside the untrusted block; keel's notes outside it
+    page = (f"Title: {title}\n\n" if title else "") + (text or "(the page has no readable text)")
+    lines = [f"URL: {url}", mark_external(url, page)]
     if total > MAX_TEXT_CHARS:
         lines += ["", f"[cut: showing the first {MAX_TEXT_CHARS} of {total} characters]"]
     if cut:

@@ -27,6 +27,7 @@ from agents.errors import ConfigError
 from agents.tools.contract import ToolCall, ToolContext, ToolOutcome
 from agents.tools.declare import VERSIONED_NAME, Tool
 from agents.tools.errors import ToolError
+from agents.tools.external import external_source
 from agents.tools.invoke import KeyedLocks, describe_parameters, emit, error_outcome, execute
 
 MAX_CATALOG_TOOLS = 10
@@ -179,6 +180,7 @@ class Catalog:
                    error=error_code, duration_s=round(outcome.duration_s, 4),
                    attempts=outcome.attempts, replayed=outcome.replayed,
                    escalation=outcome.escalation is not None,
+                   external=None if outcome.is_error else external_source(outcome.content),
                    content=_clip(outcome.content, TRACE_CONTENT_CHARS))
         return outcome
 

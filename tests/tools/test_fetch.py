@@ -112,13 +112,15 @@ def error(content: str) -> dict[str, Any]:
 async def test_html_comes_back_as_title_and_readable_text(site: Site, local_ctx: ToolContext) -> None:
     content, is_error = await fetch(f"{site.base}/page", local_ctx)
     assert not is_error
-    assert content == (f"URL: {site.base}/page\nTitle: Release notes — keel\n\n"
-                       "# keel 1.2\n\nFaster & smaller.\n\n- one\n- two")
+    assert content == (f"URL: {site.base}/page\n"
+                       f'<external source="{site.base}/page" trust="untrusted">\n'
+                       "Title: Release notes — keel\n\n"
+                       "# keel 1.2\n\nFaster & smaller.\n\n- one\n- two\n</external>")
 
 
 async def test_json_comes_back_as_it_is(site: Site, local_ctx: ToolContext) -> None:
     content, _ = await fetch(f"{site.base}/data.json", local_ctx)
-    assert content.endswith('{"version": "1.2"}')
+    assert content.endswith('{"version": "1.2"}\n</external>')
 
 
 async def test_binary_content_is_refused_clearly(site: Site, local_ctx: ToolContext) -> None:
@@ -144,7 +146,8 @@ async def test_a_429_reaches_the_model_as_rate_limited_data(site: Site, local_ct
 
 async def test_redirects_are_followed_up_to_a_limit(site: Site, local_ctx: ToolContext) -> None:
     content, _ = await fetch(f"{site.base}/moved", local_ctx)
-    assert content.startswith(f"URL: {site.base}/page\nTitle: Release notes")
+    assert content.startswith(f'URL: {site.base}/page\n<external source="{site.base}/page" '
+                              'trust="untrusted">\nTitle: Release notes')
     looped = error((await fetch(f"{site.base}/loop/0", local_ctx))[0])
     assert looped["error"] == "upstream_error" and "redirects more than 5 times" in looped["message"]
     assert sum(site.hits[f"/loop/{n}"] for n in range(MAX_REDIRECTS + 1)) == MAX_REDIRECTS + 1
@@ -270,7 +273,7 @@ async def test_the_connection_goes_to_the_checked_address(
     monkeypatch.setattr(fetch_module, "_resolve", resolve)
     port = site.base.rsplit(":", 1)[1]
     content, is_error = await fetch(f"http://docs.example:{port}/host", local_ctx)
-    assert not is_error and content.endswith(f"host=docs.example:{port}")
+    assert not is_error and content.endswith(f"host=docs.example:{port}\n</external>")
 
 
 def test_address_classification() -> None:
