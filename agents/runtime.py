@@ -252,7 +252,8 @@ class Runtime:
                    pattern=spec.pattern, user_id=request.user_id, chat_id=request.chat_id,
                    thread_id=request.thread_id, session_id=request.session_id,
                    limits=_limits_dict(limits), tools=list(spec.tools),
-                   history_messages=request.new_from)
+                   history_messages=request.new_from, replay=self._replay_inputs(
+                       spec, price, limits, request))
         if request.route is not None:
             trace.emit("route", **request.route.trace_payload())
             if request.route.cost_usd:
@@ -368,6 +369,24 @@ class Runtime:
             self._active.pop(run.id, None)
         await self._finish(run, result, on_commit)
         return result
+
+    def _replay_inputs(self, spec: AgentSpec, price: Any, limits: Limits,
+                       request: RunRequest) -> dict[str, Any]:
+        """What ``keel trace replay`` needs besides the recorded calls: the prices the budget
+        was reserved at (max_tokens and thinking budgets follow from them), whether the model
+        call cap was left to its default (plan runs widen it), the router's exact cost, and for
+        plan runs the planner and the input messages (no request of theirs carries the task
+        whole)."""
+        inputs: dict[str, Any] = {"price": price.model_dump(),
+                                  "max_model_calls": limits.max_model_calls,
+                                  "route_cost_usd": request.route.cost_usd if request.route
+                                  else None}
+        if spec.pattern == "plan_execute":
+            planner = self.settings.planner_model
+            inputs.update(planner_model=planner,
+                          planner_price=self.prices.require(planner).model_dump(),
+                          messages=request.messages)
+        return inputs
 
     def _track(self, run: Run) -> None:
         task = asyncio.current_task()
