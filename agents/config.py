@@ -155,8 +155,8 @@ class Settings(BaseSettings):
     def _check_database_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().startswith(
                 ("postgresql://", "postgres://")):
-            raise ValueError("KEEL_DATABASE_URL must be a postgresql:// URL (unset it to use "
-                             "SQLite under KEEL_DATA_DIR)")
+            raise ValueError("must be a postgresql:// URL (unset it to use SQLite under "
+                             "KEEL_DATA_DIR)")
         return value
 
     @property
@@ -281,6 +281,11 @@ class ScheduleConfig(BaseModel):
     daily_budget_usd: float | None = Field(None, gt=0)
     """Most this schedule's runs may spend in a UTC day (default KEEL_DAILY_BUDGET_USD_PER_SCHEDULE)."""
     misfire_grace_s: int = Field(3600, ge=1)
+    guard: str | None = None
+    """A cheap check run before any model call (``module:function``, see agents/guards.py);
+    "nothing new" ends the fire ``skipped`` at $0."""
+    guard_message: str | None = None
+    """Posted when the guard skips a fire (default: nothing is posted)."""
 
 
 class KeelFile(BaseModel):

@@ -3,8 +3,8 @@ exactly once per scheduled local time.
 
 APScheduler (3.x) owns the timing: ``coalesce``, one instance per job, a misfire grace time. keel
 owns "exactly once": before a run starts, the pair (job, local scheduled time as a naive
-``YYYY-MM-DDTHH:MM``) is claimed with an ``INSERT OR IGNORE`` into ``schedule_fires``. A second
-claim of the same pair does nothing, which covers
+``YYYY-MM-DDTHH:MM``) is claimed with an ``INSERT … ON CONFLICT DO NOTHING`` into
+``schedule_fires``. A second claim of the same pair does nothing, which covers
 
 - the autumn DST day, when a 02:30 job in Europe/Madrid comes round twice (02:30 CEST, then
   02:30 CET): one local time, one run;
@@ -114,6 +114,11 @@ class ScheduledJob:
     budget_usd: float
     """The cap of each run: the schedule's ``budget_usd``, else the agent's."""
     misfire_grace_s: int = 3600
+    daily_budget_usd: float | None = None
+    """The schedule's own daily cap, when keel.toml sets one."""
+    guard: str | None = None
+    """``module:function`` run before any model call; "nothing new" skips the fire at $0."""
+    guard_message: str | None = None
     trigger: CronTrigger = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -137,7 +142,9 @@ class ScheduledJob:
                    timezone=name, chat_id=config.chat_id, thread_id=config.thread_id,
                    create_topic=config.create_topic,
                    budget_usd=config.budget_usd or agent.limits.budget_usd,
-                   misfire_grace_s=config.misfire_grace_s)
+                   misfire_grace_s=config.misfire_grace_s,
+                   daily_budget_usd=config.daily_budget_usd, guard=config.guard,
+                   guard_message=config.guard_message)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -199,8 +206,10 @@ class ScheduledJob:
 
     @property
     def worst_case_daily_usd(self) -> float:
-        """The most this job can spend in a day: runs per day × the run's budget."""
-        return self.runs_per_day * self.budget_usd
+        """The most this job can spend in a day: runs per day × the run's budget, or its own
+        daily cap when that is lower (the ledger holds every call against it)."""
+        worst = self.runs_per_day * self.budget_usd
+        return min(worst, self.daily_budget_usd) if self.daily_budget_usd else worst
 
 
 def jobs_from_config(schedules: Sequence[ScheduleConfig], *, default_timezone: str,
@@ -344,8 +353,8 @@ class Scheduler:
             return None
         key, run_id = job.local_key(scheduled), new_id()
         inserted = await self.db.execute_write(
-            "INSERT OR IGNORE INTO schedule_fires (job, local_time, run_id, fired_at, status,"
-            " scheduled_at) VALUES (?, ?, ?, ?, 'claimed', ?)",
+            "INSERT INTO schedule_fires (job, local_time, run_id, fired_at, status,"
+            " scheduled_at) VALUES (?, ?, ?, ?, 'claimed', ?) ON CONFLICT DO NOTHING",
             (job.name, key, run_id, iso(now), iso(scheduled)))
         if not inserted:
             log.info("schedule %s: %s already ran; not running it again", job.name, key)

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from agents.errors import KeelError
+from agents.guards import GuardContext, Guards
 from agents.notify import Delivered, DeliveryError, Mailbox, Notifier, NotifierMailbox
 from agents.run import RunResult, RunStatus, describe
 from agents.runtime import RunRequest, Runtime
@@ -37,9 +38,10 @@ Sleep = Callable[[float], Awaitable[None]]
 class ScheduledOutcome:
     job: str
     run_id: str
-    status: RunStatus | Literal["not_started"]
+    status: RunStatus | Literal["not_started", "skipped"]
     """The run's final status as recorded (``failed`` when a completed briefing was not
-    delivered), or ``not_started`` when the run was refused before it began."""
+    delivered), ``not_started`` when the run was refused before it began, or ``skipped`` when
+    the schedule's guard found nothing new (no run, $0)."""
     delivered: bool
     """True only when the outcome's post was accepted by the platform."""
     chat_id: int
@@ -78,8 +80,14 @@ class ScheduledRunner:
             owner if owner is not None else (min(allowed) if allowed else None))
         self.sleep = sleep
         self._topic_lock = asyncio.Lock()
+        self.guards = Guards()
 
     async def __call__(self, job: ScheduledJob, scheduled: datetime, run_id: str) -> ScheduledOutcome:
+        if job.guard:  # issue 13: a cheap check before any model call
+            why = await self.guards.nothing_new(job.guard, GuardContext(
+                schedule=job.name, agent=job.agent, scheduled=scheduled, task=job.task))
+            if why is not None:
+                return await self._skipped(job, job.local_key(scheduled), run_id, why)
         thread_id, note = await self.thread_for(job)
         when = scheduled.astimezone(job.tz).strftime("%Y-%m-%d %H:%M")
         fire_key = job.local_key(scheduled)
@@ -184,8 +192,9 @@ class ScheduledRunner:
                 return None, (f"keel could not create the {job.agent!r} topic here ({exc}); "
                               "posting in the chat instead")
             await self.runtime.db.execute_write(
-                "INSERT OR IGNORE INTO agent_topics (agent, chat_id, thread_id, created_at)"
-                " VALUES (?, ?, ?, ?)", (job.agent, job.chat_id, thread_id, now_iso()))
+                "INSERT INTO agent_topics (agent, chat_id, thread_id, created_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (job.agent, job.chat_id, thread_id, now_iso()))
             return thread_id, None
 
     # ------------------------------------------------------------------ delivery
@@ -224,6 +233,31 @@ class ScheduledRunner:
         return ScheduledOutcome(job=job.name, run_id=run_id, status="not_started",
                                 delivered=delivered is not None, chat_id=job.chat_id,
                                 thread_id=thread_id, error=reason,
+                                message_ids=delivered.message_ids if delivered else ())
+
+    async def _skipped(self, job: ScheduledJob, fire_key: str, run_id: str,
+                       why: str) -> ScheduledOutcome:
+        """The guard found nothing new: the fire ends ``skipped``, no run, $0; the schedule's
+        ``guard_message`` is posted when it has one."""
+        log.info("scheduled run %s skipped: %s", job.name, why)
+        if not job.guard_message:
+            async with self.runtime.db.write() as conn:
+                await fire_done(conn, job.name, fire_key, "skipped")
+            return ScheduledOutcome(job=job.name, run_id=run_id, status="skipped", delivered=False,
+                                    chat_id=job.chat_id, thread_id=job.thread_id, error=None)
+        thread_id, _ = await self.thread_for(job)
+        async with self.runtime.db.write() as conn:
+            item = await self.mailbox.put(conn, chat_id=job.chat_id, thread_id=thread_id,
+                                          reply_to=None, markdown=job.guard_message)
+            await fire_done(conn, job.name, fire_key, "skipped")
+        try:
+            delivered = await self.mailbox.deliver(item)
+        except Exception as exc:
+            log.warning("scheduled run %s: the skip message was not delivered: %s", job.name, exc)
+            delivered = None
+        return ScheduledOutcome(job=job.name, run_id=run_id, status="skipped",
+                                delivered=delivered is not None, chat_id=job.chat_id,
+                                thread_id=thread_id,
                                 message_ids=delivered.message_ids if delivered else ())
 
     def _trace(self, result: RunResult, message_ids: list[int] | None, error: str | None,

@@ -217,8 +217,9 @@ class PostgresDatabase(Database):
         try:  # one direct connection first: its error says why, a pool's only that it timed out
             probe = await psycopg.AsyncConnection.connect(self.url, **kwargs)
         except psycopg.Error as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise DatabaseUnavailable(
-                f"cannot connect to PostgreSQL at {redact(self.url)}: {str(exc).strip()}"
+                f"cannot connect to PostgreSQL at {redact(self.url)}: {reason}"
                 " (check KEEL_DATABASE_URL and that the server is running)") from None
         async with probe:
             cursor = await probe.execute("SELECT current_schema()")
