@@ -27,6 +27,7 @@ import anthropic
 from agents.config import load_settings
 from agents.model.types import usage_from_api
 from agents.pricing import PriceTable, Usage
+from agents.run import new_id
 from agents.runtime import Runtime
 from agents.sessions import Sessions
 from bench.stats import median, ratio
@@ -86,12 +87,18 @@ def _summarise(part: dict[str, Any], turns: int) -> dict[str, Any]:
     }
 
 
-async def _keel(conv: Conversation, workdir: Path) -> dict[str, Any]:
+RUN_BUDGET_USD = "0.10"
+"""Every turn must complete under this run cap (issue 13: the reservation is tight enough)."""
+
+
+async def _keel(conv: Conversation, workdir: Path, min_cache: int | None = None) -> dict[str, Any]:
     model = Model(latency=0.0, answer=conv.answer_for)
-    async with FakeAnthropic(responder=model) as fake:
+    overrides = {"claude-sonnet-4-6": min_cache} if min_cache else None
+    async with FakeAnthropic(responder=model, min_cacheable_tokens=overrides) as fake:
         settings = load_settings(
             _env_file=None, ANTHROPIC_API_KEY=API_KEY, ANTHROPIC_BASE_URL=fake.base_url,
             KEEL_DATA_DIR=str(workdir / "data"), KEEL_CONFIG=str(empty_config(workdir)),
+            KEEL_RUN_BUDGET_USD=RUN_BUDGET_USD,
             KEEL_DAILY_BUDGET_USD="100000", KEEL_DAILY_BUDGET_USD_PER_USER="100000")
         runtime = await Runtime.open(settings)
         try:
@@ -99,10 +106,13 @@ async def _keel(conv: Conversation, workdir: Path) -> dict[str, Any]:
             compactions = 0
             for question, gap in zip(conv.questions, conv.gaps, strict=True):
                 conversation = await runtime.conversations.get_or_create(CHAT_ID, None)
-                route = await runtime.route(question, current=conversation.current_agent)
+                run_id = new_id()  # as the bot does: the router is held under the run's id
+                route = await runtime.route(question, current=conversation.current_agent,
+                                            run_id=run_id, user_id=USER_ID,
+                                            conversation_id=conversation.id)
                 await runtime.conversations.set_current_agent(conversation.id, route.agent)
                 turn = await sessions.turn(
-                    chat_id=CHAT_ID, thread_id=None, agent=route.agent,
+                    chat_id=CHAT_ID, thread_id=None, agent=route.agent, run_id=run_id,
                     content=[{"type": "text", "text": question}], user_id=USER_ID, route=route)
                 if turn.result.status != "completed":
                     raise RuntimeError(f"turn ended {turn.result.status}: {turn.result.detail}")
@@ -145,11 +155,11 @@ async def _naive(conv: Conversation, template: dict[str, Any]) -> list[RecordedR
         return [r for r in fake.message_requests if r.usage]
 
 
-async def conversation(turns: int, seed: int) -> dict[str, Any]:
+async def conversation(turns: int, seed: int, min_cache: int | None = None) -> dict[str, Any]:
     prices = PriceTable.builtin()
     conv = Conversation(turns, seed)
     with tempfile.TemporaryDirectory(prefix="keel-bench-tokens-") as tmp:
-        keel = await _keel(conv, Path(tmp))
+        keel = await _keel(conv, Path(tmp), min_cache)
     naive_records = await _naive(conv, keel["first_agent_body"])
     parts = {kind: _totals([r for r in keel["records"] if kind_of(r) == kind], prices)
              for kind in ("agent", "router", "compactor")}
