@@ -6,11 +6,15 @@ import argparse
 import asyncio
 import json
 import sys
-from typing import Any
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from agents.config import Settings
 from agents.errors import DailyCapExceeded, KeelError
 from agents.run import EXIT_CODES, RunResult, describe
+
+if TYPE_CHECKING:
+    from storage.escalations import Escalation
 
 EXIT_USAGE = 2
 LOCAL_CHAT_ID = -1  # the terminal's conversation, beside Telegram's (which are never negative -1)
@@ -96,6 +100,7 @@ async def _agent_run_async(args: argparse.Namespace, settings: Settings) -> int:
     from agents.runtime import RunRequest
 
     runtime = await _open_runtime(settings)
+    asked: list[Escalation] = []
     try:
         spec = runtime.agent(args.name)
         limits = spec.limits.overridden(budget_usd=args.budget_usd, max_steps=args.max_steps,
@@ -103,7 +108,8 @@ async def _agent_run_async(args: argparse.Namespace, settings: Settings) -> int:
         task = {"role": "user", "content": [{"type": "text", "text": args.task}]}
         try:
             result = await runtime.run(RunRequest(agent=spec.name, messages=[task], new_from=0,
-                                                  kind="cli", limits=limits))
+                                                  kind="cli", limits=limits),
+                                       on_commit=_park_commit(runtime, settings, asked))
         except DailyCapExceeded as exc:
             print(f"keel: {exc}", file=sys.stderr)
             return EXIT_CODES["budget_exceeded"]
@@ -112,13 +118,39 @@ async def _agent_run_async(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_USAGE
     finally:
         await runtime.close()
-    _print_result(result, as_json=args.json)
+    _print_result(result, as_json=args.json, escalation=asked[0] if asked else None)
+    if asked and not args.json:
+        from bot.cli_escalation import print_question
+
+        print_question(asked[0], file=sys.stderr,
+                       how=f"answer with: keel escalation answer {asked[0].id} CHOICE")
     return result.exit_code
 
 
-def _print_result(result: RunResult, *, as_json: bool) -> None:
+def _park_commit(runtime: Any, settings: Settings, asked: list[Escalation]) -> Any:
+    """A run that parks on a question stores it with its waiting_human status, in one
+    transaction, like a run from Telegram: `keel escalation` lists and answers it, and it
+    expires like any other."""
+    from agents.escalation_flow import EscalationFlow
+
+    flow = EscalationFlow(runtime, ttl=timedelta(seconds=settings.escalation_ttl_s))
+
+    async def commit(conn: Any, result: RunResult) -> None:
+        if result.status == "waiting_human" and result.escalation is not None:
+            asked.append(await flow.park_in(conn, result, chat_id=None, thread_id=None))
+
+    return commit
+
+
+def _print_result(result: RunResult, *, as_json: bool, escalation: Escalation | None = None) -> None:
     if as_json:
-        print(json.dumps(result.as_json(), ensure_ascii=False))
+        body = result.as_json()
+        if escalation is not None:
+            body["escalation"] = {"id": escalation.id, "kind": escalation.kind,
+                                  "question": escalation.reason, "context": escalation.context,
+                                  "choices": list(escalation.options),
+                                  "expires_at": escalation.expires_at}
+        print(json.dumps(body, ensure_ascii=False))
         return
     if result.output:
         print(result.output)
@@ -164,15 +196,20 @@ async def _chat_async(args: argparse.Namespace, settings: Settings) -> int:
                 await runtime.conversations.archive_sessions(conversation.id)
                 print("(fresh session)")
                 continue
+            asked: list[Escalation] = []
             try:
                 turn = await sessions.turn(chat_id=LOCAL_CHAT_ID, thread_id=None, agent=agent,
                                            content=[{"type": "text", "text": text}], user_id=None,
-                                           kind="cli")
+                                           kind="cli", compact=True,
+                                           on_commit=_park_commit(runtime, settings, asked))
             except KeelError as exc:
                 print(f"keel: {exc}", file=sys.stderr)
                 continue
             result = turn.result
-            print(f"{agent}> {result.output or ''}".rstrip())
+            while asked:  # the question, then the next line is its answer; the run goes on
+                result = await _ask_in_chat(runtime, settings, agent, result, asked, interactive)
+            if result.output or result.status != "waiting_human":
+                print(f"{agent}> {result.output or ''}".rstrip())
             stats = await runtime.conversations.session_stats(turn.session_id)
             print(f"  [{result.status} · ${result.cost_usd:.4f} · in {result.usage.input_tokens} "
                   f"· cache read {result.usage.cache_read_tokens} · write "
@@ -184,6 +221,43 @@ async def _chat_async(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         await runtime.close()
     return 0
+
+
+async def _ask_in_chat(runtime: Any, settings: Settings, agent: str, result: RunResult,
+                       asked: list[Escalation], interactive: bool) -> RunResult:
+    """Show the parked run's question with its choices, take the next input line as the answer
+    (a choice's text or number, or free text) and resume the run. ``asked`` gets the next
+    question if the run parks again; an empty line or /quit leaves the question pending."""
+    from agents.escalation_flow import EscalationFlow
+    from bot.cli_escalation import answer_and_resume, pick, print_question
+
+    e = asked.pop()
+    if result.output:
+        print(f"{agent}> {result.output}".rstrip())
+    print_question(e, how="type a choice's number or text" + (
+        ", or your own answer" if e.kind == "question" else ""))
+    flow = EscalationFlow(runtime, ttl=timedelta(seconds=settings.escalation_ttl_s))
+    loop = asyncio.get_running_loop()
+    while True:
+        if interactive:
+            print("answer> ", end="", flush=True)
+        line = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
+        if not line or line in ("/quit", "/exit"):
+            print(f"(left pending: `keel escalation answer {e.id} CHOICE` answers it later)")
+            return result
+        choice = pick(e, line)
+        if choice is not None:
+            break
+        print("  please type " + " or ".join(repr(o) for o in e.options) + " (or its number)")
+    outcome = await answer_and_resume(flow, e, choice, user_id=settings.owner_id or 0)
+    if isinstance(outcome, str):
+        print(f"keel: {outcome}", file=sys.stderr)
+        return result
+    if outcome.status == "waiting_human":
+        latest = await flow.repo.latest_of_run(outcome.run_id)
+        if latest is not None and latest.stage == "pending":
+            asked.append(latest)
+    return outcome
 
 
 # ------------------------------------------------------------------ keel trace
