@@ -23,8 +23,8 @@ from bot.access import (
     scope_for,
     sees_everyone,
 )
+from bot.cli_cost import render as render_cost
 from bot.service import KeelBot
-from storage.usage import SYSTEM_USER
 
 
 def bot_commands() -> list[BotCommand]:
@@ -127,41 +127,21 @@ async def cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def cost(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Today's spend: your own; the owner and admins also everyone's, in a private chat."""
+    """Today's spend, reserved and left: your own; the owner and admins also everyone's, in a
+    private chat."""
     keel = _keel(context)
     user, message = update.effective_user, update.effective_message
     assert user is not None and message is not None
     settings = keel.settings
-    usage = keel.runtime.usage
-    mine = await usage.spent(user_id=user.id)
-    lines = [f"**Today (UTC)**\nYou: ${mine:.4f} of ${settings.daily_budget_usd_per_user:.2f} "
-             f"(${max(0.0, settings.daily_budget_usd_per_user - mine):.4f} left)"]
-    if sees_everyone(await keel.access.role(user.id)):
-        if message.chat.type == "private":
-            total = await usage.spent()
-            lines.append(f"Everyone: ${total:.4f} of ${settings.daily_budget_usd_total:.2f} "
-                         f"(${max(0.0, settings.daily_budget_usd_total - total):.4f} left)")
-            lines += await _spend_by_person(keel, exclude=user.id)
-        else:
-            lines.append("_Everyone's figures: ask me in a private chat._")
+    report = await keel.runtime.cost_report()
+    everyone = sees_everyone(await keel.access.role(user.id))
+    lines = render_cost(report, viewer=user.id, everyone=everyone and message.chat.type == "private",
+                        per_user_cap=settings.daily_budget_usd_per_user)
+    if everyone and message.chat.type != "private":
+        lines.append("_Everyone's figures: ask me in a private chat._")
     lines.append(f"Each run is capped at ${settings.run_budget_usd:.2f} unless its agent says "
                  "otherwise.")
     await _reply(update, context, "\n".join(lines))
-
-
-async def _spend_by_person(keel: KeelBot, *, exclude: int) -> list[str]:
-    ids = [p.user_id for p in await keel.access.everyone()]
-    if keel.access.owner_id is not None:
-        ids.append(keel.access.owner_id)
-    lines = []
-    for who in sorted(set(ids) - {exclude}):
-        spent = await keel.runtime.usage.spent(user_id=who)
-        if spent > 0:
-            lines.append(f"• `{who}`: ${spent:.4f}")
-    unattended = await keel.runtime.usage.spent(user_id=SYSTEM_USER)
-    if unattended > 0:
-        lines.append(f"• schedules and command line: ${unattended:.4f}")
-    return lines
 
 
 async def _scope(keel: KeelBot, update: Update) -> tuple[Scope, bool]:
@@ -291,9 +271,6 @@ async def schedules(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 async def run_now(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Run a scheduled agent now, outside its schedule."""
-    from datetime import UTC, datetime
-
-    from agents.run import new_id
     from agents.schedule import Scheduler
     from bot.service import spawn
 
@@ -304,14 +281,14 @@ async def run_now(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
                      + (", ".join(f"`{n}`" for n in names) or "(no schedules)"))
         return
     job = scheduler.jobs[context.args[0]]
+    # A stored request like any fire, keyed by this update: a redelivered /run runs once, and a
+    # run cut off by a crash is run again at the next start.
+    claim = await scheduler.claim_now(job.name, f"tg:{update.update_id}")
+    if claim is None:
+        return
     await _reply(update, context, f"Running `{job.name}` now; its outcome will be posted where "
                  "it always is.")
-    on_fire = scheduler.on_fire
-
-    async def go() -> None:
-        await on_fire(job, datetime.now(UTC), new_id())
-
-    spawn(go(), f"/run {job.name}")
+    spawn(scheduler.run_claim(claim), f"/run {job.name}")
 
 
 COMMANDS: tuple[Command, ...] = (
