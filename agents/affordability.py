@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.budget import MIN_USEFUL_OUTPUT_TOKENS, usd
+from agents.config import Settings
 from agents.errors import ModelCallError
 from agents.executor.call import COUNT_MARGIN, InputAnchor, TokenCounter
 from agents.executor.prepare import Prefix
@@ -159,3 +160,14 @@ def small_budget_warnings(agents: Mapping[str, AgentSpec], prices: PriceTable,
                     f"{cap_name} = {usd(cap)} cannot cover one answer of any agent (the "
                     f"cheapest, {cheapest.agent!r}, needs about {usd(cheapest.usd)})")
     return lines
+
+
+def budget_warnings(settings: Settings, agents: Mapping[str, AgentSpec], prices: PriceTable,
+                    registry: ToolRegistry) -> list[str]:
+    """``small_budget_warnings`` with the daily caps of ``settings`` (for doctor and start-up)."""
+    return small_budget_warnings(
+        agents, prices, registry, executor_model=settings.executor_model,
+        planner_model=settings.planner_model,
+        daily_caps={"KEEL_DAILY_BUDGET_USD": settings.daily_budget_usd_total,
+                    "KEEL_DAILY_BUDGET_USD_PER_USER": settings.daily_budget_usd_per_user,
+                    "KEEL_DAILY_BUDGET_USD_PER_SCHEDULE": settings.daily_budget_usd_per_schedule})

@@ -24,6 +24,7 @@ from telegram.ext import (
     filters,
 )
 
+from agents.affordability import budget_warnings
 from agents.config import Settings
 from agents.runtime import Runtime
 from agents.schedule import Scheduler, jobs_from_config
@@ -74,6 +75,9 @@ def build_application(settings: Settings, *, runtime: Runtime | None = None) -> 
         app.add_handler(CommandHandler(command.name, _gated(gated(command))))
     if (hint := startup_hint(settings)) is not None:
         log.warning("%s", hint)
+    # issue 13: a cap too small for one answer says so once, at start-up
+    for line in budget_warnings(settings, runtime.agents, runtime.prices, runtime.registry):
+        log.warning("budget: %s", line)
     # Handlers block: each update runs in its own task (bot/poller.py), which settles its inbox
     # row once the handler is done.
     app.add_handler(CallbackQueryHandler(on_callback))

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from agents.affordability import budget_warnings
 from agents.config import Settings
 from agents.config_check import Problem, check_configuration, data_dir_problem
 
@@ -81,6 +82,9 @@ def _check_configuration(settings: Settings) -> list[Finding]:
     if checked.jobs:
         out.append(Finding("ok", f"{len(checked.jobs)} schedule(s): "
                            + ", ".join(job.name for job in checked.jobs)))
+    # issue 13: a cap too small for one answer says so once, here, not at every refused run
+    out += [Finding("warn", line) for line in budget_warnings(
+        settings, checked.agents, checked.prices, checked.registry)]
     return out
 
 
