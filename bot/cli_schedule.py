@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from agents.config import Settings, load_keel_file
-from agents.schedule import ScheduledJob, jobs_from_config, utc_now, worst_case_daily_usd
+from agents.schedule import ScheduledJob, jobs_from_config, utc_now
 
 EXAMPLE = """\
 [[schedules]]
@@ -48,8 +48,8 @@ def _schedule_list(args: argparse.Namespace, settings: Settings, *,
                    now: datetime | None = None) -> int:
     jobs = load_jobs(settings)
     moment = now or utc_now()
-    rows = [_row(job, moment) for job in jobs]
-    total = worst_case_daily_usd(jobs)
+    rows = [_row(job, moment, settings.daily_budget_usd_per_schedule) for job in jobs]
+    total = sum(r["worst_case_daily_usd"] for r in rows)
     cap = settings.daily_budget_usd_total
     if args.json:
         print(json.dumps({"schedules": rows, "worst_case_daily_usd": round(total, 6),
@@ -60,10 +60,10 @@ def _schedule_list(args: argparse.Namespace, settings: Settings, *,
         print(EXAMPLE)
         return 0
     header = ("NAME", "AGENT", "CRON", "TIME ZONE", "NEXT RUN (LOCAL)", "POSTS TO", "RUNS/DAY",
-              "BUDGET", "WORST/DAY")
+              "BUDGET", "WORST/DAY", "GUARD")
     table = [header] + [(r["name"], r["agent"], r["cron"], r["timezone"], r["next_run"] or "never",
                          r["posts_to"], str(r["runs_per_day"]), f"${r['budget_usd']:.2f}",
-                         f"${r['worst_case_daily_usd']:.2f}") for r in rows]
+                         f"${r['worst_case_daily_usd']:.2f}", r["guard"] or "-") for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     for line in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
@@ -91,7 +91,8 @@ def load_jobs(settings: Settings) -> list[ScheduledJob]:
                             agents=agents)
 
 
-def _row(job: ScheduledJob, now: datetime) -> dict[str, Any]:
+def _row(job: ScheduledJob, now: datetime, per_schedule_cap: float | None = None
+         ) -> dict[str, Any]:
     upcoming = job.next_fire(now)
     where = (f"chat {job.chat_id}" + (f" thread {job.thread_id}" if job.thread_id is not None
                                       else " (own topic)" if job.create_topic else ""))
@@ -100,5 +101,10 @@ def _row(job: ScheduledJob, now: datetime) -> dict[str, Any]:
         "next_run": upcoming.astimezone(job.tz).strftime("%Y-%m-%d %H:%M %Z") if upcoming
         else None,
         "posts_to": where, "runs_per_day": job.runs_per_day,
-        "budget_usd": job.budget_usd, "worst_case_daily_usd": round(job.worst_case_daily_usd, 6),
+        "budget_usd": job.budget_usd,
+        # runs per day x budget, or the schedule's daily cap when lower (the ledger holds it)
+        "worst_case_daily_usd": round(min(job.worst_case_daily_usd, per_schedule_cap)
+                                      if per_schedule_cap and not job.daily_budget_usd
+                                      else job.worst_case_daily_usd, 6),
+        "guard": job.guard,
     }

@@ -77,3 +77,12 @@ async def test_a_skip_can_say_so_and_a_broken_guard_lets_the_run_go(make_runtime
     broken = await runner(scheduled(guard="keel_test_guards:broken"), AT_EIGHT, "r-2")
     assert broken.status == "completed"
     assert [m["text"] for m in notifier.sent] == ["Nothing new.", "briefing despite the guard"]
+
+
+def test_schedule_list_shows_the_guard_and_the_worst_day_under_the_schedule_cap() -> None:
+    from bot.cli_schedule import _row
+
+    job = scheduled(guard="keel_test_guards:quiet")  # one run a day at $0.30
+    row = _row(job, AT_EIGHT, per_schedule_cap=0.1)
+    assert row["guard"] == "keel_test_guards:quiet" and row["worst_case_daily_usd"] == 0.1
+    assert _row(job, AT_EIGHT)["worst_case_daily_usd"] == 0.3
