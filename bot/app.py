@@ -73,11 +73,6 @@ def build_application(settings: Settings, *, runtime: Runtime | None = None) -> 
     # No user filter here: strangers must reach the gate, which answers them at most once a day.
     for command in COMMANDS:
         app.add_handler(CommandHandler(command.name, _gated(gated(command))))
-    if (hint := startup_hint(settings)) is not None:
-        log.warning("%s", hint)
-    # issue 13: a cap too small for one answer says so once, at start-up
-    for line in budget_warnings(settings, runtime.agents, runtime.prices, runtime.registry):
-        log.warning("budget: %s", line)
     # Handlers block: each update runs in its own task (bot/poller.py), which settles its inbox
     # row once the handler is done.
     app.add_handler(CallbackQueryHandler(on_callback))
@@ -129,6 +124,12 @@ async def _post_init(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
         app.bot_data["scheduler"] = scheduler
     log.info("keel is up as @%s: %d agents; recovered %d pending repl(ies), re-answering %d "
              "message(s)", app.bot.username, len(runtime.agents), sent, answered)
+    # only now: getMe has accepted the token, so the hint is not noise before a refusal
+    if (hint := startup_hint(settings)) is not None:
+        log.warning("%s", hint)
+    # issue 13: a cap too small for one answer says so once, at start-up
+    for line in budget_warnings(settings, runtime.agents, runtime.prices, runtime.registry):
+        log.warning("budget: %s", line)
 
 
 async def _retention(context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 POLL_TIMEOUT_S = 25
 """Long-poll wait per getUpdates (Telegram holds the request open up to this many seconds)."""
 BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+CONFLICT_GIVE_UP_S = 60.0
+"""How long getUpdates may keep answering 409 Conflict (another process takes this bot's
+updates) before keel stops with one line and a non-zero exit. Longer than one long poll, so an
+instance that was just stopped, whose last poll Telegram still holds, is waited out."""
 
 Store = Callable[[list[InboxItem]], Coroutine[Any, Any, set[int]]]
 Dispatch = Callable[[Update], Coroutine[Any, Any, None]]
@@ -48,18 +52,22 @@ class Poller:
     another in the order Telegram gave them; the rest concurrently."""
 
     def __init__(self, bot: Bot, *, store: Store, dispatch: Dispatch, order_key: OrderKey,
-                 allowed_updates: list[str], timeout: int = POLL_TIMEOUT_S) -> None:
+                 allowed_updates: list[str], timeout: int = POLL_TIMEOUT_S,
+                 conflict_give_up_s: float | None = None) -> None:
         self.bot = bot
         self.store = store
         self.dispatch = dispatch
         self.order_key = order_key
         self.allowed_updates = allowed_updates
         self.timeout = timeout
+        self.conflict_give_up_s = CONFLICT_GIVE_UP_S if conflict_give_up_s is None \
+            else conflict_give_up_s
         self.tasks: set[asyncio.Task[None]] = set()
         self._tails: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self.fatal: BaseException | None = None
-        """Set when polling stopped for good (a rejected token): the app should exit."""
+        """Set when polling stopped for good (a rejected token, a lasting 409 Conflict): the app
+        should exit."""
         self.stopped = asyncio.Event()
 
     def start(self) -> None:
@@ -75,6 +83,7 @@ class Poller:
     async def _run(self) -> None:
         offset: int | None = None
         failures = 0
+        conflict_since: float | None = None
         try:
             while True:
                 try:
@@ -85,10 +94,17 @@ class Poller:
                     log.error("Telegram refused the bot token (%s); stopping", type(exc).__name__)
                     self.fatal = exc
                     return
-                except Conflict:
+                except Conflict as exc:
                     failures += 1
-                    log.error("another process is polling this bot's updates (Telegram answered "
-                              "409 Conflict); retrying — stop the other instance")
+                    now = asyncio.get_running_loop().time()
+                    if conflict_since is None:  # one line for the whole episode, not one a poll
+                        conflict_since = now
+                        log.warning("another process is receiving this bot's updates (Telegram "
+                                    "answered 409 Conflict: a second `keel run` or a webhook); "
+                                    "retrying for up to %.0f s, then stopping", self.conflict_give_up_s)
+                    elif now - conflict_since >= self.conflict_give_up_s:
+                        self.fatal = exc
+                        return
                     await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S)) - 1])
                     continue
                 except (TimedOut, NetworkError) as exc:
@@ -97,6 +113,9 @@ class Poller:
                     await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S)) - 1])
                     continue
                 failures = 0
+                if conflict_since is not None:
+                    conflict_since = None
+                    log.info("receiving this bot's updates again (the other process stopped)")
                 if not updates:
                     continue
                 try:
