@@ -49,8 +49,9 @@ _WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 _DOW_ITEM = re.compile(r"^(\*|\d+)(?:-(\d+))?(?:/(\d+))?$")
 
 Clock = Callable[[], datetime]
-FireHandler = Callable[["ScheduledJob", datetime, str], Awaitable[object]]
-"""Called with the job, its scheduled time (aware, in the job's zone) and the run id to use."""
+FireHandler = Callable[..., Awaitable[object]]
+"""Called as ``on_fire(job, scheduled, run_id, key=local_key)``: the job, its scheduled time (aware),
+the run id to use, and the claim's key (its request: ``fire:<job>:<key>``)."""
 
 
 def utc_now() -> datetime:
@@ -307,7 +308,8 @@ class Scheduler:
             "UPDATE schedule_fires SET run_id = ? WHERE job = ? AND local_time = ?",
             (claim.run_id, claim.job, claim.local_time))
         try:
-            await self.on_fire(self.jobs[claim.job], claim.scheduled, claim.run_id)
+            await self.on_fire(self.jobs[claim.job], claim.scheduled, claim.run_id,
+                               key=claim.local_time)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -335,12 +337,33 @@ class Scheduler:
         if claim is None:
             return None
         try:
-            await self.on_fire(job, claim.scheduled, claim.run_id)
+            await self.on_fire(job, claim.scheduled, claim.run_id, key=claim.local_time)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("scheduled run %s for %s failed outside the run", name, claim.local_time)
         return claim
+
+    async def claim_now(self, name: str, request: str, *,
+                        now: datetime | None = None) -> Fire | None:
+        """Claim a run of job ``name`` outside its schedule (``/run``), as a stored request keyed
+        by what asked for it (``request``, e.g. ``tg:<update_id>``): asked twice (a redelivered
+        update), it runs once; interrupted, the next start runs it again like any claim. None
+        when that request already claimed its run."""
+        job = self.jobs[name]
+        moment = now or self.now()
+        key, run_id = f"now:{request}", new_id()
+        inserted = await self.db.execute_write(
+            "INSERT INTO schedule_fires (job, local_time, run_id, fired_at, status, scheduled_at)"
+            " VALUES (?, ?, ?, ?, 'claimed', ?) ON CONFLICT DO NOTHING",
+            (job.name, key, run_id, iso(moment), iso(moment)))
+        if not inserted:
+            return None
+        return Fire(job=job.name, local_time=key, scheduled=moment, run_id=run_id)
+
+    async def run_claim(self, claim: Fire) -> None:
+        """Run a claim made by ``claim_now`` (the caller decides where: usually a task)."""
+        await self._run_claim(claim)
 
     async def claim(self, job: ScheduledJob, now: datetime, *,
                     catching_up: bool = False) -> Fire | None:

@@ -82,15 +82,16 @@ class ScheduledRunner:
         self._topic_lock = asyncio.Lock()
         self.guards = Guards()
 
-    async def __call__(self, job: ScheduledJob, scheduled: datetime, run_id: str) -> ScheduledOutcome:
+    async def __call__(self, job: ScheduledJob, scheduled: datetime, run_id: str, *,
+                       key: str | None = None) -> ScheduledOutcome:
+        fire_key = key or job.local_key(scheduled)  # the claim's key: its request
         if job.guard:  # issue 13: a cheap check before any model call
             why = await self.guards.nothing_new(job.guard, GuardContext(
                 schedule=job.name, agent=job.agent, scheduled=scheduled, task=job.task))
             if why is not None:
-                return await self._skipped(job, job.local_key(scheduled), run_id, why)
+                return await self._skipped(job, fire_key, run_id, why)
         thread_id, note = await self.thread_for(job)
         when = scheduled.astimezone(job.tz).strftime("%Y-%m-%d %H:%M")
-        fire_key = job.local_key(scheduled)
         spec = self.runtime.agents.get(job.agent)  # unknown: runtime.run refuses it below
         request = RunRequest(
             agent=job.agent, kind="scheduled", chat_id=job.chat_id, thread_id=thread_id,

@@ -218,3 +218,46 @@ async def test_a_kill_during_compaction_neither_repeats_nor_loses_the_turn(
         never.set()
         code = await bot.stop()
     assert code == 0, bot.log()
+
+
+async def test_a_run_asked_with_slash_run_and_cut_off_by_a_kill_runs_once_after_restart(
+        fake_telegram: FakeTelegram, fake_anthropic: FakeAnthropic, tmp_path: Path) -> None:
+    # /run used to start the run as a bare task: killed mid-run, it was never run again (its
+    # update was already marked done). It is now a stored claim keyed by the update.
+    alice = fake_telegram.user("Alice", id=ALICE_ID)
+    chat = fake_telegram.private_chat(alice)
+    (tmp_path / "keel.toml").write_text(
+        'default_agent = "briefer"\n'
+        '[agents.briefer]\ndescription = "Writes the briefing."\nsystem = "Brief the person."\n'
+        '[[schedules]]\nname = "brief"\nagent = "briefer"\ncron = "0 3 1 1 *"\n'
+        f'timezone = "UTC"\nchat_id = {chat.id}\ntask = "Brief me."\n', "utf-8")
+    asked = asyncio.Event()
+    never = asyncio.Event()
+    generation = {"n": 1}
+
+    async def respond(req: RecordedRequest) -> Reply:
+        if generation["n"] == 1:
+            asked.set()
+            await never.wait()  # the first process dies while the model works
+        return reply("The briefing, at last.")
+
+    fake_anthropic.responder = respond
+    bot = Bot(fake_telegram, fake_anthropic, tmp_path, KEEL_CONFIG=str(tmp_path / "keel.toml"))
+    await bot.start()
+    try:
+        fake_telegram.inject_text(chat, "/run brief")
+        await asyncio.wait_for(asked.wait(), timeout=30)
+        await bot.kill()
+        generation["n"] = 2
+        await bot.start()
+        await fake_telegram.wait_for(
+            lambda: any(m["text"] == "The briefing, at last." for m in fake_telegram.sent(chat.id)),
+            timeout=30)
+        await asyncio.sleep(1.5)  # give a duplicate every chance to appear
+        texts = [m["text"] for m in fake_telegram.sent(chat.id)]
+        assert texts.count("The briefing, at last.") == 1, texts
+        assert sum(t.startswith("Running brief now") for t in texts) == 1, texts
+    finally:
+        never.set()
+        code = await bot.stop()
+    assert code == 0, bot.log()

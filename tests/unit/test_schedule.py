@@ -52,7 +52,8 @@ class Fires:
     calls: list[tuple[str, str, str]] = field(default_factory=list)
     fired: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def __call__(self, j: ScheduledJob, scheduled: datetime, run_id: str) -> None:
+    async def __call__(self, j: ScheduledJob, scheduled: datetime, run_id: str, *,
+                       key: str | None = None) -> None:
         self.calls.append((j.name, j.local_key(scheduled), run_id))
         self.fired.set()
 
