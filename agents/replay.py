@@ -1,195 +1,431 @@
 """Replay: re-run a traced run offline against its recorded model responses and tool results.
 
-The replay rebuilds the run from its trace — the stable prefix (system and tools), the limits and
-the first request's messages — and drives the real executor with a model that answers what was
-recorded and tools that return what they returned. Every request the executor builds is compared
-with the recorded one, so a replay answers "would keel make the same requests and decisions
-today?" without calling a model or a tool.
+The replay rebuilds the run from its trace alone — the agent's prefix (system and tools), its
+limits, the prices its budget was reserved at, its input — and drives the real executor (ReAct
+or plan-then-execute) with stand-ins that answer what was recorded (``agents.replay_recording``).
+A run continued after it stopped is replayed segment by segment as it happened: the human's
+answer to an escalation (``resume``) or a budget grant (``budget_raised``) goes into the state
+the *replayed* previous segment parked, exactly as the runtime does. A run cancelled, timed out
+or stopped with its process is interrupted at the same point; an API error recurs on the same
+call. No model, tool or database is called.
+
+Every request the executor builds is compared with the recorded one, and every segment's status
+and output with the recorded ones; the first divergence is reported in one line with its JSON
+path, then the two values. Normalised before comparing: ``cache_control`` markers (where a
+breakpoint goes and its TTL change what is billed, not what the model reads, and the trace keeps
+only the moving breakpoint's position), reported as a note when they differ. Nothing else needs
+normalising: ids (tool_use ids, message ids) come from the recorded responses themselves, and
+keel puts no timestamps in requests.
 """
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import json
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from agents.executor import execute
-from agents.model.types import ModelRequest, ModelResponse, OnText, usage_from_api
+from agents.executor.plan import execute_plan, resume_plan
 from agents.pricing import Price, PriceTable
-from agents.run import Run
+from agents.replay_recording import (
+    Diverged,
+    MemoryIdempotency,
+    ReplayCatalog,
+    Replayer,
+    ReplayError,
+    ReplayGate,
+    ReplayModel,
+    Segment,
+    split_segments,
+)
+from agents.run import Run, RunKind, RunResult
+from agents.runtime import answer_escalation
 from agents.spec import AgentSpec, Limits
-from agents.tools.contract import ToolCall, ToolContext, ToolOutcome
+from agents.tools.contract import ToolContext
 from agents.trace_view import reconstruct_requests
-from storage.traces import TraceStore
+from storage.traces import TraceStore, TraceWriter
+
+__all__ = ["ReplayError", "ReplayReport", "SegmentReport", "replay"]
+
+CLOCK_OFFSET_S = 1e9
+"""The replayed run's clock starts this far ahead, so its deadline never passes on its own:
+only a recorded timeout ends a replay as ``timeout``."""
+_FREE = Price(input=0, output=0, cache_write_5m=0, cache_write_1h=0, cache_read=0)
+_SHOWN_CHARS = 160
 
 
-class ReplayError(Exception):
-    """The trace cannot be replayed (incomplete, or the replay asked for more than was recorded)."""
+@dataclass(frozen=True)
+class SegmentReport:
+    label: str
+    recorded_status: str
+    replayed_status: str
+    recorded_output: str | None
+    replayed_output: str | None
+    replayed_detail: str | None = None
+    ended_later: str | None = None
+    """A run_end written after the segment's own, outside the executor (an expired question)."""
 
-
-class ReplayModel:
-    """Answers with the recorded responses, in order, and records what it was asked."""
-
-    def __init__(self, responses: list[dict[str, Any]]) -> None:
-        self._responses = list(responses)
-        self.requests: list[ModelRequest] = []
-
-    async def create(self, request: ModelRequest, *, on_text: OnText | None = None) -> ModelResponse:
-        self.requests.append(request)
-        if len(self.requests) > len(self._responses):
-            raise ReplayError(f"the replay made model call {len(self.requests)}, but the trace "
-                              f"recorded only {len(self._responses)}")
-        e = self._responses[len(self.requests) - 1]
-        usage = e.get("usage") or {}
-        return ModelResponse(
-            id=e.get("id", ""), model=request.model, content=e.get("content") or [],
-            stop_reason=e.get("stop_reason"),
-            usage=usage_from_api({
-                "input_tokens": usage.get("input_tokens", 0),
-                "output_tokens": usage.get("output_tokens", 0),
-                "cache_read_input_tokens": usage.get("cache_read_tokens", 0),
-                "cache_creation_input_tokens": usage.get("cache_write_tokens", 0)}),
-            request_id=e.get("request_id"))
-
-
-class ReplayCatalog:
-    """The recorded tools: the same definitions, and each call answered with its recorded result."""
-
-    def __init__(self, schemas: list[dict[str, Any]], results: dict[str, dict[str, Any]]) -> None:
-        self._schemas = schemas
-        self._results = results
-
-    def schemas(self) -> list[dict[str, Any]]:
-        return self._schemas
-
-    def names(self) -> list[str]:
-        return [s["name"] for s in self._schemas]
-
-    async def invoke(self, call: ToolCall, ctx: ToolContext) -> ToolOutcome:
-        recorded = self._results.get(call.id)
-        if recorded is None:
-            raise ReplayError(f"tool call {call.name} ({call.id}) has no recorded result")
-        return ToolOutcome(content=str(recorded.get("content", "")),
-                           is_error=bool(recorded.get("is_error")),
-                           version=str(recorded.get("version", "1")))
-
-
-class _MemoryIdempotency:
-    async def get(self, run_id: str, tool: str, args: Any) -> str | None:
-        return None
-
-    async def put(self, run_id: str, tool: str, args: Any, result: str) -> None:
-        return None
+    def line(self, i: int) -> str:
+        later = f" (then {self.ended_later})" if self.ended_later else ""
+        return (f"  {i}. {self.label}: recorded {self.recorded_status}{later}, replayed "
+                f"{self.replayed_status}")
 
 
 @dataclass(frozen=True)
 class ReplayReport:
     trace_id: str
+    run_id: str | None
+    agent: str | None
+    pattern: str
     recorded_requests: int
     replayed_requests: int
-    identical: bool
-    first_difference: str | None
-    recorded_status: str | None
-    replayed_status: str
-    recorded_output: str | None
-    replayed_output: str | None
+    segments: list[SegmentReport]
+    divergence: str | None
+    """The first place the replay went another way, in one line; None when identical."""
+    diff: list[str] = field(default_factory=list)
+    route: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def identical(self) -> bool:
+        return self.divergence is None
+
+    @property
+    def first_difference(self) -> str | None:
+        return self.divergence
+
+    @property
+    def recorded_status(self) -> str | None:
+        return self.segments[-1].recorded_status if self.segments else None
+
+    @property
+    def replayed_status(self) -> str | None:
+        return self.segments[-1].replayed_status if self.segments else None
+
+    @property
+    def recorded_output(self) -> str | None:
+        return self.segments[-1].recorded_output if self.segments else None
+
+    @property
+    def replayed_output(self) -> str | None:
+        return self.segments[-1].replayed_output if self.segments else None
 
     def render(self) -> str:
-        lines = [f"replay of trace {self.trace_id}",
-                 f"model requests: recorded {self.recorded_requests}, replayed "
-                 f"{self.replayed_requests}",
-                 "requests identical: yes" if self.identical else
-                 f"requests identical: no — {self.first_difference}",
-                 f"status: recorded {self.recorded_status}, replayed {self.replayed_status}",
-                 "output: same" if self.recorded_output == self.replayed_output else
-                 f"output differs:\n  recorded: {self.recorded_output!r}\n  replayed: "
-                 f"{self.replayed_output!r}"]
+        if self.divergence is None:
+            head = ["replay: identical"]
+        else:
+            head = [f"replay: differs — {self.divergence}", *(f"  {d}" for d in self.diff)]
+        lines = [*head, f"trace {self.trace_id}  run {self.run_id}, agent {self.agent} "
+                 f"({self.pattern})"]
+        if self.route:
+            lines.append(f"route: {self.route}")
+        lines += [s.line(i) for i, s in enumerate(self.segments, start=1)]
+        lines.append(f"model requests: recorded {self.recorded_requests}, replayed "
+                     f"{self.replayed_requests}")
+        lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
 async def replay(events: list[dict[str, Any]], *, prices: PriceTable | None = None) -> ReplayReport:
-    start = _one(events, "run_start")
-    prefix = _one(events, "prefix")
+    """Replay the run whose trace ``events`` are. ``prices`` serves traces written before runs
+    recorded their own prices. Raises ReplayError when the trace cannot be replayed at all."""
+    segments = split_segments(events)
+    start = segments[0].opener
+    inputs: dict[str, Any] = start.get("replay") or {}
+    notes: list[str] = []
+    pattern = str(start.get("pattern") or "react")
+    model_name = str(start.get("model"))
+    price = _price(inputs.get("price"), model_name, prices, notes)
+    planner_model = str(inputs.get("planner_model") or model_name)
+    planner_price = (_price(inputs.get("planner_price"), planner_model, prices, notes)
+                     if pattern == "plan_execute" else price)
+    replayer = Replayer({model_name: price, planner_model: planner_price})
     bodies = reconstruct_requests(events)
-    if not bodies:
-        raise ReplayError("the trace has no model request to replay")
-    responses = [e for e in events if e["type"] == "model_response"]
-    results = {str(e.get("id")): e for e in events if e["type"] == "tool_result"}
-    end = next((e for e in events if e["type"] == "run_end"), None)
+    for body in bodies:
+        for message in body["messages"]:
+            for block in message["content"] if isinstance(message["content"], list) else []:
+                if block.get("type") == "tool_result":
+                    replayer.sent_results[str(block.get("tool_use_id"))] = block.get("content")
 
-    limits = Limits(**{k: v for k, v in (start.get("limits") or {}).items()
-                       if k in Limits.__dataclass_fields__})
-    system = "".join(b.get("text", "") for b in prefix.get("system") or [])
-    model_name = str(bodies[0]["model"])
-    price = (prices.get(model_name) if prices else None) or Price(
-        input=0, output=0, cache_write_5m=0, cache_write_1h=0, cache_read=0)
-    spec = AgentSpec(name=str(start.get("agent")), description="replay", system=system,
-                     tools=tuple(t["name"] for t in prefix.get("tools") or []), limits=limits)
-    model = ReplayModel(responses)
-    catalog = ReplayCatalog(list(prefix.get("tools") or []), results)
+    spec, schemas = _agent(segments[0], start, inputs, pattern)
+    catalog = ReplayCatalog(schemas, replayer)
+    model = ReplayModel(replayer)
+    route_line, route_divergence = _route(segments[0], start)
+
+    reports: list[SegmentReport] = []
+    stopped: tuple[str, list[str]] | None = None
     with tempfile.TemporaryDirectory(prefix="keel-replay-") as scratch:
-        store = TraceStore(Path(scratch))
-        trace = store.writer(trace_id="replay", run_id="replay")
-        run = Run(agent=spec, model=model_name, price=price, limits=limits, trace=trace)
-        route = next((e for e in events if e["type"] == "route"), None)
-        if route is not None:  # the router's cost counted against the recorded run's budget
-            run.budget.spent_usd += float(route.get("cost_usd") or 0.0)
-        ctx = ToolContext(run_id=run.id, agent=spec.name, emit=trace.emit,
-                          idempotency=_MemoryIdempotency(), default_timeout_s=limits.tool_timeout_s)
-        first = bodies[0]["messages"]
-        history = int(start.get("history_messages", len(first) - 1))
+        trace = TraceStore(Path(scratch)).writer(trace_id=str(start.get("trace_id") or "replay"),
+                                                 run_id=str(start.get("run_id") or "replay"))
+        setting = _Setting(events=events, start=start, inputs=inputs, spec=spec, price=price,
+                           planner_model=planner_model, planner_price=planner_price, trace=trace,
+                           replayer=replayer, model=model, catalog=catalog)
         try:
-            result = await execute(run, model=model, catalog=catalog, tool_ctx=ctx,
-                                   messages=_strip_markers(first), new_from=history)
+            previous: RunResult | None = None
+            for seg in segments:
+                replayed: str = "not replayed"
+                output = detail = None
+                if stopped is None:
+                    try:
+                        previous = await _segment(seg, previous, setting)
+                        replayed, output, detail = (previous.status, previous.output,
+                                                    previous.detail)
+                    except asyncio.CancelledError:  # stopped where its recorded process did
+                        replayed, previous = seg.status, None
+                    except Diverged as exc:
+                        stopped, replayed = (str(exc), []), "stopped"
+                    except _CannotContinue as exc:
+                        stopped = (str(exc), [])
+                reports.append(_segment_report(seg, replayed, output, detail))
         finally:
             trace.close()
-    replayed = [r.to_api() for r in model.requests]
-    difference = _first_difference(bodies, replayed)
+
+    replayed_bodies = [r.to_api() for r in replayer.requests]
+    divergence, diff = _first_divergence(route_divergence, bodies, replayed_bodies, stopped,
+                                         reports, notes)
     return ReplayReport(
-        trace_id=str(start.get("trace_id")), recorded_requests=len(bodies),
-        replayed_requests=len(replayed), identical=difference is None,
-        first_difference=difference, recorded_status=end.get("status") if end else None,
-        replayed_status=result.status, recorded_output=end.get("output") if end else None,
-        replayed_output=result.output)
+        trace_id=str(start.get("trace_id")), run_id=start.get("run_id"), agent=start.get("agent"),
+        pattern=pattern, recorded_requests=len(bodies), replayed_requests=len(replayed_bodies),
+        segments=reports, divergence=divergence, diff=diff, route=route_line, notes=notes)
 
 
-def _one(events: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    for e in events:
-        if e["type"] == kind:
-            return e
-    raise ReplayError(f"the trace has no {kind!r} event; it cannot be replayed")
+class _CannotContinue(Exception):
+    """A recorded continuation has nothing to continue in the replay."""
 
 
-def _strip_markers(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for m in messages:
-        content = m["content"]
-        if isinstance(content, list):
-            content = [{k: v for k, v in b.items() if k != "cache_control"} for b in content]
-        out.append({**m, "content": content})
-    return out
+@dataclass(frozen=True, kw_only=True)
+class _Setting:
+    """What every segment of one replay shares."""
+
+    events: list[dict[str, Any]]
+    start: dict[str, Any]
+    inputs: dict[str, Any]
+    spec: AgentSpec
+    price: Price
+    planner_model: str
+    planner_price: Price
+    trace: TraceWriter
+    replayer: Replayer
+    model: ReplayModel
+    catalog: ReplayCatalog
 
 
-def _first_difference(recorded: list[dict[str, Any]], replayed: list[dict[str, Any]]) -> str | None:
+async def _segment(seg: Segment, previous: RunResult | None, on: _Setting) -> RunResult:
+    """Replay one segment the way the runtime ran it: a new run, or a parked one reopened."""
+    spec, start, inputs, price, trace = on.spec, on.start, on.inputs, on.price, on.trace
+    if seg.kind == "start":
+        run = _run(spec, price, spec.limits, trace, start,
+                   cast(RunKind, start.get("kind") or "cli"))
+        route = seg.first("route")
+        if route is not None:  # the router's cost counted against the run's budget
+            run.budget.spent_usd += float(inputs.get("route_cost_usd") or route.get("cost_usd")
+                                          or 0.0)
+        messages = _input_messages(seg, inputs, on.events, spec.pattern)
+        new_from = int(start.get("history_messages", max(0, len(messages) - 1)))
+    else:
+        state = previous.state if previous is not None else None
+        if previous is None or state is None:
+            was = previous.status if previous is not None else "interrupted"
+            raise _CannotContinue(f"the trace continues with {seg.label()}, but the replayed run "
+                                  f"ended {was} and left nothing to continue")
+        limits = Limits(**state["limits"])
+        extra = float(seg.opener.get("extra_usd") or 0.0) if seg.kind == "budget" else 0.0
+        if extra:
+            limits = replace(limits, budget_usd=limits.budget_usd + extra)
+        run = _run(spec, price, limits, trace, start, "resume")
+        # as Runtime._reopen: the parked run's counters, meter and clock go on
+        run.started -= float(state.get("elapsed_s", 0.0))
+        run.steps = int(state.get("steps", 0))
+        run.model_calls = int(state.get("model_calls", 0))
+        run.budget.spent_usd = float(state.get("spent_usd", 0.0))
+        run.budget.warned = bool(state.get("warned", False)) and not extra
+        if seg.kind == "resume":
+            asked = str(seg.opener.get("tool_use_id"))
+            if asked != str(state.get("tool_use_id")):
+                raise Diverged(f"{seg.label()} answers tool call {asked}, but the replayed run "
+                               f"waits on {state.get('tool_use_id')}")
+            messages = answer_escalation(state["messages"], asked, str(seg.opener.get("answer")),
+                                         seg.opener.get("answered_by"))
+        else:
+            messages = state["messages"]
+        new_from = int(state.get("new_from", 0))
+    run.budget.gate = ReplayGate(on.replayer)
+    on.replayer.enter(seg, run)
+    model, catalog = on.model, on.catalog
+    planner_model, planner_price = on.planner_model, on.planner_price
+    ctx = ToolContext(run_id=run.id, agent=spec.name, emit=trace.emit,
+                      idempotency=MemoryIdempotency(), default_timeout_s=run.limits.tool_timeout_s)
+    if spec.pattern == "plan_execute" and seg.kind == "start":
+        result = await execute_plan(run, model=model, catalog=catalog, tool_ctx=ctx,
+                                    messages=messages, new_from=new_from,
+                                    planner_model=planner_model, planner_price=planner_price)
+    elif seg.kind != "start" and previous is not None and previous.state is not None \
+            and previous.state.get("pattern") == "plan_execute":
+        result = await resume_plan(run, model=model, catalog=catalog, tool_ctx=ctx,
+                                   state=previous.state, messages=messages,
+                                   planner_model=planner_model, planner_price=planner_price)
+    else:
+        result = await execute(run, model=model, catalog=catalog, tool_ctx=ctx,
+                               messages=messages, new_from=new_from)
+    return result
+
+
+def _run(spec: AgentSpec, price: Price, limits: Limits, trace: TraceWriter,
+         start: dict[str, Any], kind: RunKind) -> Run:
+    run = Run(agent=spec, model=str(start.get("model")), price=price, limits=limits, trace=trace,
+              kind=kind, id=str(start.get("run_id") or "replay"),
+              trace_id=str(start.get("trace_id") or "replay"))
+    run.started = time.monotonic() + CLOCK_OFFSET_S
+    return run
+
+
+def _agent(first: Segment, start: dict[str, Any], inputs: dict[str, Any],
+           pattern: str) -> tuple[AgentSpec, list[dict[str, Any]]]:
+    """The agent as the trace recorded it: its executor prefix, limits and pattern."""
+    prefixes = [e for e in first.events if e["type"] == "prefix"]
+    if not prefixes:
+        raise ReplayError("the trace has no 'prefix' event; it cannot be replayed")
+    # a plan run records the planner's prefix first, then the executor's
+    prefix = prefixes[1] if pattern == "plan_execute" and len(prefixes) > 1 else prefixes[0]
+    recorded = start.get("limits") or {}
+    fields = {k: v for k, v in recorded.items() if k in Limits.__dataclass_fields__}
+    if "replay" in start:  # the trace says whether the model call cap was left to its default
+        fields["max_model_calls"] = inputs.get("max_model_calls")
+    limits = Limits(**fields)
+    schemas = list(prefix.get("tools") or [])
+    system = "".join(b.get("text", "") for b in prefix.get("system") or [])
+    spec = AgentSpec(name=str(start.get("agent")), description="replay", system=system,
+                     model=str(start.get("model")), tools=tuple(t["name"] for t in schemas),
+                     limits=limits, pattern="plan_execute" if pattern == "plan_execute"
+                     else "react")
+    return spec, schemas
+
+
+def _input_messages(seg: Segment, inputs: dict[str, Any], events: list[dict[str, Any]],
+                    pattern: str) -> list[dict[str, Any]]:
+    """The run's input: recorded whole for plan runs; a ReAct run's first request carries it."""
+    if pattern == "plan_execute":
+        if "messages" not in inputs:
+            raise ReplayError("this plan run was traced before keel recorded a run's input; "
+                              "it cannot be replayed")
+        return copy.deepcopy(list(inputs["messages"]))
+    first = next((e for e in events if e["type"] == "model_request"
+                  and int(e.get("messages_base", 0)) == 0), None)
+    if first is None:
+        raise ReplayError(f"the run ended {seg.status} before its first model call; there is "
+                          "nothing to replay")
+    return copy.deepcopy(list(first.get("messages") or []))
+
+
+def _price(recorded: Any, model: str, table: PriceTable | None, notes: list[str]) -> Price:
+    if recorded:
+        return Price.model_validate(recorded)
+    known = table.get(model) if table is not None else None
+    if known is not None:
+        notes.append(f"the trace does not record {model}'s price; today's price table is used")
+        return known
+    notes.append(f"no price for {model}: budgets are replayed at $0 and max_tokens may differ")
+    return _FREE
+
+
+def _route(first: Segment, start: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The router's recorded decision, and whether its recorded answer still leads to it."""
+    route = first.first("route")
+    if route is None:
+        return None, None
+    agent, reason = route.get("agent"), str(route.get("reason") or "")
+    line = f"{agent} ({reason})"
+    if agent != start.get("agent"):
+        return line, f"route: the router chose {agent!r}, but the run was {start.get('agent')!r}"
+    request, response = route.get("request") or {}, route.get("response") or []
+    chosen = next((b.get("input", {}).get("agent") for b in response
+                   if b.get("type") == "tool_use" and b.get("name") == "route"), None)
+    tools = request.get("tools") or [{}]
+    enum = (tools[0].get("input_schema", {}).get("properties", {}).get("agent", {})
+            .get("enum") or [])
+    if reason == "router" and (chosen != agent or chosen not in enum):
+        return line, (f"route: the recorded router answer chooses {chosen!r}, but the run went "
+                      f"to {agent!r}")
+    if reason.startswith("fallback: invalid answer") and chosen in enum:
+        return line, (f"route: the recorded router answer {chosen!r} is a valid choice, but the "
+                      "run fell back to the default agent")
+    return line, None
+
+
+def _segment_report(seg: Segment, replayed: str, output: str | None,
+                    detail: str | None) -> SegmentReport:
+    later = seg.later_ends[-1] if seg.later_ends else None
+    ended_later = None
+    if later is not None:
+        ended_later = str(later.get("status")) + (f": {later['detail']}" if later.get("detail")
+                                                  else "")
+    recorded_output = seg.end.get("output") if seg.end is not None else None
+    return SegmentReport(label=seg.label(), recorded_status=seg.status, replayed_status=replayed,
+                         recorded_output=recorded_output, replayed_output=output,
+                         replayed_detail=detail, ended_later=ended_later)
+
+
+def _first_divergence(route: str | None, recorded: list[dict[str, Any]],
+                      replayed: list[dict[str, Any]], stopped: tuple[str, list[str]] | None,
+                      segments: list[SegmentReport],
+                      notes: list[str]) -> tuple[str | None, list[str]]:
+    if route is not None:
+        return route, []
     for i, (a, b) in enumerate(zip(recorded, replayed, strict=False), start=1):
-        if a != b:
-            where = _diff_path(a, b)
-            return f"request {i} differs at {where}"
+        if a == b:
+            continue
+        a_clean, b_clean = _without_markers(a), _without_markers(b)
+        path, left, right = _diff(a, b) if a_clean == b_clean else _diff(a_clean, b_clean)
+        if a_clean == b_clean:
+            notes.append(f"cache breakpoints of request {i} differ at {path}; ignored (markers "
+                         "change what is billed, not what the model reads)")
+            continue
+        return f"request {i} differs at {path}", [f"recorded: {_shown(left)}",
+                                                  f"replayed: {_shown(right)}"]
+    if stopped is not None:
+        return stopped
     if len(recorded) != len(replayed):
-        return f"recorded {len(recorded)} request(s), the replay made {len(replayed)}"
-    return None
+        return (f"recorded {len(recorded)} model request(s), the replay made {len(replayed)}",
+                [])
+    for i, s in enumerate(segments, start=1):
+        if s.recorded_status != s.replayed_status:
+            why = [f"replayed: {s.replayed_detail}"] if s.replayed_detail else []
+            return (f"segment {i} ({s.label}) status: recorded {s.recorded_status}, replayed "
+                    f"{s.replayed_status}"), why
+        if s.recorded_output != s.replayed_output:
+            return f"segment {i} ({s.label}) output differs", [
+                f"recorded: {_shown(s.recorded_output)}", f"replayed: {_shown(s.replayed_output)}"]
+    return None, []
 
 
-def _diff_path(a: Any, b: Any, path: str = "$") -> str:
+def _without_markers(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_markers(v) for k, v in value.items() if k != "cache_control"}
+    if isinstance(value, list):
+        return [_without_markers(v) for v in value]
+    return value
+
+
+def _diff(a: Any, b: Any, path: str = "$") -> tuple[str, Any, Any]:
+    """The JSON path of the first difference, with the two values there."""
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b)):
             if a.get(key) != b.get(key):
-                return _diff_path(a.get(key), b.get(key), f"{path}.{key}")
+                return _diff(a.get(key), b.get(key), f"{path}.{key}")
     if isinstance(a, list) and isinstance(b, list):
         for i, (x, y) in enumerate(zip(a, b, strict=False)):
             if x != y:
-                return _diff_path(x, y, f"{path}[{i}]")
+                return _diff(x, y, f"{path}[{i}]")
         if len(a) != len(b):
-            return f"{path} (length {len(a)} vs {len(b)})"
-    return path
+            return f"{path} (length {len(a)} vs {len(b)})", len(a), len(b)
+    return path, a, b
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 1] + "…"

@@ -59,9 +59,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = trace.add_parser(
         "replay", help="re-run a traced run offline against its recorded responses",
         description="Drive the executor with the recorded model responses and tool results (no "
-        "model or tool is called) and compare every request it builds with the recorded one. "
-        "Exit 0 when the replay makes the same requests, 1 when it does not. A run that was "
-        "resumed after an escalation replays up to its first stop.")
+        "model or tool is called, no API key is needed) and compare every request it builds, "
+        "and every status and output, with the recorded ones. Escalated, resumed, "
+        "budget-continued, cancelled, timed-out, interrupted and plan-then-execute runs replay "
+        "part by part as they happened. Exit 0 when the replay is identical, 1 when it is not "
+        "(the first difference is printed with its JSON path).")
     p.add_argument("id", metavar="ID", help="trace id (or a unique prefix of it)")
     p.set_defaults(handler=_trace_replay)
 
