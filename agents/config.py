@@ -262,6 +262,19 @@ class AgentConfig(BaseModel):
     pattern: Literal["react", "plan_execute"] = "react"
     output: Literal["text"] = "text"
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    approve: list[str] = Field(default_factory=list)
+    """Tools that ask an approver before each call here, besides those declared so."""
+    no_approval: list[str] = Field(default_factory=list)
+    """Tools declared as needing approval that run here without asking."""
+    approvers: list[int] | None = None
+    """Telegram user ids who may approve this agent's calls (default: the owner and admins)."""
+
+    @model_validator(mode="after")
+    def _approval_lists_disjoint(self) -> AgentConfig:
+        both = sorted(set(self.approve) & set(self.no_approval))
+        if both:
+            raise ValueError(f"tool(s) {both} are in both `approve` and `no_approval`")
+        return self
 
 
 class ScheduleConfig(BaseModel):
@@ -281,6 +294,9 @@ class ScheduleConfig(BaseModel):
     daily_budget_usd: float | None = Field(None, gt=0)
     """Most this schedule's runs may spend in a UTC day (default KEEL_DAILY_BUDGET_USD_PER_SCHEDULE)."""
     misfire_grace_s: int = Field(3600, ge=1)
+    approvers: list[int] | None = None
+    """Who may approve this schedule's risky tool calls (default: the agent's, else the owner
+    and admins)."""
     guard: str | None = None
     """A cheap check run before any model call (``module:function``, see agents/guards.py);
     "nothing new" ends the fire ``skipped`` at $0."""

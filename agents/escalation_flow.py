@@ -21,6 +21,7 @@ from agents.executor.resolve import close_transcript
 from agents.run import RunResult
 from agents.sessions import Sessions, parked
 from agents.tokens import estimate
+from agents.tools.approval import APPROVE
 from storage.escalations import Escalation, EscalationRepository, Kind
 from storage.outbox import OutboxRepository
 from storage.runs import RunRecord, RunTotals
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TTL = timedelta(hours=24)
 BUDGET = "budget"  # the tool_use_id of a budget escalation: more budget, or stop
-APPROVE, DENY = "Approve", "Deny"
 
 OnCommit = Callable[[Any, RunResult], Awaitable[None]]
 
@@ -72,7 +72,7 @@ class EscalationFlow:
                 kind="budget")
         assert result.escalation is not None, "only a parked run has a question"
         request = result.escalation.request
-        kind: Kind = "question"
+        kind: Kind = "approval" if request.kind == "approval" else "question"
         return await self.repo.create(
             run_id=result.run_id, tool_use_id=result.escalation.tool_use_id, chat_id=chat_id,
             thread_id=thread_id, reason=request.reason, context=request.context,
@@ -111,6 +111,9 @@ class EscalationFlow:
                 extra = record.budget_usd if record else 0.0
                 return await self.runtime.continue_with_budget(e.run_id, extra, granted_by=who,
                                                                on_commit=commit)
+            if e.kind == "approval":
+                return await self.runtime.settle_approval(
+                    e.run_id, approved=answer == APPROVE, answered_by=who, on_commit=commit)
             return await self.runtime.resume(e.run_id, answer, answered_by=who, on_commit=commit)
         except KeelError:
             await self.repo.unclaim(e.id)
@@ -185,7 +188,7 @@ class EscalationFlow:
             chat_id, thread_id = reply_target(e, record)
             if chat_id is not None and not budget:
                 trace = record.trace_id[:8] if record else e.run_id[:8]
-                what = (f"Nobody approved {e.reason.split(':', 1)[0].lower()} in time"
+                what = (f"Nobody approved `{e.reason}` in time"
                         if e.kind == "approval" else "Nobody answered in time")
                 items.append(await self.outbox.put(
                     conn, chat_id=chat_id, thread_id=thread_id, reply_to=None, run_id=e.run_id,

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, assert_never
 
+from agents import approvals
 from agents.affordability import Affordability
 from agents.budget import LedgerGate
 from agents.config import KeelFile, Settings
@@ -298,8 +299,26 @@ class Runtime:
         for the human does not count against its deadline."""
         run, state = await self._reopen(run_id, "waiting_human")
         messages = answer_escalation(state["messages"], state["tool_use_id"], answer, answered_by)
+        messages = approvals.clear_unasked(messages, state["tool_use_id"])
         run.trace.emit("resume", tool_use_id=state["tool_use_id"], answer=answer,
                        answered_by=answered_by)
+        return await self._continue(run, state, messages, on_progress, on_commit)
+
+    async def settle_approval(
+        self, run_id: str, *, approved: bool, answered_by: str | None = None,
+        on_progress: OnProgress | None = None, on_commit: OnCommit | None = None,
+    ) -> RunResult:
+        """Continue a run parked on an approval: the approved call runs now (same request key,
+        so its side effect is done once), or the model is told it was denied."""
+        run, state = await self._reopen(run_id, "waiting_human")
+        tool_use_id = state["tool_use_id"]
+        run.trace.emit("resume", tool_use_id=tool_use_id,
+                       answer=approvals.APPROVE if approved else approvals.DENY,
+                       answered_by=answered_by, approval=True)
+        catalog = self.registry.catalog(list(run.agent.tools))
+        messages = await approvals.settle(state["messages"], tool_use_id, approved=approved,
+                                          answered_by=answered_by, catalog=catalog,
+                                          ctx=self._tool_context(run))
         return await self._continue(run, state, messages, on_progress, on_commit)
 
     async def continue_with_budget(
@@ -466,7 +485,8 @@ class Runtime:
             idempotency=self.idempotency, default_timeout_s=run.limits.tool_timeout_s,
             user_id=run.user_id, chat_id=run.chat_id, thread_id=run.thread_id,
             timezone=self.settings.timezone,
-            extras={"fetch_allow_private": self.settings.fetch_allow_private},
+            extras={"fetch_allow_private": self.settings.fetch_allow_private,
+                    **approvals.extras_for(self.keel_file, run.agent.name)},
         )
 
     async def _record_usage(self, run: Run, usage: Usage, cost: float) -> None:

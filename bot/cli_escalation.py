@@ -18,15 +18,9 @@ from typing import Any
 
 from agents.config import Settings
 from agents.errors import KeelError
-from agents.escalation_flow import (
-    APPROVE,
-    DENY,
-    EscalationFlow,
-    ago_in_words,
-    in_words,
-    reply_target,
-)
+from agents.escalation_flow import EscalationFlow, ago_in_words, in_words, reply_target
 from agents.run import RunResult
+from agents.tools.approval import APPROVE, DENY
 from storage.escalations import Escalation
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from telegram import Update
 from telegram.ext import ContextTypes
 
+from agents import approvals
 from agents.errors import KeelError
 from agents.escalation_flow import DEFAULT_TTL, EscalationFlow, in_words, reply_target
 from agents.notify import Button
@@ -47,16 +48,60 @@ class Escalations:
         self.ttl = ttl
 
     async def ask_in(self, conn: Any, result: RunResult, *, chat_id: int,
-                     thread_id: int | None) -> int:
+                     thread_id: int | None, extra: list[int] | None = None) -> int:
         """Store the escalation of a parked run and its question's outbox row inside ``conn``'s
-        transaction (the one that records the run as waiting_human). Returns the outbox id."""
-        escalation = await self.flow.park_in(conn, result, chat_id=chat_id, thread_id=thread_id)
+        transaction (the one that records the run as waiting_human). Returns the outbox id.
+
+        An approval goes where an approver can press it: the run's chat, unless that is the
+        private chat of someone who may not approve — then the owner's (or the first named
+        approver's) private chat, and a notice in the run's chat (its outbox id to ``extra``)."""
+        approvers: list[int] | None = None
+        ask_chat, ask_thread = chat_id, thread_id
+        request = result.escalation.request if result.escalation else None
+        if request is not None and request.kind == "approval":
+            record = await self.keel.runtime.runs.get(result.run_id)
+            approvers = approvals.approvers_for(self.keel.runtime.keel_file, result.agent,
+                                                record.request_key if record else None)
+            user = record.user_id if record else None
+            if user is not None and user == chat_id and not await self.may_approve(
+                    approvers, user):
+                elsewhere = self.keel.access.owner_id if approvers is None else (
+                    approvers[0] if approvers else self.keel.access.owner_id)
+                if elsewhere is not None:
+                    ask_chat, ask_thread = elsewhere, None
+                    notice = await self.keel.outbox.put(
+                        conn, chat_id=chat_id, thread_id=thread_id, reply_to=None,
+                        run_id=result.run_id, markdown=f"⏸ `{request.reason}` needs an "
+                        "approver's yes before it runs; I have asked. The run goes on when they "
+                        "answer.")
+                    if extra is not None:
+                        extra.append(notice)
+        escalation = await self.flow.park_in(conn, result, chat_id=ask_chat, thread_id=ask_thread,
+                                             approvers=approvers)
         buttons = [[Button(label=o, key=callback_data(escalation.id, i))]
                    for i, o in enumerate(escalation.options)]
+        text = (self._approval(escalation, result) if escalation.kind == "approval"
+                else self._question(escalation, result))
         return await self.keel.outbox.put(
-            conn, chat_id=chat_id, thread_id=thread_id, reply_to=None, run_id=result.run_id,
-            markdown=self._question(escalation, result), buttons=buttons or None,
-            escalation_id=escalation.id)
+            conn, chat_id=ask_chat, thread_id=ask_thread, reply_to=None, run_id=result.run_id,
+            markdown=text, buttons=buttons or None, escalation_id=escalation.id)
+
+    async def may_approve(self, approvers: list[int] | None, user_id: int) -> bool:
+        """The owner always; else the approvers named in keel.toml, or by default the admins."""
+        if self.keel.access.owner_id is not None and user_id == self.keel.access.owner_id:
+            return True
+        if approvers is not None:
+            return user_id in approvers and await self.keel.allowed(user_id)
+        return await self.keel.allowed(user_id, "admin")
+
+    def _approval(self, e: Escalation, result: RunResult) -> str:
+        """The exact call, arguments in a code block nothing in them can close (shown as text:
+        render.py turns Markdown into entities, so markup in the arguments is never parsed)."""
+        return "\n".join([
+            f"🔐 **Approval needed** — `{result.agent}` wants to run `{e.reason}` with:", "",
+            approvals.code_block(e.context), "",
+            "It runs only if you approve; if you deny it, the agent is told so.",
+            f"_Expires {in_words(self.ttl.total_seconds())}; trace `{result.trace_id[:8]}`._"])
 
     def _question(self, e: Escalation, result: RunResult) -> str:
         summary = summarise(self.keel.runtime.traces.read(result.trace_id))
@@ -125,6 +170,11 @@ class Escalations:
         if not await self.keel.allowed(user.id):
             await query.answer("You are not allowed to answer this.")
             return True
+        if escalation.kind == "approval" and not await self.may_approve(escalation.approvers,
+                                                                          user.id):
+            log.info("user %s may not approve escalation %s; press ignored", user.id, key)
+            await query.answer("Only an approver can answer this; nothing was changed.")
+            return True
         if escalation.message_id is None:
             # pressed before the question's id was stored: the press itself says which message
             escalation = replace(escalation, message_id=pressed_on.message_id)
@@ -142,6 +192,10 @@ class Escalations:
         async def respond(message: str) -> None:
             await self.keel.notifier.send(chat_id, message, thread_id=escalation.thread_id)
 
+        if escalation.kind != "question":  # approvals and budgets take their buttons only
+            await _best_effort(respond("Please answer with the buttons on the question."),
+                               "ask for a button")
+            return True
         await self._answer(escalation, text, user_id, user_name, respond=respond)
         return True
 

@@ -222,7 +222,7 @@ class KeelBot:
         async def commit(conn: Any, result: RunResult) -> None:
             if result.status == "waiting_human":
                 items.append(await self.escalations.ask_in(conn, result, chat_id=chat_id,
-                                                           thread_id=thread_id))
+                                                           thread_id=thread_id, extra=items))
             else:
                 items.append(await self.outbox.put(
                     conn, chat_id=chat_id, thread_id=thread_id, reply_to=reply_to,

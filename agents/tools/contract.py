@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 # Emits one trace event: emit("deprecated_tool", tool=..., version=...).
 Emit = Callable[..., Any]
@@ -30,6 +30,9 @@ class EscalationRequest:
     reason: str
     context: str
     options: tuple[str, ...]
+    kind: Literal["question", "approval"] = "question"
+    """"approval": a tool that needs approval asks before it runs (``reason`` is its name,
+    ``context`` its arguments as JSON); the answer runs it or denies it."""
 
 
 class IdempotencyStoreLike(Protocol):

@@ -70,6 +70,7 @@ class Tool:
         rate_limit: RateLimit | None = None,
         deprecated_after: date | None = None,
         replaced_by: str | None = None,
+        needs_approval: bool = False,
     ) -> None:
         if not TOOL_NAME.match(name):
             raise ValueError(f"tool name {name!r} must match {TOOL_NAME.pattern}")
@@ -95,6 +96,7 @@ class Tool:
         self.rate_limit = rate_limit
         self.deprecated_after = deprecated_after
         self.replaced_by = replaced_by
+        self.needs_approval = needs_approval
         self._declared_description = description.strip()
         self.description = _with_notes(description.strip(), side_effects, idempotent)
         self.input_schema = narrow_schema(self.args_model)
@@ -126,7 +128,7 @@ class Tool:
                       args_model=self.args_model, version=self.version, timeout_s=self.timeout_s,
                       retry=self.retry, side_effects=self.side_effects, idempotent=self.idempotent,
                       rate_limit=self.rate_limit, deprecated_after=self.deprecated_after,
-                      replaced_by=self.replaced_by)
+                      replaced_by=self.replaced_by, needs_approval=self.needs_approval)
         return Tool(**{**fields, **changes})
 
     def retired(self, today: date) -> bool:
@@ -149,6 +151,7 @@ def tool(
     deprecated_after: date | None = None,
     replaced_by: str | None = None,
     args_model: type[BaseModel] | None = None,
+    needs_approval: bool = False,
 ) -> Callable[[ToolFunction], Tool]:
     """Turn an async function into a ``Tool``.
 
@@ -157,6 +160,9 @@ def tool(
     ``side_effects=True`` makes results stored per (run, tool, arguments) so a repeated call does
     not repeat the effect; ``idempotent=False`` turns that off and says so in the description.
     ``args_model`` defaults to the first parameter's annotation.
+    ``needs_approval=True``: before each call runs, the run parks and an approver is asked, with
+    the exact arguments shown (Approve runs it, Deny comes back to the model as an error result).
+    keel.toml can require it for more tools per agent (``approve``) or waive it (``no_approval``).
     """
 
     def decorate(fn: ToolFunction) -> Tool:
@@ -173,6 +179,7 @@ def tool(
             rate_limit=rate_limit,
             deprecated_after=deprecated_after,
             replaced_by=replaced_by,
+            needs_approval=needs_approval,
         )
 
     return decorate

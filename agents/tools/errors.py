@@ -17,6 +17,8 @@ The codes are a closed set, so prompts and tests can name them:
     timeout              the call ran out of time
     upstream_error       a service the tool depends on failed
     internal_error       a bug in the tool; details are in the trace, never in the result
+    denied               a person asked to approve the call said no; it did not run
+    not_approved         the call needs a person's approval that was not asked for; it did not run
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ ErrorCode = Literal[
     "timeout",
     "upstream_error",
     "internal_error",
+    "denied",
+    "not_approved",
 ]
 ERROR_CODES: frozenset[str] = frozenset(get_args(ErrorCode))
 

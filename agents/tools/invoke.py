@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from agents.tools import approval
 from agents.tools.contract import EscalationRequest, ToolCall, ToolContext, ToolOutcome
 from agents.tools.declare import Tool
 from agents.tools.errors import ToolError
@@ -55,6 +56,9 @@ async def execute(tool: Tool, call: ToolCall, ctx: ToolContext, locks: KeyedLock
             args = tool.args_model.model_validate(call.input)
         except ValidationError as exc:
             return error_outcome(invalid_arguments(tool, exc))
+        if approval.needs_approval(tool.name, tool.needs_approval, ctx, call.id):
+            # a risky call waits for a person: nothing runs until it is approved
+            return approval.ask(tool.name, call.input)
         if not tool.dedupes:
             return await _bounded(tool, args, call, ctx)
         return await _once_per_run(tool, args, call, ctx, locks)
