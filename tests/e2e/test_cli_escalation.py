@@ -121,3 +121,34 @@ async def test_escalation_help_says_what_it_does(fake_anthropic: FakeAnthropic,
                                                  tmp_path: Path) -> None:
     code, out, _ = await _keel(fake_anthropic, tmp_path / "data", "escalation", "answer", "--help")
     assert code == 0 and "CHOICE" in out and "Approve or Deny" in out
+
+
+async def test_an_approval_from_agent_run_is_answered_on_the_command_line(
+        fake_anthropic: FakeAnthropic, tmp_path: Path) -> None:
+    config = tmp_path / "keel.toml"
+    config.write_text('tool_modules = ["tests.e2e.approval_tools"]\n\n[agents.payer]\n'
+                      'description = "pays people"\nsystem = "You pay people."\n'
+                      'tools = ["send_payment"]\n')
+
+    def payer(req: RecordedRequest) -> Reply:
+        if not req.tool_results:
+            return reply(tool_use("send_payment", {"to": "Bob", "amount_eur": "5.00"}))
+        return reply(f"Result: {req.tool_results[-1]['content']}")
+
+    fake_anthropic.responder = payer
+    data = tmp_path / "data"
+    code, _, err = await _keel(fake_anthropic, data, "agent", "run", "payer", "pay Bob 5",
+                               KEEL_CONFIG=str(config))
+    assert code == 6, err
+    assert "Approval needed: send_payment" in err and '"amount_eur": "5.00"' in err
+    code, out, _ = await _keel(fake_anthropic, data, "escalation", "list", "--json",
+                               KEEL_CONFIG=str(config))
+    [row] = json.loads(out)
+    assert row["kind"] == "approval" and row["choices"] == ["Approve", "Deny"]
+    code, _, err = await _keel(fake_anthropic, data, "escalation", "answer", row["id"], "maybe",
+                               KEEL_CONFIG=str(config))
+    assert code == 2 and "not a choice" in err  # an approval takes Approve or Deny only
+    code, out, err = await _keel(fake_anthropic, data, "escalation", "answer", row["id"], "yes",
+                                 KEEL_CONFIG=str(config))
+    assert code == 0, err
+    assert out.strip() == "Result: paid 5.00 EUR to Bob (receipt 1)"
