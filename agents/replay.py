@@ -48,6 +48,7 @@ from agents.runtime import answer_escalation
 from agents.spec import AgentSpec, Limits
 from agents.tools.contract import ToolContext
 from agents.trace_view import reconstruct_requests
+from storage.session_counts import SessionAnchor
 from storage.traces import TraceStore, TraceWriter
 
 __all__ = ["ReplayError", "ReplayReport", "SegmentReport", "replay"]
@@ -225,6 +226,11 @@ async def _segment(seg: Segment, previous: RunResult | None, on: _Setting) -> Ru
         if route is not None:  # the router's cost counted against the run's budget
             run.budget.spent_usd += float(inputs.get("route_cost_usd") or route.get("cost_usd")
                                           or 0.0)
+        kept = inputs.get("session_anchor")
+        if kept:  # the first call's input bound started from the session's last exact count
+            run.session_anchor = SessionAnchor(tokens=int(kept["tokens"]),
+                                               messages=int(kept["messages"]),
+                                               digest=str(kept["digest"]))
         messages = _input_messages(seg, inputs, on.events, spec.pattern)
         new_from = int(start.get("history_messages", max(0, len(messages) - 1)))
     else:

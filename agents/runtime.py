@@ -393,13 +393,17 @@ class Runtime:
                        request: RunRequest) -> dict[str, Any]:
         """What ``keel trace replay`` needs besides the recorded calls: the prices the budget
         was reserved at (max_tokens and thinking budgets follow from them), whether the model
-        call cap was left to its default (plan runs widen it), the router's exact cost, and for
-        plan runs the planner and the input messages (no request of theirs carries the task
-        whole)."""
+        call cap was left to its default (plan runs widen it), the router's exact cost, the
+        session's kept input count, and for plan runs the planner and the input messages (no
+        request of theirs carries the task whole)."""
         inputs: dict[str, Any] = {"price": price.model_dump(),
                                   "max_model_calls": limits.max_model_calls,
                                   "route_cost_usd": request.route.cost_usd if request.route
                                   else None}
+        anchor = request.session_anchor
+        if anchor is not None:  # the first call's input bound starts from it
+            inputs["session_anchor"] = {"tokens": anchor.tokens, "messages": anchor.messages,
+                                        "digest": anchor.digest}
         if spec.pattern == "plan_execute":
             planner = self.settings.planner_model
             inputs.update(planner_model=planner,

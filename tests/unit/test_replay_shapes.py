@@ -444,3 +444,27 @@ async def test_runs_around_a_compaction_replay(
     assert "Summary of the earlier conversation" in json.dumps(
         fake_anthropic.message_requests[-1].body["messages"])
     await assert_replays(fake_anthropic, monkeypatch, last.trace_id)
+
+
+async def test_a_chat_turn_reserved_from_the_sessions_kept_count_replays(
+    make_runtime: MakeRuntime, fake_anthropic: FakeAnthropic, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake_anthropic.responder = lambda req: reply(f"Noted: {req.last_user_text[:30]}")
+    # a long prompt and a run budget that shrinks every call: the second turn's bound starts
+    # from the exact count the session kept (within the count endpoint's 2% headroom), so the
+    # call's max_tokens depends on that kept count, which only the trace can give back
+    rules = "\n".join(f"- Rule {i}: answer questions about topic {i} with care." for i in range(700))
+    config = f'[agents.support]\ndescription = "support"\nsystem = """{rules}"""\n'
+    runtime: Runtime = await make_runtime(config, KEEL_RUN_BUDGET_USD="0.06")
+    sessions = Sessions(runtime)
+    for text in ("My order is 1234.", "And the refund?"):
+        turn = await sessions.turn(chat_id=9, thread_id=None, agent="support",
+                                   content=[{"type": "text", "text": text}], user_id=9)
+        assert turn.result.status == "completed", turn.result.detail
+    events = runtime.traces.read(turn.result.trace_id)
+    start = next(e for e in events if e["type"] == "run_start")
+    request = next(e for e in events if e["type"] == "model_request")
+    assert start["replay"]["session_anchor"] is not None
+    assert request["max_tokens"] < request["max_tokens_requested"]
+    assert not request["input_counted"]  # the kept count made the bound tight enough
+    await assert_replays(fake_anthropic, monkeypatch, turn.result.trace_id)
