@@ -314,7 +314,7 @@ class Trial:
         delay_s = self.rng.uniform(0.0, 0.04)
         watcher: asyncio.Task[None] | None = None
         if trigger == "timer":
-            delay_s = self.rng.uniform(0.3, 8.0)  # start-up (recovery) takes seconds: kill there too
+            delay_s = self.rng.uniform(0.3, 5.0)  # start-up (recovery) takes seconds: kill there too
         elif trigger == "late_send":
             # Telegram processes the send at once and answers after 3 s; the kill lands while
             # the answer is on its way, so keel cannot know the reply was accepted.
