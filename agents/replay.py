@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
+from agents import approvals
 from agents.executor import execute
 from agents.executor.plan import execute_plan, resume_plan
 from agents.pricing import Price, PriceTable
@@ -218,9 +219,10 @@ class _Setting:
 
 async def _segment(seg: Segment, previous: RunResult | None, on: _Setting) -> RunResult:
     """Replay one segment the way the runtime ran it: a new run, or a parked one reopened."""
-    spec, start, inputs, price, trace = on.spec, on.start, on.inputs, on.price, on.trace
+    spec, start, inputs = on.spec, on.start, on.inputs
+    state: dict[str, Any] | None = None
     if seg.kind == "start":
-        run = _run(spec, price, spec.limits, trace, start,
+        run = _run(spec, on.price, spec.limits, on.trace, start,
                    cast(RunKind, start.get("kind") or "cli"))
         route = seg.first("route")
         if route is not None:  # the router's cost counted against the run's budget
@@ -231,54 +233,70 @@ async def _segment(seg: Segment, previous: RunResult | None, on: _Setting) -> Ru
             run.session_anchor = SessionAnchor(tokens=int(kept["tokens"]),
                                                messages=int(kept["messages"]),
                                                digest=str(kept["digest"]))
-        messages = _input_messages(seg, inputs, on.events, spec.pattern)
-        new_from = int(start.get("history_messages", max(0, len(messages) - 1)))
     else:
         state = previous.state if previous is not None else None
-        if previous is None or state is None:
+        if state is None:
             was = previous.status if previous is not None else "interrupted"
             raise _CannotContinue(f"the trace continues with {seg.label()}, but the replayed run "
                                   f"ended {was} and left nothing to continue")
-        limits = Limits(**state["limits"])
-        extra = float(seg.opener.get("extra_usd") or 0.0) if seg.kind == "budget" else 0.0
-        if extra:
-            limits = replace(limits, budget_usd=limits.budget_usd + extra)
-        run = _run(spec, price, limits, trace, start, "resume")
-        # as Runtime._reopen: the parked run's counters, meter and clock go on
-        run.started -= float(state.get("elapsed_s", 0.0))
-        run.steps = int(state.get("steps", 0))
-        run.model_calls = int(state.get("model_calls", 0))
-        run.budget.spent_usd = float(state.get("spent_usd", 0.0))
-        run.budget.warned = bool(state.get("warned", False)) and not extra
-        if seg.kind == "resume":
-            asked = str(seg.opener.get("tool_use_id"))
-            if asked != str(state.get("tool_use_id")):
-                raise Diverged(f"{seg.label()} answers tool call {asked}, but the replayed run "
-                               f"waits on {state.get('tool_use_id')}")
-            messages = answer_escalation(state["messages"], asked, str(seg.opener.get("answer")),
-                                         seg.opener.get("answered_by"))
-        else:
-            messages = state["messages"]
-        new_from = int(state.get("new_from", 0))
+        run = _reopened(spec, on, state, seg)
     run.budget.gate = ReplayGate(on.replayer)
     on.replayer.enter(seg, run)
-    model, catalog = on.model, on.catalog
-    planner_model, planner_price = on.planner_model, on.planner_price
-    ctx = ToolContext(run_id=run.id, agent=spec.name, emit=trace.emit,
+    ctx = ToolContext(run_id=run.id, agent=spec.name, emit=on.trace.emit,
                       idempotency=MemoryIdempotency(), default_timeout_s=run.limits.tool_timeout_s)
-    if spec.pattern == "plan_execute" and seg.kind == "start":
-        result = await execute_plan(run, model=model, catalog=catalog, tool_ctx=ctx,
-                                    messages=messages, new_from=new_from,
-                                    planner_model=planner_model, planner_price=planner_price)
-    elif seg.kind != "start" and previous is not None and previous.state is not None \
-            and previous.state.get("pattern") == "plan_execute":
-        result = await resume_plan(run, model=model, catalog=catalog, tool_ctx=ctx,
-                                   state=previous.state, messages=messages,
-                                   planner_model=planner_model, planner_price=planner_price)
-    else:
-        result = await execute(run, model=model, catalog=catalog, tool_ctx=ctx,
-                               messages=messages, new_from=new_from)
-    return result
+    if state is None:
+        messages = _input_messages(seg, inputs, on.events, spec.pattern)
+        new_from = int(start.get("history_messages", max(0, len(messages) - 1)))
+        if spec.pattern == "plan_execute":
+            return await execute_plan(run, model=on.model, catalog=on.catalog, tool_ctx=ctx,
+                                      messages=messages, new_from=new_from,
+                                      planner_model=on.planner_model,
+                                      planner_price=on.planner_price)
+        return await execute(run, model=on.model, catalog=on.catalog, tool_ctx=ctx,
+                             messages=messages, new_from=new_from)
+    messages = await _continued_messages(seg, state, on.catalog, ctx)
+    if state.get("pattern") == "plan_execute":
+        return await resume_plan(run, model=on.model, catalog=on.catalog, tool_ctx=ctx,
+                                 state=state, messages=messages, planner_model=on.planner_model,
+                                 planner_price=on.planner_price)
+    return await execute(run, model=on.model, catalog=on.catalog, tool_ctx=ctx,
+                         messages=messages, new_from=int(state.get("new_from", 0)))
+
+
+def _reopened(spec: AgentSpec, on: _Setting, state: dict[str, Any], seg: Segment) -> Run:
+    """The parked run as ``Runtime._reopen`` restores it: its limits (raised by a grant), and
+    its counters, meter and clock going on."""
+    limits = Limits(**state["limits"])
+    extra = float(seg.opener.get("extra_usd") or 0.0) if seg.kind == "budget" else 0.0
+    if extra:
+        limits = replace(limits, budget_usd=limits.budget_usd + extra)
+    run = _run(spec, on.price, limits, on.trace, on.start, "resume")
+    run.started -= float(state.get("elapsed_s", 0.0))
+    run.steps = int(state.get("steps", 0))
+    run.model_calls = int(state.get("model_calls", 0))
+    run.budget.spent_usd = float(state.get("spent_usd", 0.0))
+    run.budget.warned = bool(state.get("warned", False)) and not extra
+    return run
+
+
+async def _continued_messages(seg: Segment, state: dict[str, Any], catalog: ReplayCatalog,
+                              ctx: ToolContext) -> list[dict[str, Any]]:
+    """The parked messages as the runtime continued them: with the recorded answer to the
+    question (``Runtime.resume``), the approved call run or the denial (``settle_approval``), or
+    unchanged after a budget grant (``continue_with_budget``)."""
+    if seg.kind == "budget":
+        return list(state["messages"])
+    asked = str(seg.opener.get("tool_use_id"))
+    if asked != str(state.get("tool_use_id")):
+        raise Diverged(f"{seg.label()} answers tool call {asked}, but the replayed run waits on "
+                       f"{state.get('tool_use_id')}")
+    answer, by = str(seg.opener.get("answer")), seg.opener.get("answered_by")
+    if seg.opener.get("approval"):
+        return await approvals.settle(state["messages"], asked,
+                                      approved=answer == approvals.APPROVE, answered_by=by,
+                                      catalog=catalog, ctx=ctx)
+    messages = answer_escalation(state["messages"], asked, answer, by)
+    return approvals.clear_unasked(messages, asked)
 
 
 def _run(spec: AgentSpec, price: Price, limits: Limits, trace: TraceWriter,
@@ -417,10 +435,17 @@ def _without_markers(value: Any) -> Any:
     return value
 
 
+_LATE_KEYS = {"thinking": 1, "max_tokens": 2}
+"""Compared last: a request's thinking budget and max_tokens follow from what it sends (its
+input is reserved first), so a difference in the content is the one worth pointing at."""
+
+
 def _diff(a: Any, b: Any, path: str = "$") -> tuple[str, Any, Any]:
     """The JSON path of the first difference, with the two values there."""
     if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
+        keys = sorted(set(a) | set(b), key=lambda k: (_LATE_KEYS.get(k, 0) if path == "$" else 0,
+                                                      k))
+        for key in keys:
             if a.get(key) != b.get(key):
                 return _diff(a.get(key), b.get(key), f"{path}.{key}")
     if isinstance(a, list) and isinstance(b, list):

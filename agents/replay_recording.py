@@ -105,7 +105,8 @@ class Segment:
         o = self.opener
         if self.kind == "resume":
             by = f" by {o['answered_by']}" if o.get("answered_by") else ""
-            return f"resume (answer {o.get('answer')!r}{by})"
+            what = "approval" if o.get("approval") else "answer"
+            return f"resume ({what} {o.get('answer')!r}{by})"
         if self.kind == "budget":
             by = f" by {o['granted_by']}" if o.get("granted_by") else ""
             return f"budget raised (+${float(o.get('extra_usd') or 0):g}{by})"

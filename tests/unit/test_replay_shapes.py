@@ -468,3 +468,31 @@ async def test_a_chat_turn_reserved_from_the_sessions_kept_count_replays(
     assert request["max_tokens"] < request["max_tokens_requested"]
     assert not request["input_counted"]  # the kept count made the bound tight enough
     await assert_replays(fake_anthropic, monkeypatch, turn.result.trace_id)
+
+
+async def test_a_run_resumed_by_an_approval_replays_with_the_approved_call(
+    make_runtime: MakeRuntime, fake_anthropic: FakeAnthropic, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = ('[agents.clerk]\ndescription = "clerk"\ntools = ["get_current_time"]\n'
+              'approve = ["get_current_time"]\nsystem = "You keep the time."\n')
+    fake_anthropic.enqueue(reply(tool_use("get_current_time", {"timezone": "Asia/Tokyo"})))
+    runtime: Runtime = await make_runtime(config)
+    parked = await runtime.run(task("Tokyo time?", agent="clerk"))
+    assert parked.status == "waiting_human", parked.detail
+    await assert_replays(fake_anthropic, monkeypatch, parked.trace_id)
+
+    fake_anthropic.enqueue(reply("It is evening in Tokyo."))
+    done = await runtime.settle_approval(parked.run_id, approved=True, answered_by="Alice")
+    assert (done.status, done.output) == ("completed", "It is evening in Tokyo."), done.detail
+    text = await assert_replays(fake_anthropic, monkeypatch, parked.trace_id)
+    assert "resume (approval 'Approve' by Alice)" in text
+
+    def denied(e: dict[str, Any]) -> bool:
+        if e["type"] == "resume":
+            e["answer"] = "Deny"
+            return True
+        return False
+
+    rewrite(trace_path(runtime, parked.trace_id), denied)
+    code, text = await replay_cli(fake_anthropic, monkeypatch, parked.trace_id)
+    assert code == 1 and "request 2 differs at $.messages[2].content[0]" in text, text
