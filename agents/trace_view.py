@@ -80,7 +80,8 @@ def summarise(events: list[dict[str, Any]]) -> TraceSummary:
             if line.is_error:
                 line.detail = _short(e.get("content"))
         elif kind in ("budget_warn", "budget_halt", "limit", "error", "escalation",
-                      "deprecated_tool", "output_invalid"):
+                      "deprecated_tool", "output_invalid", "route", "resume", "budget_raised",
+                      "plan", "replan"):
             s.notes.append(_note(e))
         elif kind == "run_end":
             s.status = e.get("status", s.status)
@@ -97,9 +98,18 @@ def _short(value: Any, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+_NOTE_FIELDS = {"route": ("agent", "reason", "cost_usd"),
+                "resume": ("answer", "answered_by", "approval"),
+                "budget_raised": ("extra_usd", "cap_usd", "granted_by"),
+                "plan": ("planner_model", "plan"), "replan": ("from_step", "reason", "plan")}
+"""Events whose payload is long (a router's whole request): only what a person reads."""
+
+
 def _note(e: dict[str, Any]) -> str:
+    keep = _NOTE_FIELDS.get(e["type"])
     payload = {k: v for k, v in e.items() if k not in ("ts", "trace_id", "run_id", "seq", "type",
-                                                     "traceback")}
+                                                     "traceback")
+               and (keep is None or k in keep) and v is not None}
     return f"{e['type']}: {_short(payload, 200)}"
 
 

@@ -496,3 +496,37 @@ async def test_a_run_resumed_by_an_approval_replays_with_the_approved_call(
     rewrite(trace_path(runtime, parked.trace_id), denied)
     code, text = await replay_cli(fake_anthropic, monkeypatch, parked.trace_id)
     assert code == 1 and "request 2 differs at $.messages[2].content[0]" in text, text
+
+
+async def test_a_run_the_daily_cap_shrinks_then_halts_replays(
+    make_runtime: MakeRuntime, fake_anthropic: FakeAnthropic, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    note = "Let me look at the clock once more. " * 110  # ~1,000 output tokens a call
+    fake_anthropic.responder = lambda req: reply(note, tool_use("get_current_time",
+                                                                {"timezone": "UTC"}))
+    # the day's cap, not the run's, cuts every call short and then stops the run: the ledger
+    # is not in the trace, so the replay must answer each hold as the ledger did
+    runtime: Runtime = await make_runtime(KEEL_DAILY_BUDGET_USD="0.06")
+    result = await runtime.run(task("keep checking the time", user_id=3))
+    assert result.status == "budget_exceeded" and result.state is None, result.detail
+    events = runtime.traces.read(result.trace_id)
+    requests = [e for e in events if e["type"] == "model_request"]
+    assert requests and all(e["max_tokens"] < e["max_tokens_requested"] for e in requests)
+    assert any(e["type"] == "budget_halt" and e.get("scope") == "daily" for e in events)
+    text = await assert_replays(fake_anthropic, monkeypatch, result.trace_id)
+    assert f"recorded {len(requests)}, replayed {len(requests)}" in text
+
+
+async def test_trace_show_tells_each_part_of_a_continued_run(
+    make_runtime: MakeRuntime, fake_anthropic: FakeAnthropic,
+) -> None:
+    from agents.trace_view import render_summary, summarise
+
+    fake_anthropic.responder = escalating
+    runtime: Runtime = await make_runtime()
+    parked = await runtime.run(task("Please refund order 1234"))
+    await runtime.resume(parked.run_id, "Approve", answered_by="Alice")
+    shown = render_summary(summarise(runtime.traces.read(parked.trace_id)))
+    assert "escalation: " in shown and "Refund over the limit" in shown
+    assert 'resume: {"answer": "Approve", "answered_by": "Alice"}' in shown
+    assert "status: completed" in shown
