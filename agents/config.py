@@ -7,6 +7,9 @@ secret into an error that names the variable and says how to get it.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -49,6 +52,21 @@ class Settings(BaseSettings):
     telegram_api_base_url: str = Field(
         DEFAULT_TELEGRAM_API_BASE_URL, validation_alias="TELEGRAM_API_BASE_URL"
     )
+    webhook_url: str | None = Field(
+        None, validation_alias="KEEL_WEBHOOK_URL",
+        description="Public HTTPS URL Telegram posts updates to; unset: long polling.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        None, validation_alias="KEEL_WEBHOOK_SECRET",
+        description="X-Telegram-Bot-Api-Secret-Token (A-Z a-z 0-9 _ -, up to 256); default: "
+                    "derived from the bot token.",
+    )
+    webhook_listen: str = Field(
+        "127.0.0.1:8080", validation_alias="KEEL_WEBHOOK_LISTEN",
+        description="host:port the webhook server binds (behind your TLS proxy).",
+    )
+    webhook_max_connections: int = Field(40, ge=1, le=100,
+                                         validation_alias="KEEL_WEBHOOK_MAX_CONNECTIONS")
     anthropic_api_key: SecretStr | None = Field(None, validation_alias="ANTHROPIC_API_KEY")
     anthropic_base_url: str | None = Field(None, validation_alias="ANTHROPIC_BASE_URL")
     anthropic_max_retries: int = Field(2, ge=0, le=10, validation_alias="KEEL_ANTHROPIC_MAX_RETRIES")
@@ -190,10 +208,28 @@ class Settings(BaseSettings):
             )
         return self.anthropic_api_key.get_secret_value()
 
+    def webhook_listen_address(self) -> tuple[str, int]:
+        host, _, port = self.webhook_listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"KEEL_WEBHOOK_LISTEN must be host:port, got {self.webhook_listen!r}")
+        return host.strip("[]"), int(port)
+
+    def webhook_secret_value(self) -> str:
+        """The configured secret, or one derived from the bot token."""
+        if self.webhook_secret is not None and self.webhook_secret.get_secret_value():
+            secret = self.webhook_secret.get_secret_value()
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", secret):
+                raise ConfigError("KEEL_WEBHOOK_SECRET may only hold A-Z, a-z, 0-9, _ and -, "
+                                  "up to 256 characters")
+            return secret
+        # stable across restarts and machines sharing the token, unguessable without it
+        return hmac.new(self.require_telegram_token().encode(), b"keel webhook secret",
+                        hashlib.sha256).hexdigest()
+
     def secrets(self) -> list[str]:
         """Secret values that must never reach a log or a trace."""
         out = []
-        for secret in (self.telegram_bot_token, self.anthropic_api_key):
+        for secret in (self.telegram_bot_token, self.anthropic_api_key, self.webhook_secret):
             if secret is not None and secret.get_secret_value():
                 out.append(secret.get_secret_value())
         if self.database_url is not None:

@@ -256,13 +256,61 @@ async def start_app(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
         await app.post_init(app)
     await app.start()
     poller: Poller = app.bot_data["poller"]
-    poller.start()
+    settings: Settings = app.bot_data["settings"]
+    if settings.webhook_url:
+        await _start_webhook(app, settings)
+    else:
+        await _leave_webhook(app)
+        poller.start()
+
+
+async def _start_webhook(app: Application[Any, Any, Any, Any, Any, Any],
+                         settings: Settings) -> None:
+    """Listen first, then tell Telegram where to post: its first push finds the server up."""
+    from bot.webhook import Server, WebhookIngress, webhook_path
+
+    keel: KeelBot = app.bot_data["keel"]
+    poller: Poller = app.bot_data["poller"]
+    url = settings.webhook_url or ""
+    secret = settings.webhook_secret_value()
+
+    async def healthy() -> bool:
+        return await keel.runtime.db.fetchval("SELECT 1") == 1
+
+    ingress = WebhookIngress(app.bot, path=webhook_path(url), secret=secret,
+                             store=keel.inbox.store, submit=poller.submit, healthy=healthy)
+    host, port = settings.webhook_listen_address()
+    server = Server(ingress, host, port)
+    await server.start()
+    app.bot_data["webhook_server"] = server
+    # Never drop_pending_updates: what Telegram queued while keel was down is answered now.
+    await app.bot.set_webhook(url, secret_token=secret, allowed_updates=ALLOWED_UPDATES,
+                              max_connections=settings.webhook_max_connections,
+                              drop_pending_updates=False)
+    log.info("receiving updates by webhook at %s (listening on %s:%d)", url, host, server.port)
+
+
+async def _leave_webhook(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
+    """Long polling cannot start while a webhook is set (409): remove it, keeping the updates
+    Telegram holds for it."""
+    try:
+        info = await app.bot.get_webhook_info()
+    except TelegramError as exc:
+        log.warning("could not ask Telegram about a webhook (%s); polling anyway", exc)
+        return
+    if info.url:
+        log.warning("a webhook was set for this bot; keel polls now, so it removed it "
+                    "(updates waiting for it are kept). Set KEEL_WEBHOOK_URL to use a webhook.")
+        await app.bot.delete_webhook(drop_pending_updates=False)
 
 
 async def stop_app(app: Application[Any, Any, Any, Any, Any, Any], *,
                    grace_s: float = SHUTDOWN_GRACE_S) -> None:
     """Stop within a bounded time: no new updates, runs in flight get ``grace_s`` to finish,
     the rest are cancelled and left (stored) to recovery at the next start."""
+    server = app.bot_data.pop("webhook_server", None)
+    if server is not None:  # no new updates; the webhook stays set, Telegram queues for us
+        await server.stop()
     poller: Poller | None = app.bot_data.get("poller")
     if poller is not None:
         await poller.stop()
@@ -283,7 +331,8 @@ async def _serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    log.info("starting long polling against %s", settings.telegram_api_base_url)
+    log.info("starting (%s) against %s", "webhook" if settings.webhook_url else "long polling",
+             settings.telegram_api_base_url)
     await start_app(app)
     poller: Poller = app.bot_data["poller"]
     stopped = asyncio.create_task(poller.stopped.wait())

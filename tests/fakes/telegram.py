@@ -51,6 +51,11 @@ CONFLICT_POLL = (
     "Conflict: terminated by other getUpdates request; make sure that only one bot instance is "
     "running"
 )
+SECRET_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
+WEBHOOK_URL = re.compile(r"(https://|http://127\.0\.0\.1[:/])")
+WEBHOOK_TIMEOUT_S = 10.0
+WEBHOOK_RETRY_S = (0.1, 2.0)  # the fake's pause after a failed delivery, first and longest
+
 CONFLICT_WEBHOOK = (
     "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete "
     "the webhook first"
@@ -336,6 +341,11 @@ class FakeTelegram:
         self.undelivered: list[JSON] = []  # updates Telegram would not give this bot
         self.allowed_updates: set[str] = set(DEFAULT_UPDATES)
         self.webhook_url = ""
+        self.webhook_secret = ""
+        self.webhook_max_connections = 40
+        self.webhook_last_error: tuple[int, str] | None = None
+        self.webhook_log: list[tuple[int, int]] = []  # (update_id, HTTP status; 0: no answer)
+        self._webhook_task: asyncio.Task[None] | None = None
         self._poll_generation = 0
 
         # what the bot did
@@ -387,6 +397,10 @@ class FakeTelegram:
         self._closing = True
         self._stopped.set()  # held requests end unprocessed, late answers stop waiting
         self._changed()
+        if self._webhook_task is not None:
+            self._webhook_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._webhook_task
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -1340,24 +1354,96 @@ class FakeTelegram:
         }
 
     async def _api_setwebhook(self, params: dict[str, str], files: Files) -> tuple[bool, str]:
-        self.webhook_url = params.get("url", "")
+        url = params.get("url", "")
+        secret = params.get("secret_token", "")
+        if secret and not SECRET_TOKEN.fullmatch(secret):
+            raise ApiError(400, "Bad Request: secret token contains unallowed characters")
+        if url and not WEBHOOK_URL.match(url):
+            # Telegram wants https on 443, 80, 88 or 8443; the fake also takes http on 127.0.0.1
+            # (tests have no certificate)
+            raise ApiError(400, "Bad Request: bad webhook: An HTTPS URL must be provided for "
+                                "webhook")
+        max_connections = _int(params, "max_connections", 40)
+        if not 1 <= max_connections <= 100:
+            raise ApiError(400, "Bad Request: bad webhook: max_connections must be between 1 "
+                                "and 100")
+        if params.get("allowed_updates"):
+            try:
+                wanted = json.loads(params["allowed_updates"])
+            except ValueError:
+                wanted = None
+            if isinstance(wanted, list):
+                self.allowed_updates = {str(w) for w in wanted} or set(DEFAULT_UPDATES)
+        self.webhook_url, self.webhook_secret = url, secret
+        self.webhook_max_connections = max_connections
         if _bool(params, "drop_pending_updates"):
             self._queue.clear()
+        self._poll_generation += 1  # a long poll in progress ends with 409
+        self._changed()
+        if url and (self._webhook_task is None or self._webhook_task.done()):
+            self._webhook_task = asyncio.create_task(self._push_updates())
         return True, "Webhook was set" if self.webhook_url else "Webhook was deleted"
 
     async def _api_deletewebhook(self, params: dict[str, str], files: Files) -> tuple[bool, str]:
         had = bool(self.webhook_url)
         self.webhook_url = ""
+        self._changed()  # the pushing task sees it and ends
         if _bool(params, "drop_pending_updates"):
             self._queue.clear()
         return True, "Webhook was deleted" if had else "Webhook is already deleted"
 
     async def _api_getwebhookinfo(self, params: dict[str, str], files: Files) -> JSON:
-        return {
+        info: JSON = {
             "url": self.webhook_url,
             "has_custom_certificate": False,
             "pending_update_count": len(self._queue),
         }
+        if self.webhook_url:
+            info["max_connections"] = self.webhook_max_connections
+            info["allowed_updates"] = sorted(self.allowed_updates)
+        if self.webhook_last_error is not None:
+            info["last_error_date"], info["last_error_message"] = self.webhook_last_error
+        return info
+
+    async def _push_updates(self) -> None:
+        """Telegram's side of a webhook: POST the oldest pending update to the URL (with the
+        secret in ``X-Telegram-Bot-Api-Secret-Token``) until it answers 2xx, then the next; a
+        failed delivery is retried with a growing pause and shown in getWebhookInfo. One update
+        at a time — Telegram may also use several connections, but never promises to."""
+        import aiohttp
+
+        pause = WEBHOOK_RETRY_S[0]
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT_S)) \
+                as http:
+            while not self._closing and self.webhook_url:
+                if not self._queue:
+                    await self._wait_change(1.0)
+                    continue
+                update, url = self._queue[0], self.webhook_url
+                headers = {"X-Telegram-Bot-Api-Secret-Token": self.webhook_secret} \
+                    if self.webhook_secret else {}
+                if not url.startswith(("http://127.0.0.1", "https://127.0.0.1")):
+                    # the fake never leaves the machine: any other host is unreachable from here
+                    status, reason = 0, "Connection failed: the fake reaches 127.0.0.1 only"
+                else:
+                    try:
+                        async with http.post(url, json=update, headers=headers) as response:
+                            status, reason = response.status, response.reason or ""
+                            await response.read()
+                    except (aiohttp.ClientError, TimeoutError) as exc:
+                        status, reason = 0, f"Connection failed: {type(exc).__name__}"
+                self.webhook_log.append((update["update_id"], status))
+                if 200 <= status < 300:
+                    if self._queue and self._queue[0] is update:
+                        self._queue.pop(0)
+                    pause = WEBHOOK_RETRY_S[0]
+                    self._changed()
+                    continue
+                self.webhook_last_error = (int(time.time()), (
+                    f"Wrong response from the webhook: {status} {reason}" if status else reason))
+                self._changed()
+                await self._wait_change(pause)  # a setWebhook or a new update does not skip it
+                pause = min(pause * 2, WEBHOOK_RETRY_S[1])
 
     async def _api_getupdates(self, params: dict[str, str], files: Files) -> list[JSON]:
         if self.webhook_url:
