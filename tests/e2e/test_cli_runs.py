@@ -69,7 +69,7 @@ async def test_agent_run_prints_json_with_totals_and_exit_status(
     code, out, err = await _keel(fake_anthropic, tmp_path / "data", "trace", "replay",
                                  result["trace_id"][:8])
     assert code == 0, out + err
-    assert "requests identical: yes" in out and "status: recorded completed, replayed completed" in out
+    assert "replay: identical" in out and "start: recorded completed, replayed completed" in out
     # the API key never reaches a trace file
     for path in (tmp_path / "data" / "traces").rglob("*.jsonl"):
         assert API_KEY not in path.read_text()
