@@ -350,6 +350,8 @@ class KeelFile(BaseModel):
     schedules: list[ScheduleConfig] = Field(default_factory=list)
     tool_modules: list[str] = Field(default_factory=list)
     default_agent: str = "assistant"
+    evals_dir: Path | None = None
+    """Golden tasks for `keel eval` (relative to keel.toml; default: evals/ beside it)."""
 
 
 def load_keel_file(path: Path | None) -> KeelFile:

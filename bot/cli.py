@@ -67,12 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_runtime_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Commands over the agent runtime (agents, chat, traces, schedules)."""
-    from bot import cli_cost, cli_escalation, cli_runtime, cli_schedule
+    from bot import cli_cost, cli_escalation, cli_eval, cli_runtime, cli_schedule
 
     cli_runtime.register(sub)
     cli_escalation.register(sub)
     cli_schedule.register(sub)
     cli_cost.register(sub)
+    cli_eval.register(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
