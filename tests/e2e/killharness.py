@@ -24,6 +24,7 @@ import os
 import random
 import re
 import signal
+import socket
 import sqlite3
 import sys
 from collections import Counter
@@ -197,7 +198,8 @@ class KillSwitch:
 
 class Trial:
     def __init__(self, seed: int, number: int, workdir: Path, *, chats: int,
-                 per_chat: int) -> None:
+                 per_chat: int, webhook: bool = False) -> None:
+        self.webhook_port = _free_port() if webhook else None
         self.rng = random.Random(seed)
         self.report = TrialReport(seed=seed, workdir=workdir)
         self.workdir = workdir
@@ -239,6 +241,10 @@ class Trial:
             return reply(tool_use(TOOL, {"effect": token}), latency=latency)
         return reply(f"About {token}: nothing to add.", latency=latency)
 
+    def on_push(self, update_id: int, status: int) -> None:
+        if 200 <= status < 300:  # keel acknowledged an update: kill right after (webhook)
+            self.switch.notice("batch")
+
     def on_answer(self, record: RequestRecord) -> None:
         if not record.ok or record.response is None:
             return
@@ -262,6 +268,9 @@ class Trial:
             "KEEL_CONFIG": str(self.workdir / "keel.toml"),
             "KEEL_LOG_LEVEL": "INFO",
             EFFECTS_FILE_VARIABLE: str(self.effects_file),
+            **({"KEEL_WEBHOOK_URL": f"http://127.0.0.1:{self.webhook_port}/tg",
+                "KEEL_WEBHOOK_LISTEN": f"127.0.0.1:{self.webhook_port}"}
+               if self.webhook_port else {}),
         }
 
     async def start_bot(self) -> asyncio.subprocess.Process:
@@ -298,8 +307,7 @@ class Trial:
         # Start talking once the bot polls, so updates arrive in several batches, not in one
         # batch that waited out the start-up; after a kill the rest queue up at Telegram.
         with contextlib.suppress(TimeoutError):  # a bot that never polls loses them all
-            await self.telegram.wait_for(lambda: self.telegram.calls("getUpdates"),
-                                         timeout=START_TIMEOUT_S)
+            await self.telegram.wait_for(self._receiving, timeout=START_TIMEOUT_S)
         for message in self.messages:
             await asyncio.sleep(self.pace_rng.uniform(0.0, 0.15))  # a person's typing pace
             self.telegram.inject_text(chats[message.chat_index], message.text)
@@ -338,11 +346,15 @@ class Trial:
         self.report.kills.append(self.switch.what)
         return True
 
+    def _receiving(self) -> int:
+        """How often the bot has asked for updates: getUpdates calls, or setWebhook calls."""
+        return len(self.telegram.calls("setWebhook" if self.webhook_port else "getUpdates"))
+
     async def _wait_started_then_answered(self) -> None:
         """Returns when a kill can no longer come: all answered after the start, or too late."""
-        polls = len(self.telegram.calls("getUpdates"))
+        polls = self._receiving()
         with contextlib.suppress(TimeoutError):
-            await self.telegram.wait_for(lambda: len(self.telegram.calls("getUpdates")) > polls,
+            await self.telegram.wait_for(lambda: self._receiving() > polls,
                                          timeout=START_TIMEOUT_S)
         with contextlib.suppress(TimeoutError):
             await self.telegram.wait_for(self._all_answered, timeout=TRIGGER_TIMEOUT_S)
@@ -374,6 +386,7 @@ class Trial:
         (self.workdir / "keel.toml").write_text(KEEL_TOML, "utf-8")
         self.anthropic.responder = self.respond
         self.telegram.on_answer = self.on_answer
+        self.telegram.on_push = self.on_push
         began = asyncio.get_running_loop().time()
         async with self.telegram, self.anthropic:
             injecting = asyncio.create_task(self.inject())
@@ -401,10 +414,10 @@ class Trial:
             return
         # one more start: recovery must not repeat anything
         process = await self.start_bot()
-        polls = len(self.telegram.calls("getUpdates"))
+        polls = self._receiving()
         try:
-            await self.telegram.wait_for(
-                lambda: len(self.telegram.calls("getUpdates")) > polls, timeout=START_TIMEOUT_S)
+            await self.telegram.wait_for(lambda: self._receiving() > polls,
+                                         timeout=START_TIMEOUT_S)
         except TimeoutError:
             self.report.process_errors.append("the bot did not poll within "
                                               f"{START_TIMEOUT_S:.0f}s of its last start")
@@ -464,6 +477,12 @@ class Trial:
             rows = conn.execute("SELECT payload FROM outbox WHERE unconfirmed_chunks > 0"
                                 " ORDER BY id").fetchall()
         return [token for (payload,) in rows for token in TOKEN.findall(payload)]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def check_traces(root: Path) -> tuple[list[str], int]:

@@ -39,3 +39,19 @@ async def test_killed_anywhere_nothing_is_lost_and_nothing_happens_twice(tmp_pat
         reports.append(await trial.run())
     print(summarise(reports))
     assert not any(r.problems for r in reports), summarise(reports)
+
+
+WEBHOOK_TRIALS = max(1, TRIALS // 3)
+
+
+@pytest.mark.timeout(60 + WEBHOOK_TRIALS * TRIAL_BOUND_S)
+async def test_killed_anywhere_with_webhook_ingress(tmp_path: Path) -> None:
+    # The same attack on the webhook path (issue 16): "batch" kills land a few ms after keel
+    # answered 200 to an update, which it must have committed first.
+    reports: list[TrialReport] = []
+    for number in range(WEBHOOK_TRIALS):
+        trial = Trial(FIRST_SEED + 500 + number, number, tmp_path / f"trial{number}", chats=4,
+                      per_chat=3, webhook=True)
+        reports.append(await trial.run())
+    print(summarise(reports))
+    assert not any(r.problems for r in reports), summarise(reports)

@@ -370,6 +370,8 @@ class FakeTelegram:
         # Called with each record just before its answer is written (after any late delay):
         # a test can act at the exact moment a client receives, e.g., a batch of updates.
         self.on_answer: Callable[[RequestRecord], None] | None = None
+        # Called with (update_id, HTTP status; 0: no answer) after each webhook delivery attempt.
+        self.on_push: Callable[[int, int], None] | None = None
 
         # waiting
         self._waiters: list[asyncio.Future[None]] = []
@@ -1433,6 +1435,8 @@ class FakeTelegram:
                     except (aiohttp.ClientError, TimeoutError) as exc:
                         status, reason = 0, f"Connection failed: {type(exc).__name__}"
                 self.webhook_log.append((update["update_id"], status))
+                if self.on_push is not None:
+                    self.on_push(update["update_id"], status)
                 if 200 <= status < 300:
                     if self._queue and self._queue[0] is update:
                         self._queue.pop(0)
