@@ -32,7 +32,7 @@ async def test_a_start_with_nothing_missed_warns_nothing_and_lists_every_schedul
         db: Database, caplog: pytest.LogCaptureFixture) -> None:
     fired: list[str] = []
 
-    async def on_fire(j: ScheduledJob, scheduled: datetime, run_id: str) -> None:
+    async def on_fire(j: ScheduledJob, scheduled: datetime, run_id: str, **_: object) -> None:
         fired.append(j.name)
 
     # 10:30: the daily 08:00 run is long past its 60 s grace, the minutely one is due
