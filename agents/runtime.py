@@ -215,7 +215,9 @@ class Runtime:
     async def release_stale_holds(self) -> float:
         """At start-up, before any run: clear the holds crashed runs left, charged as spent
         (a call in flight at the crash may have been billed). Returns the USD."""
-        return await self.ledger.release_stale()
+        gone = {r.id for r in await self.runs.abandoned()}
+        live = [r.id for r in await self.runs.running() if r.id not in gone]
+        return await self.ledger.release_stale(keep_runs=live)
 
     async def run(
         self,
@@ -505,7 +507,8 @@ class Runtime:
         their requests are retried by their owners (inbox, schedule fires) under the same request
         key, so side effects are not repeated. Returns how many."""
         detail = "interrupted: the bot stopped while this run was working"
-        records = await self.runs.running()
+        # only runs whose process is gone: a live `keel agent run` beside the bot keeps going
+        records = await self.runs.abandoned()
         for record in records:
             try:
                 trace = self.traces.writer(trace_id=record.trace_id, run_id=record.id,
@@ -516,7 +519,7 @@ class Runtime:
                 trace.close()
             except OSError as exc:
                 log.warning("could not close the trace of interrupted run %s: %s", record.id, exc)
-        await self.runs.fail_interrupted(detail)
+        await self.runs.fail_interrupted(detail, [r.id for r in records])
         return len(records)
 
     async def _finish(self, run: Run, result: RunResult, on_commit: OnCommit | None = None) -> None:

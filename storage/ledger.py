@@ -91,7 +91,7 @@ class CostReport:
 
 _HOLDS_OF_RUN = ("SELECT id, day, user_id, schedule, agent, amount_usd FROM budget_holds"
                  " WHERE run_id = ?")
-_HOLDS_BEFORE = ("SELECT id, day, user_id, schedule, agent, amount_usd FROM budget_holds"
+_HOLDS_BEFORE = ("SELECT id, run_id, day, user_id, schedule, agent, amount_usd FROM budget_holds"
                  " WHERE created_at < ?")
 
 
@@ -170,18 +170,24 @@ class Ledger:
         """Drop every hold of ``run_id`` (charged as spent when ``charge``); returns the USD."""
         return await self._clear(_HOLDS_OF_RUN, (run_id,), charge=charge)
 
-    async def release_stale(self, *, before: str | None = None, charge: bool = True) -> float:
+    async def release_stale(self, *, before: str | None = None, charge: bool = True,
+                            keep_runs: list[str] | None = None) -> float:
         """Clear the holds left by runs that crashed: every hold taken before ``before`` (an ISO
         time as ``now_iso()`` writes it; default now — right at start-up, when no call of this
-        process is in flight). Charged as spent by default (see the module docstring)."""
-        return await self._clear(_HOLDS_BEFORE, (before or now_iso(),), charge=charge)
+        process is in flight), except those of ``keep_runs`` (runs still working in another live
+        process). Charged as spent by default (see the module docstring)."""
+        return await self._clear(_HOLDS_BEFORE, (before or now_iso(),), charge=charge,
+                                 keep_runs=set(keep_runs or ()))
 
-    async def _clear(self, select: str, params: tuple[object, ...], *, charge: bool) -> float:
+    async def _clear(self, select: str, params: tuple[object, ...], *, charge: bool,
+                     keep_runs: set[str] | None = None) -> float:
         async with self.db.write() as conn:
             async with conn.execute(select, params) as cursor:
                 rows = list(await cursor.fetchall())
             total = 0.0
             for row in rows:
+                if keep_runs and row["run_id"] in keep_runs:
+                    continue
                 await conn.execute("DELETE FROM budget_holds WHERE id = ?", (row["id"],))
                 total += float(row["amount_usd"])
                 if charge:

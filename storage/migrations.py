@@ -310,6 +310,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE sessions ADD COLUMN anchor_digest TEXT;
         """,
     ),
+    Migration(
+        "0007_run_owner",
+        """
+        -- The process working on a running run ('host:pid:start', storage/owner.py): start-up
+        -- recovery closes only runs whose process is gone, never a live command-line run's.
+        ALTER TABLE runs ADD COLUMN owner TEXT;
+        """,
+    ),
 )
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from storage.db import Database, WriteConnection, now_iso
+from storage.owner import is_alive, this_process
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,6 +35,8 @@ class RunRecord:
     started_at: str
     ended_at: str | None
     request_key: str | None = None
+    owner: str | None = None
+    """The process working on it while ``running`` (storage/owner.py)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,10 +70,10 @@ class RunRepository:
     ) -> None:
         await self.db.execute_write(
             "INSERT INTO runs (id, trace_id, agent, kind, user_id, chat_id, thread_id, session_id,"
-            " status, budget_usd, started_at, request_key)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
+            " status, budget_usd, started_at, request_key, owner)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
             (run_id, trace_id, agent, kind, user_id, chat_id, thread_id, session_id, budget_usd,
-             now_iso(), request_key),
+             now_iso(), request_key, this_process()),
         )
 
     async def finish(
@@ -110,9 +113,10 @@ class RunRepository:
     async def claim_waiting(self, run_id: str, status: str = "waiting_human") -> bool:
         """``status`` → running, once: two answers racing resume the run only once."""
         return await self.db.execute_write(
-            "UPDATE runs SET status = 'running', ended_at = NULL WHERE id = ? AND status = ?"
+            "UPDATE runs SET status = 'running', ended_at = NULL, owner = ?"
+            " WHERE id = ? AND status = ?"
             " AND state IS NOT NULL",
-            (run_id, status),
+            (this_process(), run_id, status),
         ) == 1
 
     async def reparked(self, run_id: str, status: str) -> None:
@@ -126,13 +130,18 @@ class RunRepository:
         """Runs marked running: at start-up, those a dead process left behind."""
         return await self.with_status("running")
 
-    async def fail_interrupted(self, detail: str) -> int:
-        """Runs left 'running' by a process that died; returns how many were closed."""
-        return await self.db.execute_write(
-            "UPDATE runs SET status = 'failed', status_detail = ?, ended_at = ?"
-            " WHERE status = 'running'",
-            (detail, now_iso()),
-        )
+    async def abandoned(self) -> list[RunRecord]:
+        """Runs marked running whose process is gone (at start-up: what a crash left)."""
+        return [r for r in await self.running() if not is_alive(r.owner)]
+
+    async def fail_interrupted(self, detail: str, run_ids: list[str]) -> int:
+        """Close runs a dead process left 'running'; returns how many were closed."""
+        closed = 0
+        for run_id in run_ids:
+            closed += await self.db.execute_write(
+                "UPDATE runs SET status = 'failed', status_detail = ?, ended_at = ?"
+                " WHERE id = ? AND status = 'running'", (detail, now_iso(), run_id))
+        return closed
 
     async def get(self, run_id: str) -> RunRecord | None:
         row = await self.db.fetchone("SELECT * FROM runs WHERE id = ? OR trace_id = ?", (run_id, run_id))

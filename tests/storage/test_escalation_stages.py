@@ -9,18 +9,18 @@ import pytest
 
 import storage.migrations
 from agents.escalation_flow import in_words
-from storage.db import Database
+from storage.db import Database, now_iso
 from storage.escalations import EscalationRepository
 from storage.migrations import MIGRATIONS, migrate
-from storage.runs import RunRepository
 
 
 async def _parked_run(db: Database, run_id: str, status: str = "waiting_human") -> None:
-    runs = RunRepository(db)
-    await runs.start(run_id=run_id, trace_id=f"t-{run_id}", agent="assistant", kind="cli",
-                     budget_usd=0.5)
-    await db.execute_write("UPDATE runs SET status = ?, state = '{}' WHERE id = ?",
-                           (status, run_id))
+    # plain SQL over the columns every schema since 0002 has (the backfill test runs it on a
+    # database as it was before 0005, which RunRepository.start no longer fits)
+    await db.execute_write(
+        "INSERT INTO runs (id, trace_id, agent, kind, status, budget_usd, started_at, state)"
+        " VALUES (?, ?, 'assistant', 'cli', ?, 0.5, ?, '{}')",
+        (run_id, f"t-{run_id}", status, now_iso()))
 
 
 async def _stage(db: Database, key: str) -> str:
