@@ -255,9 +255,10 @@ class PostgresDatabase(Database):
         pool = self._require_pool()
         async with self._lock, pool.connection() as conn:
             try:
-                await conn.execute("BEGIN")
-                await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)",
-                                   (KEEL_LOCK_CLASS, self._lock_key))
+                async with conn.pipeline():  # one round trip for both
+                    await conn.execute("BEGIN")
+                    await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)",
+                                       (KEEL_LOCK_CLASS, self._lock_key))
                 yield PgWriteConnection(conn)
             except BaseException:
                 await _to_the_end(_rollback(conn))
