@@ -110,7 +110,8 @@ async def _post_init(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
     except TelegramError as exc:
         log.warning("could not register commands: %s", exc)
     poller = Poller(app.bot, store=keel.inbox.store, dispatch=_dispatcher(app, keel),
-                    order_key=conversation_key, allowed_updates=ALLOWED_UPDATES)
+                    order_key=conversation_key, allowed_updates=ALLOWED_UPDATES,
+                    secrets=settings.secrets())
     app.bot_data["poller"] = poller
     keel.dispatch = poller.submit
     sent, answered = await keel.recover()
@@ -278,7 +279,8 @@ async def _start_webhook(app: Application[Any, Any, Any, Any, Any, Any],
         return await keel.runtime.db.fetchval("SELECT 1") == 1
 
     ingress = WebhookIngress(app.bot, path=webhook_path(url), secret=secret,
-                             store=keel.inbox.store, submit=poller.submit, healthy=healthy)
+                             store=keel.inbox.store, submit=poller.submit, healthy=healthy,
+                             secrets=settings.secrets())
     host, port = settings.webhook_listen_address()
     server = Server(ingress, host, port)
     await server.start()

@@ -11,6 +11,7 @@ or in the inbox (finished by recovery).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -35,6 +36,26 @@ Dispatch = Callable[[Update], Coroutine[Any, Any, None]]
 OrderKey = Callable[[Update], tuple[int, int] | None]
 
 
+REDACTED = "[redacted secret]"
+
+
+def scrub(update: Update, secrets: list[str]) -> Update:
+    """The update with every known secret (the bot token, the API key) replaced: a person who
+    pastes one into a chat must not have it stored, sent to the model or shown in a trace."""
+    if not secrets:
+        return update
+    text = json.dumps(update.to_dict(), ensure_ascii=False)
+    if not any(secret in text for secret in secrets):
+        return update
+    for secret in secrets:
+        text = text.replace(json.dumps(secret, ensure_ascii=False)[1:-1], REDACTED)
+    log.warning("update %s carried a secret of this bot (its token or API key); it was redacted "
+                "before storage. Revoke it if it was sent on purpose.", update.update_id)
+    cleaned = Update.de_json(json.loads(text), update.get_bot())
+    assert cleaned is not None
+    return cleaned
+
+
 def inbox_item(update: Update) -> InboxItem:
     chat = update.effective_chat
     message = update.effective_message
@@ -53,8 +74,9 @@ class Poller:
 
     def __init__(self, bot: Bot, *, store: Store, dispatch: Dispatch, order_key: OrderKey,
                  allowed_updates: list[str], timeout: int = POLL_TIMEOUT_S,
-                 conflict_give_up_s: float | None = None) -> None:
+                 conflict_give_up_s: float | None = None, secrets: list[str] | None = None) -> None:
         self.bot = bot
+        self.secrets = [s for s in secrets or [] if s]
         self.store = store
         self.dispatch = dispatch
         self.order_key = order_key
@@ -118,6 +140,7 @@ class Poller:
                     log.info("receiving this bot's updates again (the other process stopped)")
                 if not updates:
                     continue
+                updates = tuple(scrub(u, self.secrets) for u in updates)
                 try:
                     fresh = await self.store([inbox_item(u) for u in updates])
                 except Exception:

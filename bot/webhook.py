@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from telegram import Bot, Update
 
-from bot.poller import Store, inbox_item
+from bot.poller import Store, inbox_item, scrub
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,9 @@ class WebhookIngress:
     """The ASGI application."""
 
     def __init__(self, bot: Bot, *, path: str, secret: str, store: Store, submit: Submit,
-                 healthy: Health) -> None:
+                 healthy: Health, secrets: list[str] | None = None) -> None:
         self.bot = bot
+        self.secrets = [s for s in secrets or [] if s]
         self.path = path
         self._secret = secret.encode()
         self.store = store
@@ -98,6 +99,7 @@ class WebhookIngress:
         if update is None:
             await _answer(send, 400, {"error": "not an update"})
             return
+        update = scrub(update, self.secrets)
         try:
             fresh = await self.store([inbox_item(update)])
         except Exception:

@@ -239,3 +239,22 @@ async def test_a_crash_while_waiting_to_retry_does_not_leave_the_chunk_possibly_
     await db.close()
     assert [m["text"] for m in fake_telegram.sent(chat.id)] == ["after the crash"]
     assert row is not None and (row["status"], row["unconfirmed_chunks"]) == ("sent", 0)
+
+
+async def test_a_secret_pasted_into_a_chat_is_redacted_before_it_is_stored(
+        bot_world: BotWorld) -> None:
+    # Found by the secrets grep: a person who pasted the bot token into a chat had it stored in
+    # the inbox and the history, and sent to the model.
+    from tests.e2e.conftest import API_KEY
+
+    w = bot_world
+    w.answer(lambda req: reply("noted"))
+    w.telegram.inject_text(w.alice_chat, f"my token is {w.telegram.token} and key {API_KEY}!")
+    await w.telegram.next_bot_message(w.alice_chat.id, timeout=10)
+    runtime = w.app.bot_data["runtime"]
+    payload = await runtime.db.fetchval("SELECT payload FROM inbox")
+    history = await runtime.db.fetchall("SELECT content FROM messages")
+    for text in [payload, *(r["content"] for r in history),
+                 *(r.body["messages"].__repr__() for r in w.anthropic.requests)]:
+        assert w.telegram.token not in text and API_KEY not in text
+    assert "[redacted secret]" in payload
