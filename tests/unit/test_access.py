@@ -3,9 +3,6 @@ restart, and the once-a-day notice to strangers."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 import pytest_asyncio
 
@@ -13,13 +10,13 @@ from agents.config import Settings, load_settings
 from bot.access import Access, AccessRefused, scope_for, startup_hint
 from storage.db import Database
 from storage.runs import RunRepository
+from tests.conftest import OpenDb
 
 
 @pytest_asyncio.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "keel.sqlite3")
-    yield database
-    await database.close()
+async def db(open_db: OpenDb) -> Database:
+    """A migrated database, on SQLite and on PostgreSQL (one run each)."""
+    return await open_db()
 
 
 def settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -24,6 +24,7 @@ from agents.schedule import ScheduledJob, Scheduler, jobs_from_config, worst_cas
 from agents.scheduled import ScheduledOutcome, ScheduledRunner
 from agents.spec import AgentSpec, Limits
 from storage.db import Database
+from tests.conftest import OpenDb
 from tests.fakes.scripted_model import ScriptedModel, reply, tool_call
 
 MADRID = ZoneInfo("Europe/Madrid")
@@ -63,10 +64,9 @@ class Fires:
 
 
 @pytest_asyncio.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "keel.sqlite3")
-    yield database
-    await database.close()
+async def db(open_db: OpenDb) -> Database:
+    """A migrated database, on SQLite and on PostgreSQL (one run each)."""
+    return await open_db()
 
 
 async def fire_through(scheduler: Scheduler, name: str, times: list[datetime],
