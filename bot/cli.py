@@ -110,11 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _writes_data(args: argparse.Namespace) -> bool:
-    """Commands that open the database or write traces under KEEL_DATA_DIR."""
-    command = (args.command, getattr(args, "db_command", None) or
-               getattr(args, "agent_command", None))
-    return command in {("run", None), ("chat", None), ("db", "migrate"), ("db", "prune"),
-                       ("agent", "run")}
+    """Commands that open the database or read or write traces under KEEL_DATA_DIR: a data
+    directory that is a file or unwritable is one line for each of them, never a traceback."""
+    if args.command in {"run", "chat", "db", "trace", "escalation", "cost", "stats"}:
+        return True
+    return args.command == "agent" and getattr(args, "agent_command", None) == "run"
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
