@@ -7,7 +7,8 @@ Three shapes, each run in 1 and in 2 OS processes writing to one store at once:
   and holds inside its transaction): what every model call costs in writes;
 - on PostgreSQL also ``insert`` without keel's advisory write lock, to price the lock itself.
 
-Each PostgreSQL run uses a schema of its own, dropped afterwards. Figures are medians of 3 runs.
+Each PostgreSQL run uses a schema of its own, dropped afterwards. Runs are interleaved; figures are
+medians with the range.
 """
 
 from __future__ import annotations
@@ -125,14 +126,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows = [("sqlite", "insert"), ("postgresql", "insert"), ("pg-unlocked", "insert"),
             ("sqlite", "hold"), ("postgresql", "hold")]
-    print(f"{'database':<12} {'shape':<7} {'1 process':>12} {'2 processes':>12}  (write tx/s)")
+    runs: dict[tuple[str, str, int], list[float]] = {}
+    for _ in range(args.repeats):  # interleaved, so a busy moment of the machine hits them all
+        for kind, shape in rows:
+            for processes in (1, 2):
+                runs.setdefault((kind, shape, processes), []).append(
+                    _measure(kind, shape, processes, args.n, args.pg))
+    print(f"{'database':<12} {'shape':<7} {'1 process':>12} {'2 processes':>12}"
+          f"  (write tx/s, median of {args.repeats}; min-max)")
     for kind, shape in rows:
-        figures = []
+        cells = []
         for processes in (1, 2):
-            runs = [_measure(kind, shape, processes, args.n, args.pg)
-                    for _ in range(args.repeats)]
-            figures.append(statistics.median(runs))
-        print(f"{kind:<12} {shape:<7} {figures[0]:>12,.0f} {figures[1]:>12,.0f}", flush=True)
+            got = runs[(kind, shape, processes)]
+            cells.append(f"{statistics.median(got):>7,.0f} ({min(got):,.0f}-{max(got):,.0f})")
+        print(f"{kind:<12} {shape:<7} {cells[0]:>22} {cells[1]:>22}", flush=True)
     return 0
 
 
