@@ -17,6 +17,7 @@ from typing import Any, assert_never
 
 from agents import approvals
 from agents.affordability import Affordability
+from agents.attachments import AttachmentClient
 from agents.budget import LedgerGate
 from agents.config import KeelFile, Settings
 from agents.config_check import Problem, assemble_agents, describe, load_configuration
@@ -31,9 +32,12 @@ from agents.run import Run, RunKind, RunResult, new_id
 from agents.spec import AgentSpec, Limits
 from agents.tools import ToolRegistry
 from agents.tools.contract import ToolContext
+from agents.tools.mcp import hub_of
+from agents.tools.send_file import FILES_DIR_EXTRA, FILES_MAX_EXTRA
 from storage.connect import open_database
 from storage.conversations import ConversationRepository
 from storage.db import Database
+from storage.files import Blobs
 from storage.idempotency import IdempotencyStore
 from storage.ledger import CostReport, DailyCaps, Ledger
 from storage.runs import RunRepository, RunTotals
@@ -111,6 +115,7 @@ class Runtime:
         self.idempotency = IdempotencyStore(db)
         self.conversations = ConversationRepository(db)
         self._active: dict[str, tuple[Run, asyncio.Task[Any]]] = {}
+        self._cancel_at_start: set[str] = set()  # /cancel arrived before the run began
 
     # ------------------------------------------------------------------ assembly
 
@@ -129,13 +134,16 @@ class Runtime:
         if model is None:
             from agents.model.anthropic_client import AnthropicModelClient
 
-            model = AnthropicModelClient(
+            # images and PDFs travel as references and become bytes only on the wire
+            model = AttachmentClient(AnthropicModelClient(
                 api_key=settings.require_anthropic_key(),
                 base_url=settings.anthropic_base_url,
                 max_retries=settings.anthropic_max_retries,
                 timeout_s=settings.run_timeout_s,
-            )
+            ), Blobs(settings.files_dir))
         db = await open_database(settings)
+        if (hub := hub_of(registry)) is not None:  # MCP servers: connected now, bounded
+            await hub.start()
         return cls(settings=settings, db=db, model=model, registry=registry, agents=agents,
                    prices=prices, keel_file=keel_file)
 
@@ -143,6 +151,8 @@ class Runtime:
         close: Callable[[], Any] | None = getattr(self.model, "close", None)
         if close is not None:
             await close()
+        if (hub := hub_of(self.registry)) is not None:
+            await hub.close()
         await self.db.close()
 
     def agent(self, name: str) -> AgentSpec:
@@ -417,16 +427,28 @@ class Runtime:
         task = asyncio.current_task()
         if task is not None:
             self._active[run.id] = (run, task)
+            if run.id in self._cancel_at_start:  # ends cancelled at its first step
+                self._cancel_at_start.discard(run.id)
+                run.cancel_requested = True
+                task.cancel()
 
-    def cancel(self, run_id: str) -> bool:
-        """Ask a running run to stop; it ends as ``cancelled``. False if it is not running here."""
+    def cancel(self, run_id: str, *, before_start: bool = False) -> bool:
+        """Ask a running run to stop; it ends as ``cancelled``. False if it is not running here,
+        unless ``before_start``: then a run of that id that has not begun yet (its request is
+        being routed or prepared) ends cancelled as it begins (see ``forget_cancel``)."""
         entry = self._active.get(run_id)
         if entry is None:
-            return False
+            if before_start:
+                self._cancel_at_start.add(run_id)
+            return before_start
         run, task = entry
         run.cancel_requested = True
         task.cancel()
         return True
+
+    def forget_cancel(self, run_id: str) -> None:
+        """The request of ``run_id`` is finished: a cancel that came too late is dropped."""
+        self._cancel_at_start.discard(run_id)
 
     def active_runs(self) -> list[Run]:
         return [run for run, _ in self._active.values()]
@@ -492,6 +514,8 @@ class Runtime:
             user_id=run.user_id, chat_id=run.chat_id, thread_id=run.thread_id,
             timezone=self.settings.timezone,
             extras={"fetch_allow_private": self.settings.fetch_allow_private,
+                    FILES_DIR_EXTRA: str(self.settings.files_dir),
+                    FILES_MAX_EXTRA: self.settings.max_file_bytes,
                     **approvals.extras_for(self.keel_file, run.agent.name)},
         )
 

@@ -5,6 +5,8 @@ expire and end the run as ``cancelled`` with a note in the thread."""
 from __future__ import annotations
 
 import logging
+import secrets
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import timedelta
@@ -22,11 +24,14 @@ from agents.trace_view import summarise
 from storage.escalations import Escalation
 
 if TYPE_CHECKING:
+    from bot.events import IncomingMessage
     from bot.service import KeelBot
 
 log = logging.getLogger(__name__)
 
 CALLBACK_PREFIX = "e"
+HELD_PREFIX = "m"  # "is this message the answer to the pending question?" yes / no
+HELD_MAX = 200  # messages held for that choice, per process (the oldest are forgotten)
 
 
 def callback_data(key: str, index: int) -> str:
@@ -35,7 +40,11 @@ def callback_data(key: str, index: int) -> str:
 
 def parse_callback(data: str) -> tuple[str, int] | None:
     parts = data.split(":")
-    if len(parts) != 3 or parts[0] != CALLBACK_PREFIX or not parts[2].isdigit():
+    if len(parts) != 3 or not parts[2].isdigit():
+        return None
+    if parts[0] == HELD_PREFIX:
+        return HELD_PREFIX, int(parts[2])
+    if parts[0] != CALLBACK_PREFIX:
         return None
     return parts[1], int(parts[2])
 
@@ -46,9 +55,14 @@ class Escalations:
         self.flow = EscalationFlow(keel.runtime, ttl=ttl)
         self.repo = self.flow.repo
         self.ttl = ttl
+        # token → (message, escalation id): plain messages held while the person says whether
+        # they answer the question pending in their chat. In memory: after a restart the
+        # buttons say so and the person sends the message again.
+        self._held: OrderedDict[str, tuple[IncomingMessage, str]] = OrderedDict()
 
     async def ask_in(self, conn: Any, result: RunResult, *, chat_id: int,
-                     thread_id: int | None, extra: list[int] | None = None) -> int:
+                     thread_id: int | None, extra: list[int] | None = None,
+                     asker: tuple[int, str] | None = None) -> int:
         """Store the escalation of a parked run and its question's outbox row inside ``conn``'s
         transaction (the one that records the run as waiting_human). Returns the outbox id.
 
@@ -81,7 +95,8 @@ class Escalations:
         buttons = [[Button(label=o, key=callback_data(escalation.id, i))]
                    for i, o in enumerate(escalation.options)]
         text = (self._approval(escalation, result) if escalation.kind == "approval"
-                else self._question(escalation, result))
+                else self._question(escalation, result,
+                                    asker=asker if ask_chat < 0 else None))  # groups: who asked
         return await self.keel.outbox.put(
             conn, chat_id=ask_chat, thread_id=ask_thread, reply_to=None, run_id=result.run_id,
             markdown=text, buttons=buttons or None, escalation_id=escalation.id)
@@ -103,11 +118,15 @@ class Escalations:
             "It runs only if you approve; if you deny it, the agent is told so.",
             f"_Expires {in_words(self.ttl.total_seconds())}; trace `{result.trace_id[:8]}`._"])
 
-    def _question(self, e: Escalation, result: RunResult) -> str:
+    def _question(self, e: Escalation, result: RunResult, *,
+                  asker: tuple[int, str] | None = None) -> str:
         summary = summarise(self.keel.runtime.traces.read(result.trace_id))
         tools = ", ".join(t.name for t in summary.tools) or "none"
         lines = [f"❓ **Decision needed** — `{result.agent}` is waiting for you", "",
                  f"**Why:** {e.reason}"]
+        if asker is not None:
+            name = asker[1].replace("[", "(").replace("]", ")") or str(asker[0])
+            lines.insert(1, f"Asked by [{name}](tg://user?id={asker[0]})")
         if e.context:
             lines += ["", f"**Context:** {e.context}"]
         lines += ["", "Tap an option, or reply to this message with your own answer."
@@ -151,6 +170,9 @@ class Escalations:
         parsed = parse_callback(query.data or "")
         if parsed is None:
             return False
+        if parsed[0] == HELD_PREFIX:
+            await self._on_held(update)
+            return True
         key, index = parsed
         escalation = await self.repo.get(key)
         if escalation is None or index >= len(escalation.options):
@@ -255,6 +277,66 @@ class Escalations:
             spawn(self._resume(e), f"resume run {e.run_id} after restart")
             count += 1
         return count
+
+    # ------------------------------------------------------------------ a message while asked
+
+    async def ask_if_answer(self, message: IncomingMessage) -> bool:
+        """In a private chat with a question pending, a plain message (not a reply) may be its
+        answer or a new request: ask with two buttons instead of guessing. False (nothing held)
+        when no question is pending there."""
+        if not message.is_private:
+            return False
+        waiting = [e for e in await self.repo.pending()
+                   if e.kind == "question" and e.chat_id == message.chat_id
+                   and (e.thread_id or 0) == (message.thread_id or 0)]
+        if not waiting:
+            return False
+        question = waiting[-1]
+        token = secrets.token_urlsafe(9)
+        self._held[token] = (message, question.id)
+        while len(self._held) > HELD_MAX:
+            self._held.popitem(last=False)
+        await self.keel.notifier.send(
+            message.chat_id,
+            f"❓ A question is waiting for your answer:\n\n**{question.reason}**\n\n"
+            "Is your message the answer to it?",
+            thread_id=message.thread_id,
+            buttons=[[Button(label="Yes, that is my answer", key=f"{HELD_PREFIX}:{token}:1")],
+                     [Button(label="No, it is a new request", key=f"{HELD_PREFIX}:{token}:0")]])
+        return True
+
+    async def _on_held(self, update: Update) -> None:
+        """The person's choice for a held message: answer the question with it, or run it."""
+        query = update.callback_query
+        assert query is not None
+        token, _, choice = (query.data or "").partition(":")[2].partition(":")
+        held = self._held.get(token)
+        if held is None:
+            await query.answer("This choice is no longer active; please send your message "
+                               "again.")
+            return
+        message, escalation_id = held
+        if query.from_user.id != message.user_id or query.message is None or \
+                query.message.chat.id != message.chat_id:
+            await query.answer("This choice is not yours; nothing was changed.")
+            return
+        del self._held[token]
+        await _best_effort(self.keel.notifier.edit(
+            message.chat_id, query.message.message_id,
+            "Taken as the answer to the question." if choice == "1"
+            else "Taken as a new request; the question stays open."), "close the choice")
+        if choice != "1":
+            await query.answer("Starting a new request.")
+            from bot.service import spawn
+
+            spawn(self.keel.process(message, taken=True), f"held message {message.update_id}")
+            return
+        escalation = await self.repo.get(escalation_id)
+        if escalation is None:
+            await query.answer(closed_text(None))
+            return
+        await self._answer(escalation, message.text, message.user_id, message.user_name,
+                           respond=query.answer)
 
     # ------------------------------------------------------------------ expiry
 

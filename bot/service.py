@@ -22,6 +22,7 @@ from telegram import Bot
 
 from agents.errors import DailyCapExceeded, KeelError
 from agents.notify import DeliveryError
+from agents.router import RouteDecision
 from agents.run import RunResult, describe, new_id
 from agents.runtime import OnCommit, Runtime
 from agents.sessions import Sessions
@@ -33,6 +34,8 @@ from storage.inbox import Inbox
 from storage.outbox import OutboxItem
 
 log = logging.getLogger(__name__)
+
+CANCELLED_BEFORE_START = "Cancelled before the agent started; nothing more will happen."
 
 PROGRESS_MAX_ACTIVE_RUNS = 10
 """Above this many runs at once, no typing actions or drafts: replies keep the rate limit."""
@@ -83,6 +86,7 @@ class KeelBot:
         self.inbox = Inbox(runtime.db)
         self.locks = ConversationLocks()
         self.active: dict[tuple[int, int], str] = {}  # conversation → running run id
+        self.routing: dict[tuple[int, int], asyncio.Task[Any]] = {}  # conversation → router call
         from bot.escalations import Escalations
 
         self.escalations = Escalations(self, ttl=timedelta(seconds=self.settings.escalation_ttl_s))
@@ -137,6 +141,8 @@ class KeelBot:
                 await self.escalations.on_reply(message.chat_id, message.reply_to_message_id,
                                                 message.text, message.user_id, message.user_name):
             return
+        if message.reply_to_message_id is None and await self.escalations.ask_if_answer(message):
+            return  # a question is pending here: the person says whether this answers it
         await self.process(message)
 
     async def say(self, message: IncomingMessage, markdown: str, *,
@@ -151,18 +157,24 @@ class KeelBot:
             await Inbox.close(conn, message.update_id, "done", run_id=run_id)
         await self._deliver([item])
 
-    async def process(self, message: IncomingMessage) -> None:
-        if not await self.inbox.take(message.update_id):
+    async def process(self, message: IncomingMessage, *, taken: bool = False) -> None:
+        """Answer a message with a run. ``taken``: the caller already owns the inbox row (a
+        message first held back to ask whether it answered a pending question)."""
+        if not taken and not await self.inbox.take(message.update_id):
             log.info("update %s is already answered; not answering twice", message.update_id)
             return
         key = message.conversation
         async with self.locks.hold(key):
+            run_id = None
             try:
-                await self._answer(message)
+                run_id = await self._answer(message)
             finally:
                 self.active.pop(key, None)
+                if run_id is not None:
+                    self.runtime.forget_cancel(run_id)
 
-    async def _answer(self, message: IncomingMessage) -> None:
+    async def _answer(self, message: IncomingMessage) -> str | None:
+        """Route and run one message; returns the run id it used (None before one was made)."""
         # The run's deadline starts now, when the request is taken, and covers routing.
         started = time.monotonic()
         text = message.text
@@ -175,27 +187,29 @@ class KeelBot:
             await self.runtime.check_daily_caps(message.user_id)
         except DailyCapExceeded as exc:
             await self.say(message, f"⚠️ {exc}")
-            return
+            return None
         route = None
         run_id = new_id()
         self.active[message.conversation] = run_id
-        if conversation.pinned_agent and conversation.pinned_agent in self.runtime.agents:
-            agent = conversation.pinned_agent
-        else:
-            route = await self.runtime.route(text, current=conversation.current_agent,
-                                             deadline=started + self.settings.run_timeout_s,
-                                             run_id=run_id, user_id=message.user_id,
-                                             conversation_id=conversation.id)
-            agent = route.agent
-            await self.runtime.conversations.set_current_agent(conversation.id, agent)
         items: list[int] = []
         try:
             # Typing and drafts share Telegram's rate limit with answers: under load, answers
-            # go first and the cosmetic traffic is shed.
+            # go first and the cosmetic traffic is shed. Typing starts before routing, so the
+            # person sees keel at work from the first moment.
             quiet = len(self.active) > PROGRESS_MAX_ACTIVE_RUNS
             async with Progress(self.bot, message.chat_id, message.thread_id,
                                 private=message.is_private, draft_id=message.message_id,
                                 quiet=quiet) as progress:
+                if conversation.pinned_agent and conversation.pinned_agent in self.runtime.agents:
+                    agent = conversation.pinned_agent
+                else:
+                    route = await self._route(message, text, conversation.current_agent,
+                                              conversation.id, started, run_id)
+                    if route is None:
+                        await self.say(message, CANCELLED_BEFORE_START, run_id=run_id)
+                        return run_id
+                    agent = route.agent
+                    await self.runtime.conversations.set_current_agent(conversation.id, agent)
                 turn = await self.sessions.turn(
                     chat_id=message.chat_id, thread_id=message.thread_id, agent=agent,
                     content=[{"type": "text", "text": text}], user_id=message.user_id,
@@ -204,25 +218,48 @@ class KeelBot:
                     on_commit=self.outcome_commit(
                         chat_id=message.chat_id, thread_id=message.thread_id,
                         reply_to=None if message.is_private else message.message_id,
-                        update_id=message.update_id, items=items),
+                        update_id=message.update_id, items=items,
+                        asker=(message.user_id, message.user_name)),
                 )
         except KeelError as exc:
             await self.say(message, f"⚠️ {exc}", run_id=run_id)
-            return
+            return run_id
         await self._deliver(items)
         # Compaction is its own step after the reply is committed and sent: a crash before it
         # loses nothing and repeats nothing (the next turn compacts instead).
         await self.sessions.maybe_compact(turn.session_id, user_id=message.user_id)
+        return run_id
+
+    async def _route(self, message: IncomingMessage, text: str, current: str | None,
+                     conversation_id: int, started: float, run_id: str) -> RouteDecision | None:
+        """The router's choice, in a task of its own so /cancel can stop it; None if it was
+        cancelled on request."""
+        task = asyncio.ensure_future(self.runtime.route(
+            text, current=current, deadline=started + self.settings.run_timeout_s,
+            run_id=run_id, user_id=message.user_id, conversation_id=conversation_id))
+        self.routing[message.conversation] = task
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current_task = asyncio.current_task()
+            if current_task is not None and current_task.cancelling():
+                raise  # shutdown, not /cancel
+            log.info("run %s cancelled on request while routing", run_id)
+            return None
+        finally:
+            self.routing.pop(message.conversation, None)
 
     def outcome_commit(self, *, chat_id: int, thread_id: int | None, reply_to: int | None,
-                       update_id: int | None, items: list[int]) -> OnCommit:
+                       update_id: int | None, items: list[int],
+                       asker: tuple[int, str] | None = None) -> OnCommit:
         """What a finished run commits with its outcome, in the same transaction: its reply (or
         its question), and the inbox row of the message it answered. Outbox ids go to ``items``."""
 
         async def commit(conn: Any, result: RunResult) -> None:
             if result.status == "waiting_human":
                 items.append(await self.escalations.ask_in(conn, result, chat_id=chat_id,
-                                                           thread_id=thread_id, extra=items))
+                                                           thread_id=thread_id, extra=items,
+                                                           asker=asker))
             else:
                 items.append(await self.outbox.put(
                     conn, chat_id=chat_id, thread_id=thread_id, reply_to=reply_to,
@@ -278,8 +315,16 @@ class KeelBot:
     """Set by the app: hands an update to the handlers (the same path as a fresh one)."""
 
     def cancel(self, key: tuple[int, int]) -> bool:
+        """Stop the run of this conversation at whatever stage it is: routing (the router call
+        is cancelled), starting (the run ends cancelled as soon as it begins) or running."""
         run_id = self.active.get(key)
-        return bool(run_id) and self.runtime.cancel(run_id)  # type: ignore[arg-type]
+        if not run_id:
+            return False
+        routing = self.routing.get(key)
+        if routing is not None and not routing.done():
+            routing.cancel()
+            return True
+        return self.runtime.cancel(run_id, before_start=True)
 
 
 _background: set[asyncio.Task[None]] = set()
