@@ -54,7 +54,9 @@ async def test_a_write_in_one_process_waits_for_the_others_to_commit(open_db: Op
     task = asyncio.create_task(long_write())
     waiter = asyncio.create_task(second_write())
     await inside.wait()
-    while not await one.fetchval(  # the second writer is queued on keel's write lock
+    # Until the second writer queues on keel's write lock (another session's lock state has no
+    # event to wait on: it is polled).
+    while not await one.fetchval(  # noqa: ASYNC110
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"):
         await asyncio.sleep(0.005)
     assert order == []
