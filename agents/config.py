@@ -305,6 +305,11 @@ class AgentConfig(BaseModel):
     approvers: list[int] | None = None
     """Telegram user ids who may approve this agent's calls (default: the owner and admins)."""
 
+    @field_validator("tools", "approve", "no_approval")
+    @classmethod
+    def _mcp_tools(cls, names: list[str]) -> list[str]:
+        return _mcp_refs(names)
+
     @model_validator(mode="after")
     def _approval_lists_disjoint(self) -> AgentConfig:
         both = sorted(set(self.approve) & set(self.no_approval))
@@ -340,6 +345,84 @@ class ScheduleConfig(BaseModel):
     """Posted when the guard skips a fire (default: nothing is posted)."""
 
 
+MCP_TOOL_PREFIX = "mcp:"
+MCP_NAME_SEPARATOR = "__"
+
+
+def mcp_tool_name(server: str, tool: str) -> str:
+    """The name the model sees for ``tool`` of MCP server ``server`` (``files__read_file``):
+    Anthropic's tool-name alphabet, at most 64 characters."""
+    clean = re.sub(r"[^A-Za-z0-9_-]", "_", tool)
+    name = f"{server}{MCP_NAME_SEPARATOR}{clean}"
+    if len(name) > 64:
+        digest = hashlib.sha256(tool.encode()).hexdigest()[:8]
+        name = f"{name[:55]}_{digest}"
+    return name
+
+
+def _mcp_refs(names: list[str]) -> list[str]:
+    """``mcp:server/tool`` (keel.toml's spelling) → the tool's name in the registry."""
+    out = []
+    for name in names:
+        if name.startswith(MCP_TOOL_PREFIX):
+            server, sep, tool = name.removeprefix(MCP_TOOL_PREFIX).partition("/")
+            if not sep or not server or not tool or tool == "*":
+                raise ValueError(f"{name!r}: name one MCP tool as 'mcp:SERVER/TOOL'")
+            name = mcp_tool_name(server, tool)
+        out.append(name)
+    return out
+
+
+class RateLimitConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    calls: int = Field(ge=1)
+    per_s: float = Field(gt=0)
+
+
+class McpServerConfig(BaseModel):
+    """An MCP tool server in keel.toml under ``[[mcp]]``: a command keel starts (stdio) or a
+    streamable HTTP URL. ``${VAR}`` in ``env`` and ``headers`` values is read from keel's
+    environment when keel connects, so secrets stay out of keel.toml."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,23}$")
+    command: str | None = None
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: Path | None = None
+    url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float | None = Field(None, gt=0)
+    """Bound of one tool call, retries included (default: the agent's tool timeout)."""
+    connect_timeout_s: float = Field(10.0, gt=0)
+    reconnect_after_s: float = Field(30.0, ge=0)
+    """After a failure the server is tried again this long later (doubling while it keeps
+    failing, up to 10 minutes); meanwhile its tools answer an error at once."""
+    side_effects: list[str] = Field(default_factory=list)
+    """Tools (their MCP names) that change something: their results are stored per request,
+    so a retried run does not repeat the effect, and a lost connection is not retried."""
+    not_idempotent: list[str] = Field(default_factory=list)
+    """Side-effecting tools whose every call must run (no stored result is given back)."""
+    rate_limit: RateLimitConfig | None = None
+    """At most ``calls`` calls of this server's tools per tool in any ``per_s`` seconds."""
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServerConfig:
+        if MCP_NAME_SEPARATOR in self.name:
+            raise ValueError(f"[[mcp]] name {self.name!r} may not contain "
+                             f"{MCP_NAME_SEPARATOR!r} (it separates server and tool names)")
+        if (self.command is None) == (self.url is None):
+            raise ValueError(f"[[mcp]] {self.name!r}: give either command (a server keel "
+                             "starts) or url (streamable HTTP), not both")
+        if self.url is not None and urlsplit(self.url).scheme not in ("http", "https"):
+            raise ValueError(f"[[mcp]] {self.name!r}: url must be http:// or https://")
+        if self.url is None and self.headers:
+            raise ValueError(f"[[mcp]] {self.name!r}: headers apply to a url server only")
+        return self
+
+
 class KeelFile(BaseModel):
     """The optional keel.toml."""
 
@@ -352,6 +435,8 @@ class KeelFile(BaseModel):
     default_agent: str = "assistant"
     evals_dir: Path | None = None
     """Golden tasks for `keel eval` (relative to keel.toml; default: evals/ beside it)."""
+    mcp: list[McpServerConfig] = Field(default_factory=list)
+    """MCP tool servers; an agent allows one of their tools as ``"mcp:SERVER/TOOL"``."""
 
 
 def load_keel_file(path: Path | None) -> KeelFile:

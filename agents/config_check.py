@@ -24,6 +24,7 @@ from agents.schedule import ScheduledJob, jobs_from_config
 from agents.spec import AgentSpec, Limits
 from agents.tools import ToolRegistry, builtin_registry, load_tool_modules
 from agents.tools.external import EXTERNAL_CONTENT_TOOLS, with_rule
+from agents.tools.mcp import is_mcp_tool, mcp_problems, register_mcp_tools
 
 CONFIG_FIX = "Edit keel.toml (or the file KEEL_CONFIG names); `keel doctor` checks it again."
 
@@ -70,6 +71,11 @@ def check_configuration(settings: Settings, *,
             load_tool_modules(registry, [module])
         except ConfigError as exc:
             problems.append(Problem(str(exc), "Fix or remove it under tool_modules in keel.toml."))
+    problems.extend(Problem(what, fix) for what, fix in mcp_problems(keel_file))
+    try:  # MCP servers are not contacted here: their tools are declared, connected at start
+        register_mcp_tools(registry, keel_file)
+    except ConfigError as exc:
+        problems.append(Problem(str(exc), "Rename the tool or the [[mcp]] server in keel.toml."))
     checked.agents = assemble_agents(settings, keel_file, registry, problems)
     if keel_file.default_agent not in checked.agents:
         problems.append(Problem(
@@ -111,7 +117,8 @@ def assemble_agents(settings: Settings, keel_file: KeelFile, registry: ToolRegis
             problems.append(Problem(str(exc), f"Fix system_file of [agents.{name}] in keel.toml, "
                                     "or give the prompt inline with system = \"...\"."))
     for name, spec in agents.items():
-        if EXTERNAL_CONTENT_TOOLS.intersection(spec.tools):  # it reads outside text: say so
+        mcp = [t for t in spec.tools if t in registry and is_mcp_tool(registry.current(t))]
+        if EXTERNAL_CONTENT_TOOLS.intersection(spec.tools) or mcp:  # it reads outside text
             agents[name] = replace(spec, system=with_rule(spec.system))
     known = set(registry.names())
     for spec in list(agents.values()):
