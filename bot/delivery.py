@@ -264,7 +264,13 @@ class Outbox:
             item = await self.repo.get(item_id)  # another delivery may have finished it
             if item is None or item.status != "pending":
                 return None
-            return await self._deliver(item)
+            if not await self.repo.lease(item_id):  # another process is delivering it
+                log.info("outbox %s is being delivered by another process", item_id)
+                return None
+            try:
+                return await self._deliver(item)
+            finally:
+                await asyncio.shield(self.repo.release(item_id))
 
     async def _deliver(self, item: OutboxItem) -> Delivered:
         ids = list(item.message_ids)

@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from storage.db import Database, WriteConnection, now_iso
+from storage.db import Database, WriteConnection, iso, now_iso
+from storage.owner import is_alive, this_process
+
+LEASE_S = 300.0
+"""How long a process may deliver a row before another may take it over: longer than the worst
+wait inside one attempt (a 120 s flood wait), renewed before each attempt."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,10 +77,37 @@ class OutboxRepository:
         rows = await self.db.fetchall("SELECT * FROM outbox WHERE status = 'pending' ORDER BY id")
         return [_item(r) for r in rows]
 
+    async def lease(self, item_id: int, *, seconds: float = LEASE_S) -> bool:
+        """Take (or renew) the right to deliver a pending row, for ``seconds``. False when another
+        live process holds it: with several processes, one row is delivered by one at a time.
+        A lease of a process that is gone (on this host) or past its time is taken over."""
+        now = datetime.now(UTC)
+        row = await self.db.fetchone(
+            "SELECT leased_by, leased_until FROM outbox WHERE id = ? AND status = 'pending'",
+            (item_id,))
+        if row is None:
+            return False
+        holder = row["leased_by"] or ""
+        if holder and holder != this_process() and (row["leased_until"] or "") > iso(now) \
+                and is_alive(holder):
+            return False
+        # guarded: of two processes taking a free (or dead process's) lease, one wins
+        return await self.db.execute_write(
+            "UPDATE outbox SET leased_by = ?, leased_until = ? WHERE id = ? AND status = 'pending'"
+            " AND COALESCE(leased_by, '') = ?",
+            (this_process(), iso(now + timedelta(seconds=seconds)), item_id, holder)) == 1
+
+    async def release(self, item_id: int) -> None:
+        await self.db.execute_write(
+            "UPDATE outbox SET leased_by = NULL, leased_until = NULL WHERE id = ? AND leased_by = ?",
+            (item_id, this_process()))
+
     async def handing_over(self, item_id: int, chunk: int) -> None:
-        """Chunk ``chunk`` is about to be sent: committed before the request leaves."""
-        await self.db.execute_write("UPDATE outbox SET inflight_chunk = ?, attempts = attempts + 1"
-                                    " WHERE id = ?", (chunk, item_id))
+        """Chunk ``chunk`` is about to be sent: committed before the request leaves (the lease is
+        renewed with it)."""
+        await self.db.execute_write(
+            "UPDATE outbox SET inflight_chunk = ?, attempts = attempts + 1, leased_until = ?"
+            " WHERE id = ?", (chunk, iso(datetime.now(UTC) + timedelta(seconds=LEASE_S)), item_id))
 
     async def accepted(self, item_id: int, message_ids: list[int]) -> None:
         """Telegram accepted the chunk in flight; ``message_ids`` are all accepted so far."""
@@ -96,13 +129,14 @@ class OutboxRepository:
 
     async def sent(self, item_id: int) -> None:
         await self.db.execute_write(
-            "UPDATE outbox SET status = 'sent', sent_at = ?, inflight_chunk = NULL WHERE id = ?",
+            "UPDATE outbox SET status = 'sent', sent_at = ?, inflight_chunk = NULL,"
+            " leased_by = NULL, leased_until = NULL WHERE id = ?",
             (now_iso(), item_id))
 
     async def failed(self, item_id: int, error: str) -> None:
         await self.db.execute_write(
-            "UPDATE outbox SET status = 'failed', last_error = ?, inflight_chunk = NULL"
-            " WHERE id = ?", (error, item_id))
+            "UPDATE outbox SET status = 'failed', last_error = ?, inflight_chunk = NULL,"
+            " leased_by = NULL, leased_until = NULL WHERE id = ?", (error, item_id))
 
 
 def _item(row: Any) -> OutboxItem:
