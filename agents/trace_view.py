@@ -26,6 +26,8 @@ class ToolLine:
 class TraceSummary:
     trace_id: str
     run_id: str | None = None
+    asked: str | None = None
+    """The person's (or the schedule's) request this run answered: its text."""
     agent: str | None = None
     kind: str | None = None
     model: str | None = None
@@ -55,11 +57,15 @@ def summarise(events: list[dict[str, Any]]) -> TraceSummary:
     first = events[0] if events else {}
     s = TraceSummary(trace_id=first.get("trace_id", "?"), run_id=first.get("run_id"))
     pending: dict[str, ToolLine] = {}
+    new_from = 0
     for e in events:
         kind = e.get("type")
         if kind == "run_start":
             s.agent, s.kind, s.model, s.started = e.get("agent"), e.get("kind"), e.get("model"), e["ts"]
             s.budget_usd = (e.get("limits") or {}).get("budget_usd")
+            new_from = int(e.get("history_messages") or 0)
+        elif kind == "model_request" and s.asked is None:
+            s.asked = _asked(e.get("messages") or [], new_from - int(e.get("messages_base") or 0))
         elif kind == "model_response":
             s.model_calls += 1
             usage = e.get("usage") or {}
@@ -93,6 +99,22 @@ def summarise(events: list[dict[str, Any]]) -> TraceSummary:
     return s
 
 
+def _asked(messages: list[dict[str, Any]], index: int) -> str | None:
+    """The text of the run's task: the first message after the history, else the last user
+    message of the first request."""
+    users = [m for m in messages if m.get("role") == "user"]
+    chosen = messages[index] if 0 <= index < len(messages) and \
+        messages[index].get("role") == "user" else (users[-1] if users else None)
+    if chosen is None:
+        return None
+    content = chosen.get("content")
+    if isinstance(content, str):
+        return content
+    texts = [b.get("text", "") for b in content or [] if isinstance(b, dict)
+             and b.get("type") == "text"]
+    return "\n".join(t for t in texts if t) or None
+
+
 def _short(value: Any, limit: int = 160) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -117,6 +139,7 @@ def render_summary(s: TraceSummary) -> str:
     started = s.started and datetime.fromisoformat(s.started).strftime("%Y-%m-%d %H:%M:%S UTC")
     budget = f" of ${s.budget_usd:.2f}" if s.budget_usd else ""
     lines = [
+        "asked: " + (_short(s.asked, 300).replace("\n", "\n       ") if s.asked else "?"),
         f"trace {s.trace_id}  run {s.run_id}",
         f"agent {s.agent} ({s.kind}) on {s.model}, started {started}",
         f"status: {s.status}" + (f" — {s.detail}" if s.detail else ""),

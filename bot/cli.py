@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         "agents and schedules in an optional keel.toml (KEEL_CONFIG).",
         epilog="Start with `keel doctor` to see what is missing. Every command has --help.",
     )
+    parser.add_argument("--version", action="version", version=f"keel {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("run", help="run the Telegram bot (long polling)",
@@ -65,15 +66,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("keel")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def _register_runtime_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Commands over the agent runtime (agents, chat, traces, schedules)."""
-    from bot import cli_cost, cli_escalation, cli_eval, cli_runtime, cli_schedule
+    from bot import cli_cost, cli_escalation, cli_eval, cli_mcp, cli_runtime, cli_schedule
 
     cli_runtime.register(sub)
     cli_escalation.register(sub)
     cli_schedule.register(sub)
     cli_cost.register(sub)
     cli_eval.register(sub)
+    cli_mcp.register(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

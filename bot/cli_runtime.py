@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from storage.escalations import Escalation
 
 EXIT_USAGE = 2
+DEFAULT_TRACE_LIMIT = 30
 LOCAL_CHAT_ID = -1  # the terminal's conversation, beside Telegram's (which are never negative -1)
 
 
@@ -47,12 +48,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     trace = sub.add_parser("trace", help="read run traces").add_subparsers(
         dest="trace_command", metavar="SUBCOMMAND", required=True)
-    p = trace.add_parser("list", help="traces of a day (default: all days)")
-    p.add_argument("--date", metavar="YYYY-MM-DD")
+    p = trace.add_parser("list", help="recent runs' traces, newest first",
+                         description="Traces newest first: when each run started (in "
+                         "KEEL_TIMEZONE), its trace and run ids (any unique prefix of either "
+                         "works in `trace show`, `trace replay` and /trace), agent, status, cost "
+                         "and tool calls.")
+    p.add_argument("--date", metavar="YYYY-MM-DD", help="only the traces of this day (UTC)")
+    p.add_argument("--limit", type=int, default=DEFAULT_TRACE_LIMIT, metavar="N",
+                   help=f"at most N traces (default {DEFAULT_TRACE_LIMIT})")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_trace_list)
     p = trace.add_parser("show", help="a run's summary, or the exact JSON of one model request")
-    p.add_argument("id", metavar="ID", help="trace id (or a unique prefix of it)")
+    p.add_argument("id", metavar="ID", help="trace id or run id (or a unique prefix of either)")
     p.add_argument("--request", type=int, metavar="N", help="print the N-th model request (1-based)")
     p.add_argument("--json", action="store_true", help="print the raw events")
     p.set_defaults(handler=_trace_show)
@@ -64,7 +71,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "budget-continued, cancelled, timed-out, interrupted and plan-then-execute runs replay "
         "part by part as they happened. Exit 0 when the replay is identical, 1 when it is not "
         "(the first difference is printed with its JSON path).")
-    p.add_argument("id", metavar="ID", help="trace id (or a unique prefix of it)")
+    p.add_argument("id", metavar="ID", help="trace id or run id (or a unique prefix of either)")
     p.set_defaults(handler=_trace_replay)
 
 
@@ -271,24 +278,94 @@ def _trace_store(settings: Settings) -> Any:
     return TraceStore(settings.traces_dir)
 
 
+class TraceNotFound(LookupError):
+    """No trace, or more than one, answers to an id: the message says which."""
+
+
+def resolve_trace(settings: Settings, wanted: str) -> str:
+    """The one trace id that ``wanted`` names: a trace id or a run id, or a unique prefix of
+    either (the ids `keel trace list`, /runs, replies and notices print)."""
+    wanted = wanted.strip()
+    store = _trace_store(settings)
+    if not wanted:
+        raise TraceNotFound("give a trace or run id (see `keel trace list`)")
+    exact = store.find(wanted)
+    if exact is not None and exact.trace_id == wanted:
+        return wanted
+    found = {t.trace_id for t in store.list() if t.trace_id.startswith(wanted)}
+    found |= set(asyncio.run(_traces_of_runs(settings, wanted)))
+    if len(found) == 1:
+        return found.pop()
+    if found:
+        raise TraceNotFound(f"{len(found)} runs match {wanted!r}; give more of the id (see "
+                            "`keel trace list`)")
+    raise TraceNotFound(f"no trace or run {wanted!r} under {settings.data_dir} (see `keel trace "
+                        "list`)")
+
+
+async def _traces_of_runs(settings: Settings, prefix: str) -> list[str]:
+    """Trace ids of the stored runs whose run or trace id starts with ``prefix``."""
+    from storage.connect import database_for
+    from storage.runs import RunRepository
+
+    db = database_for(settings)
+    if db.dialect == "sqlite" and not settings.db_path.exists():
+        return []
+    await db.connect()
+    try:
+        runs = await RunRepository(db).visible(user_id=None, chat_id=None, prefix=prefix, limit=3)
+    finally:
+        await db.close()
+    return [r.trace_id for r in runs]
+
+
+def _local(iso: str | None, settings: Settings) -> str:
+    if not iso:
+        return "?"
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso).astimezone(settings.tz).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def _trace_list(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import date
+
     from agents.trace_view import summarise
 
+    if args.date is not None:
+        try:
+            date.fromisoformat(args.date)
+        except ValueError:
+            print(f"keel: --date {args.date!r} is not a date; write it as YYYY-MM-DD, e.g. "
+                  f"{date.today().isoformat()}", file=sys.stderr)
+            return EXIT_USAGE
+    if args.limit < 1:
+        print("keel: --limit must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    store = _trace_store(settings)
     rows = []
-    for item in _trace_store(settings).list(args.date):
-        s = summarise(_trace_store(settings).read(item.trace_id))
-        rows.append({"trace_id": item.trace_id, "day": item.day, "agent": s.agent,
-                     "status": s.status, "cost_usd": round(s.cost_usd, 6), "steps": s.steps,
+    # newest files first (days, then last write); only the ones shown are read
+    for item in list(reversed(store.list(args.date)))[: args.limit]:
+        s = summarise(store.read(item.trace_id))
+        rows.append({"trace_id": item.trace_id, "run_id": s.run_id, "day": item.day,
+                     "started": s.started, "agent": s.agent, "status": s.status,
+                     "cost_usd": round(s.cost_usd, 6), "steps": s.steps,
                      "model_calls": s.model_calls})
+    rows.sort(key=lambda r: r["started"] or "", reverse=True)
     if args.json:
         print(json.dumps(rows, ensure_ascii=False))
         return 0
     if not rows:
         print("no traces" + (f" on {args.date}" if args.date else ""))
         return 0
-    for r in rows:
-        print(f"{r['day']}  {r['trace_id']}  {r['agent'] or '?':<12} {r['status']:<16} "
-              f"${r['cost_usd']:.4f}  {r['steps']} tool call(s)")
+    header = (f"STARTED ({settings.timezone})", "TRACE", "RUN", "AGENT", "STATUS", "COST",
+              "TOOLS")
+    table = [header] + [(_local(r["started"], settings), r["trace_id"][:8],
+                         (r["run_id"] or "?")[:8], r["agent"] or "?", r["status"],
+                         f"${r['cost_usd']:.4f}", str(r["steps"])) for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for line in table:
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
     return 0
 
 
@@ -297,10 +374,10 @@ def _trace_show(args: argparse.Namespace, settings: Settings) -> int:
 
     store = _trace_store(settings)
     try:
-        events = store.read(args.id)
-    except FileNotFoundError:
-        print(f"keel: no trace {args.id!r} under {settings.traces_dir} "
-              "(see `keel trace list`)", file=sys.stderr)
+        trace_id = resolve_trace(settings, args.id)
+        events = store.read(trace_id)
+    except (TraceNotFound, FileNotFoundError) as exc:
+        print(f"keel: {exc}", file=sys.stderr)
         return 1
     if args.json:
         for e in events:
@@ -323,9 +400,10 @@ def _trace_replay(args: argparse.Namespace, settings: Settings) -> int:
     from agents.replay import ReplayError, replay
 
     try:
-        events = _trace_store(settings).read(args.id)
-    except FileNotFoundError:
-        print(f"keel: no trace {args.id!r} under {settings.traces_dir}", file=sys.stderr)
+        trace_id = resolve_trace(settings, args.id)
+        events = _trace_store(settings).read(trace_id)
+    except (TraceNotFound, FileNotFoundError) as exc:
+        print(f"keel: {exc}", file=sys.stderr)
         return 1
     try:
         report = asyncio.run(replay(events, prices=price_table(load_keel_file(settings.config_path))))

@@ -11,6 +11,7 @@ import asyncio
 from telegram import BotCommand, Update
 from telegram.ext import ContextTypes
 
+from agents.approvals import code_block
 from agents.router import routable
 from agents.trace_view import render_summary, summarise
 from bot.access import (
@@ -42,6 +43,12 @@ async def _reply(update: Update, context: ContextTypes.DEFAULT_TYPE, markdown: s
     assert message is not None
     thread = message.message_thread_id if message.is_topic_message else None
     await _keel(context).notifier.send(message.chat_id, markdown, thread_id=thread)
+
+
+def _where(update: Update) -> str:
+    """What a conversation is called to the person: a topic of a forum, or a chat."""
+    message = update.effective_message
+    return "topic" if message is not None and message.is_topic_message else "chat"
 
 
 def _key(update: Update) -> tuple[int, int]:
@@ -79,7 +86,8 @@ async def agents(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     for name, spec in routable(keel.runtime.agents).items():
         mark = " (pinned)" if conversation.pinned_agent == name else ""
         lines.append(f"• `{name}`{mark} — {spec.description}")
-    lines.append("\n/agent NAME pins one for this chat; /auto lets the router choose.")
+    lines.append(f"\n/agent NAME pins one for this {_where(update)}; /auto lets the router "
+                 "choose.")
     await _reply(update, context, "\n".join(lines))
 
 
@@ -97,7 +105,7 @@ async def agent(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         return
     conversation = await keel.runtime.conversations.get_or_create(*_key(update))
     await keel.runtime.conversations.pin(conversation.id, name)
-    await _reply(update, context, f"Pinned `{name}` for this chat. /auto to unpin.")
+    await _reply(update, context, f"Pinned `{name}` for this {_where(update)}. /auto to unpin.")
 
 
 async def auto(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -193,7 +201,8 @@ async def trace(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         return
     events = await asyncio.to_thread(keel.runtime.traces.read, found.trace_id)
     summary = render_summary(summarise(events))
-    await _reply(update, context, f"```\n{summary}\n```")
+    # a fence longer than any backtick run in the summary: an answer's own ``` cannot close it
+    await _reply(update, context, code_block(summary))
     message = update.effective_message
     assert message is not None
     if not private:  # the file holds the whole conversation and system prompt

@@ -354,7 +354,12 @@ def answer_text(result: RunResult) -> str:
     if result.output:
         lines.append(result.output)
         lines.append("")
-    lines.append(f"⚠️ The run {describe(result.status)}" + (f": {result.detail}." if result.detail else "."))
+    if result.status == "cancelled":
+        lines.append("⚠️ Cancelled, as you asked." if result.detail in (None, "cancelled on request")
+                     else f"⚠️ The run was cancelled: {result.detail}.")
+    else:
+        lines.append(f"⚠️ The run {describe(result.status)}"
+                     + (f": {result.detail}." if result.detail else "."))
     lines.append(f"Trace: `{result.trace_id}` (`/trace {result.trace_id[:8]}`)")
     return "\n".join(lines)
 
