@@ -6,7 +6,9 @@ it PostgreSQL's:
 
 - ``pyformat()``: every query, at run time: ``?`` → ``%s`` and ``%`` → ``%%`` (psycopg reads ``%``
   as a placeholder everywhere, literals included), outside string literals, quoted names and
-  comments only where it matters (a ``?`` inside a literal stays a character).
+  comments only where it matters (a ``?`` inside a literal stays a character). A parameter only
+  tested for NULL (``? IS NULL``) is cast to text: PostgreSQL cannot otherwise tell the type of a
+  NULL sent there, and refuses the query.
 - ``postgres_ddl()``: migrations only: SQLite's column types become PostgreSQL's. ``INTEGER`` is
   ``BIGINT`` (Telegram ids pass 32 bits), ``INTEGER PRIMARY KEY`` an identity column (SQLite
   numbers such a column itself), ``REAL`` ``DOUBLE PRECISION``, ``BLOB`` ``BYTEA``; SQLite-only
@@ -69,6 +71,9 @@ def tokens(sql: str) -> list[tuple[Kind, str]]:
     return out
 
 
+_NULL_TEST = re.compile(r"\?(?=\s+IS\s+(?:NOT\s+)?NULL\b)", re.I)
+
+
 @lru_cache(maxsize=2048)
 def pyformat(sql: str) -> str:
     """``?`` placeholders as psycopg's ``%s``; every literal ``%`` doubled."""
@@ -76,7 +81,7 @@ def pyformat(sql: str) -> str:
     for kind, text in tokens(sql):
         text = text.replace("%", "%%")
         if kind == "code":
-            text = text.replace("?", "%s")
+            text = _NULL_TEST.sub("CAST(? AS TEXT)", text).replace("?", "%s")
         parts.append(text)
     return "".join(parts)
 
