@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from agents.config import McpServerConfig, mcp_tool_name
 from agents.tools.errors import ToolError
@@ -102,8 +103,11 @@ class McpServer:
     @property
     def target(self) -> str:
         """Where the server is, for people (a URL without its query, or the command)."""
-        if self.config.url is not None:
-            return self.config.url.split("?", 1)[0]
+        if self.config.url is not None:  # no credentials: no userinfo, no query
+            parts = urlsplit(self.config.url)
+            host = parts.hostname or ""
+            port = f":{parts.port}" if parts.port else ""
+            return f"{parts.scheme}://{host}{port}{parts.path}"
         return " ".join([self.config.command or "", *self.config.args]).strip()
 
     def tool_named(self, wanted: str) -> ListedTool | None:
