@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from agents.errors import ConfigError, MissingSettingError
+from agents.patterns_config import GraderConfig, InjectDocsConfig, ResearchConfig, RetrievalConfig
 from agents.pricing import Price, PriceTable
 
 DEFAULT_TELEGRAM_API_BASE_URL = "https://api.telegram.org/bot"
@@ -304,6 +305,12 @@ class AgentConfig(BaseModel):
     """Tools declared as needing approval that run here without asking."""
     approvers: list[int] | None = None
     """Telegram user ids who may approve this agent's calls (default: the owner and admins)."""
+    inject_docs: InjectDocsConfig | None = None
+    """Documents retrieved once for a fixed query and placed in the cached prefix."""
+    grader: GraderConfig | None = None
+    """A check of each answer: one retry with its feedback, then a person decides."""
+    research: ResearchConfig | None = None
+    """Settings of the ``research`` tool's child runs (fan-out of sub-questions)."""
 
     @field_validator("tools", "approve", "no_approval")
     @classmethod
@@ -435,6 +442,8 @@ class KeelFile(BaseModel):
     default_agent: str = "assistant"
     evals_dir: Path | None = None
     """Golden tasks for `keel eval` (relative to keel.toml; default: evals/ beside it)."""
+    retrieval: RetrievalConfig | None = None
+    """The owner's documents for ``search_docs`` and injected retrieval (``keel index``)."""
     mcp: list[McpServerConfig] = Field(default_factory=list)
     """MCP tool servers; an agent allows one of their tools as ``"mcp:SERVER/TOOL"``."""
 
@@ -461,6 +470,8 @@ def load_keel_file(path: Path | None) -> KeelFile:
             agent.system_file = path.parent / agent.system_file
         if agent.system is None and agent.system_file is None:
             raise ConfigError(f"{str(path)!r}: agent {name!r} needs `system` or `system_file`.")
+    if parsed.retrieval is not None and not parsed.retrieval.corpus.is_absolute():
+        parsed.retrieval.corpus = path.parent / parsed.retrieval.corpus
     return parsed
 
 

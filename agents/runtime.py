@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, assert_never
 
-from agents import approvals
+from agents import approvals, reflexion
 from agents.affordability import Affordability
 from agents.attachments import AttachmentClient
 from agents.budget import LedgerGate
@@ -26,6 +26,7 @@ from agents.executor import Hooks, execute
 from agents.executor.loop import OnProgress
 from agents.executor.plan import execute_plan, resume_plan
 from agents.model.types import ModelClient
+from agents.patterns import Patterns
 from agents.pricing import PriceTable, Usage
 from agents.router import ROUTER_AGENT, RouteDecision, routable, route
 from agents.run import Run, RunKind, RunResult, new_id
@@ -88,6 +89,8 @@ class RunRequest:
     covers routing and any wait before the run."""
     session_anchor: SessionAnchor | None = None
     """The exact input size the session kept from its last turn (tightens the first reservation)."""
+    parent_trace_id: str | None = None
+    """The run that fanned this one out (``research``): its trace links this run's."""
 
 
 class Runtime:
@@ -114,6 +117,7 @@ class Runtime:
         self.usage = UsageLedger(db)
         self.idempotency = IdempotencyStore(db)
         self.conversations = ConversationRepository(db)
+        self.patterns = Patterns(self, request_type=RunRequest)
         self._active: dict[str, tuple[Run, asyncio.Task[Any]]] = {}
         self._cancel_at_start: set[str] = set()  # /cancel arrived before the run began
 
@@ -240,7 +244,7 @@ class Runtime:
         """Start and finish one run. Raises only for what prevents a start (config, daily caps).
 
         ``on_commit`` runs inside the transaction that records the final status."""
-        spec = self.agent(request.agent)
+        spec = await self.patterns.prepare(self.agent(request.agent))
         model_name = spec.model or self.settings.executor_model
         price = self.prices.require(model_name)
         await self.check_daily_caps(request.user_id, request.schedule)
@@ -266,7 +270,9 @@ class Runtime:
                    thread_id=request.thread_id, session_id=request.session_id,
                    limits=_limits_dict(limits), tools=list(spec.tools),
                    history_messages=request.new_from, replay=self._replay_inputs(
-                       spec, price, limits, request))
+                       spec, price, limits, request),
+                   **({"parent_trace_id": request.parent_trace_id}
+                      if request.parent_trace_id else {}))
         if request.route is not None:
             trace.emit("route", **request.route.trace_payload())
             if request.route.cost_usd:
@@ -276,7 +282,8 @@ class Runtime:
                     await self._record_usage(run, request.route.usage, request.route.cost_usd)
         self._track(run)
         catalog = self.registry.catalog(list(spec.tools))
-        hooks = Hooks(on_usage=self._record_usage, on_progress=on_progress)
+        hooks = Hooks(on_usage=self._record_usage, on_progress=on_progress,
+                      grader=self.patterns.grader(spec))
         try:
             match spec.pattern:
                 case "react":
@@ -355,7 +362,7 @@ class Runtime:
         if not await self.runs.claim_waiting(record.id, status):
             raise KeelError(f"run {run_id!r} is {record.status}, not {status}")
         state = record.state
-        spec = self.agent(record.agent)
+        spec = await self.patterns.prepare(self.agent(record.agent))
         model_name = spec.model or self.settings.executor_model
         limits = Limits(**state["limits"])
         if extra_usd:
@@ -384,7 +391,8 @@ class Runtime:
                         on_commit: OnCommit | None = None) -> RunResult:
         self._track(run)
         catalog = self.registry.catalog(list(run.agent.tools))
-        hooks = Hooks(on_usage=self._record_usage, on_progress=on_progress)
+        hooks = Hooks(on_usage=self._record_usage, on_progress=on_progress,
+                      grader=self.patterns.grader(run.agent))
         try:
             if state.get("pattern") == "plan_execute":
                 planner = self.settings.planner_model
@@ -421,6 +429,7 @@ class Runtime:
             inputs.update(planner_model=planner,
                           planner_price=self.prices.require(planner).model_dump(),
                           messages=request.messages)
+        inputs.update(self.patterns.replay_inputs(spec))
         return inputs
 
     def _track(self, run: Run) -> None:
@@ -516,7 +525,8 @@ class Runtime:
             extras={"fetch_allow_private": self.settings.fetch_allow_private,
                     FILES_DIR_EXTRA: str(self.settings.files_dir),
                     FILES_MAX_EXTRA: self.settings.max_file_bytes,
-                    **approvals.extras_for(self.keel_file, run.agent.name)},
+                    **approvals.extras_for(self.keel_file, run.agent.name),
+                    **self.patterns.extras(run)},
         )
 
     async def _record_usage(self, run: Run, usage: Usage, cost: float) -> None:
@@ -576,6 +586,9 @@ class Runtime:
 def answer_escalation(messages: list[dict[str, Any]], tool_use_id: str, answer: str,
                       answered_by: str | None = None) -> list[dict[str, Any]]:
     """The parked messages with the escalation's tool_result replaced by the human's answer."""
+    reviewed = reflexion.answered(messages, tool_use_id, answer, answered_by)
+    if reviewed is not None:  # an answer that failed its grader twice: the person decided
+        return reviewed
     out = [dict(m) for m in messages]
     last = out[-1]
     blocks = []

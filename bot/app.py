@@ -29,6 +29,7 @@ from agents.config import Settings
 from agents.runtime import Runtime
 from agents.schedule import Scheduler, jobs_from_config
 from agents.scheduled import ScheduledRunner
+from bot import memory_view
 from bot.access import gated, startup_hint
 from bot.commands import COMMANDS, bot_commands
 from bot.events import from_update
@@ -97,7 +98,8 @@ async def _post_init(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
     app.bot_data["runtime"] = runtime
     keel = KeelBot(runtime, app.bot)
     app.bot_data["keel"] = keel
-    app.bot_data["on_button"] = keel.escalations.on_button
+    app.bot_data["on_button"] = memory_view.chain(memory_view.on_button,
+                                                  keel.escalations.on_button)
     if app.job_queue is not None:
         app.job_queue.run_repeating(_expire_escalations, interval=60, first=1,
                                     name="expire-escalations")

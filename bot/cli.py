@@ -77,6 +77,8 @@ def _version() -> str:
 
 def _register_runtime_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Commands over the agent runtime (agents, chat, traces, schedules)."""
+    import bot.cli_index
+    import bot.cli_memory
     from bot import cli_cost, cli_escalation, cli_eval, cli_mcp, cli_runtime, cli_schedule
 
     cli_runtime.register(sub)
@@ -84,6 +86,8 @@ def _register_runtime_commands(sub: argparse._SubParsersAction[argparse.Argument
     cli_schedule.register(sub)
     cli_cost.register(sub)
     cli_eval.register(sub)
+    bot.cli_memory.register(sub)
+    bot.cli_index.register(sub)
     cli_mcp.register(sub)
 
 
@@ -123,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _writes_data(args: argparse.Namespace) -> bool:
     """Commands that open the database or read or write traces under KEEL_DATA_DIR: a data
     directory that is a file or unwritable is one line for each of them, never a traceback."""
-    if args.command in {"run", "chat", "db", "trace", "escalation", "cost", "stats"}:
+    if args.command in {"run", "chat", "db", "trace", "escalation", "cost", "stats",
+                        "memory", "index"}:
         return True
     return args.command == "agent" and getattr(args, "agent_command", None) == "run"
 

@@ -14,6 +14,7 @@ from telegram.ext import ContextTypes
 from agents.approvals import code_block
 from agents.router import routable
 from agents.trace_view import render_summary, summarise
+from bot import memory_view
 from bot.access import (
     AccessRefused,
     Command,
@@ -308,6 +309,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("auto", "let the router pick the agent again", auto, "user"),
     Command("new", "start a fresh session (forget this chat's history)", new, "user"),
     Command("cancel", "stop the run that is working now", cancel, "user"),
+    Command("memory", "what I remember about you, with buttons to delete it",
+            memory_view.memory, "user"),
     Command("cost", "today's spend and what is left", cost, "user"),
     Command("runs", "your recent runs", runs, "user"),
     Command("trace", "a run's trace: /trace ID", trace, "user"),

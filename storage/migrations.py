@@ -327,6 +327,63 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE outbox ADD COLUMN leased_until TEXT;
         """,
     ),
+    Migration(
+        "0010_memory",
+        """
+        -- Semantic memory: facts an agent learned about a person, kept apart from any prompt
+        -- history (they survive compaction and /new). chat_id NULL: the person's fact in every
+        -- chat; set: only in that chat. Each fact names the run and trace it came from.
+        CREATE TABLE memory_facts (
+            id          INTEGER PRIMARY KEY,
+            user_id     INTEGER NOT NULL,
+            chat_id     INTEGER,
+            fact        TEXT NOT NULL,
+            agent       TEXT,
+            run_id      TEXT,
+            trace_id    TEXT,
+            created_at  TEXT NOT NULL
+        );
+        CREATE INDEX memory_facts_user ON memory_facts (user_id, id);
+
+        -- /memory's delete buttons: callback data is the key; a press counts only from the
+        -- fact's person, on the message the button was sent on.
+        CREATE TABLE memory_buttons (
+            key         TEXT PRIMARY KEY,
+            fact_id     INTEGER NOT NULL,
+            user_id     INTEGER NOT NULL,
+            chat_id     INTEGER NOT NULL,
+            message_id  INTEGER,
+            created_at  TEXT NOT NULL
+        );
+
+        -- The owner's document corpus (keel index): files with their content hash (reindexed
+        -- when it changes), their chunks, and each chunk's terms for lexical (BM25) search,
+        -- in plain tables so the same queries serve SQLite and PostgreSQL.
+        CREATE TABLE doc_files (
+            path        TEXT PRIMARY KEY,
+            sha256      TEXT NOT NULL,
+            chunks      INTEGER NOT NULL,
+            indexed_at  TEXT NOT NULL
+        );
+        CREATE TABLE doc_chunks (
+            id          INTEGER PRIMARY KEY,
+            path        TEXT NOT NULL,
+            position    INTEGER NOT NULL,
+            location    TEXT NOT NULL,
+            heading     TEXT,
+            text        TEXT NOT NULL,
+            terms       INTEGER NOT NULL,
+            UNIQUE (path, position)
+        );
+        CREATE TABLE doc_terms (
+            term        TEXT NOT NULL,
+            chunk_id    INTEGER NOT NULL,
+            tf          INTEGER NOT NULL,
+            PRIMARY KEY (term, chunk_id)
+        );
+        CREATE INDEX doc_terms_chunk ON doc_terms (chunk_id);
+        """,
+    ),
 )
 # In number order whatever the order they were appended in (work on several migrations lands in
 # any order); applied by name, so a database that has a later one still gets an earlier one.

@@ -17,7 +17,7 @@ import dataclasses
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agents.budget import BudgetHalt
 from agents.caching import caches
@@ -28,7 +28,10 @@ from agents.executor.prepare import Prefix, budget_note
 from agents.executor.resolve import classify, close_transcript, repair_request, validate_output
 from agents.model.types import ModelClient
 from agents.run import PendingEscalation, Run, RunResult, RunStatus
-from agents.tools.contract import ToolCatalog, ToolContext
+from agents.tools.contract import EscalationRequest, ToolCatalog, ToolContext
+
+if TYPE_CHECKING:  # reflexion calls the model through this package's call step
+    from agents.reflexion import Grader
 
 # Progress for a person watching: ("tool", name) before a tool runs, ("text", piece) as the answer
 # streams. Failures here never touch the run.
@@ -39,6 +42,8 @@ OnProgress = Callable[[str, str], Awaitable[None]]
 class Hooks:
     on_usage: OnUsage | None = None
     on_progress: OnProgress | None = None
+    grader: Grader | None = None
+    """Grades each final answer: one retry with its feedback, then a person (agents/reflexion)."""
 
 
 @dataclass
@@ -162,6 +167,17 @@ async def run_loop(
 
         if turn.kind == "final":
             check = validate_output(turn.text, run.agent.output_type)
+            if check.error is None and hooks.grader is not None:
+                review = await hooks.grader.review(run, model, turn.text, messages, new_from,
+                                                   hooks.on_usage)
+                if review.action == "retry":
+                    assert review.feedback_message is not None
+                    messages.append(_with_extra(review.feedback_message, extra))
+                    continue
+                if review.action == "escalate":
+                    assert review.escalation is not None and review.parked is not None
+                    return _graded_out(run, review.escalation, review.detail, review.parked,
+                                       new_from)
             if check.error is None:
                 return Outcome("completed", None, turn.text, check.data)
             run.trace.emit("output_invalid", error=check.error)
@@ -209,6 +225,20 @@ async def run_loop(
             return Outcome("waiting_human", f"asked a human: {outcome.escalation.reason}",
                             escalation=pending,
                             state=_resume_state(run, messages, block["id"], new_from))
+
+
+GRADE_ESCALATION_ID = "keel_grade_review"
+"""The escalation a twice-failed answer parks on (agents/reflexion.py answers it)."""
+
+
+def _graded_out(run: Run, request: EscalationRequest, detail: str | None,
+                parked: list[dict[str, Any]], new_from: int) -> Outcome:
+    """An answer failed its grader twice: a person decides, shown both attempts."""
+    run.trace.emit("escalation", tool_use_id=GRADE_ESCALATION_ID, reason=request.reason,
+                   options=list(request.options))
+    return Outcome("waiting_human", detail or f"asked a human: {request.reason}",
+                   escalation=PendingEscalation(request=request, tool_use_id=GRADE_ESCALATION_ID),
+                   state=_resume_state(run, parked, GRADE_ESCALATION_ID, new_from))
 
 
 def _with_extra(message: dict[str, Any], extra: list[dict[str, Any]]) -> dict[str, Any]:

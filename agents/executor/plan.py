@@ -216,8 +216,10 @@ async def _walk(
                            produces=step.produces)
         # Only the answer the person gets must match the agent's declared output type.
         agent = run.agent if is_last else replace(run.agent, output_type=None)
+        # ... and only that answer is graded (agents/reflexion.py).
+        step_hooks = hooks if is_last else replace(hooks, grader=None)
         with _swapped_agent(run, agent):
-            outcome = await run_loop(run, model, catalog, tool_ctx, prefix, messages, hooks,
+            outcome = await run_loop(run, model, catalog, tool_ctx, prefix, messages, step_hooks,
                                   walk.new_from)
         reason: str | None = None
         if outcome.status == "completed":

@@ -10,10 +10,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import Field, StringConstraints, field_validator
 
+from agents.research import research
 from agents.tools.contract import EscalationRequest, ToolContext, ToolOutcome
 from agents.tools.declare import ToolArgs, tool
+from agents.tools.docs import search_docs
 from agents.tools.errors import ToolError
 from agents.tools.fetch import fetch_url
+from agents.tools.memory import MEMORY_TOOLS
 from agents.tools.policy import NO_RETRY
 from agents.tools.registry import ToolRegistry
 
@@ -122,7 +125,8 @@ async def escalate_to_human(args: EscalateArgs) -> ToolOutcome:
     )
 
 
-BUILTIN_TOOLS = (get_current_time, fetch_url, escalate_to_human)
+BUILTIN_TOOLS = (get_current_time, fetch_url, escalate_to_human, *MEMORY_TOOLS, search_docs,
+                 research)
 
 
 def builtin_registry() -> ToolRegistry:

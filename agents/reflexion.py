@@ -1,0 +1,347 @@
+"""Reflexion where it pays: an agent's answer is graded; a low grade gets one retry with the
+grader's feedback; after a second failure a person decides, shown both attempts.
+
+Never the whole agent in a loop: the grader sees one answer, the retry is one more turn of the
+same run (same budget, deadline and trace), and there are at most two graded attempts.
+
+Graders (``[agents.X.grader]`` in keel.toml, ``agents.patterns_config.GraderConfig``):
+
+  parses       the answer is JSON (a ```json fence around it is accepted)
+  json_schema  the answer's JSON satisfies a schema (types, required, properties, items, enum,
+               bounds: the subset structured extraction uses)
+  required     dotted paths (``items[*].price`` reaches into lists) present and non-null
+  predicate    ``module:function(answer) -> None | True | False | str`` (a string says why)
+  rubric       a cheap model grades against a rubric: one call, reserved in the run's budget and
+               held in the daily ledger like any call, traced as model_request/model_response
+
+Each grading is traced as a ``grade`` event (attempt, kind, passed, feedback). The attempt count
+lives in the messages themselves — each retry adds a feedback message with ``FEEDBACK_MARK`` —
+so a resumed or replayed run counts the same. After the second failure the run parks as
+``waiting_human`` on an escalation whose ``tool_use_id`` is ``GRADE_ESCALATION_ID``; the
+person's answer (``answer_for_person``) is added as a text block, and the answer that follows
+it is not graded again: the person has decided.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agents.executor.call import InputAnchor, OnUsage, call_model
+from agents.executor.loop import GRADE_ESCALATION_ID
+from agents.executor.prepare import Prefix
+from agents.model.types import ModelClient
+from agents.patterns_config import GraderConfig
+from agents.planner import calling_as
+from agents.pricing import Price
+from agents.run import Run
+from agents.tools.contract import EscalationRequest
+
+FEEDBACK_MARK = "[keel] Your answer did not pass its check"
+PERSON_MARK = "[keel] A person reviewed both attempts"
+MAX_ATTEMPTS = 2
+_SHOWN = 1500
+RUBRIC_SYSTEM = (
+    "You grade one answer against a rubric. You do not answer the task yourself. Reply with "
+    "exactly one line: `PASS` if the answer meets every point of the rubric, otherwise "
+    "`FAIL: <what is wrong and how to fix it, in one or two sentences>`."
+)
+_VERDICT = re.compile(r"^\s*(PASS|FAIL)\b\s*:?\s*(.*)", re.IGNORECASE | re.DOTALL)
+_FENCE = re.compile(r"^\s*```(?:json)?\s*\n(.*?)\n\s*```\s*$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Grade:
+    passed: bool
+    feedback: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Grader:
+    """A configured grader, ready to grade (the rubric one with its model and price)."""
+
+    config: GraderConfig
+    model: str | None = None
+    price: Price | None = None
+    predicate: Callable[[str], Any] | None = None
+
+    @classmethod
+    def build(cls, config: GraderConfig, *, default_model: str,
+              price_of: Callable[[str], Price]) -> Grader:
+        if config.kind == "rubric":
+            model = config.model or default_model
+            return cls(config=config, model=model, price=price_of(model))
+        if config.kind == "predicate":
+            assert config.predicate is not None
+            return cls(config=config, predicate=load_predicate(config.predicate))
+        return cls(config=config)
+
+    async def grade(self, run: Run, client: ModelClient, answer: str, task: str,
+                    on_usage: OnUsage | None) -> Grade:
+        kind = self.config.kind
+        if kind == "rubric":
+            return await self._rubric(run, client, answer, task, on_usage)
+        if kind == "predicate":
+            assert self.predicate is not None
+            return from_predicate(self.predicate(answer))
+        data, error = parse_json(answer)
+        if error is not None:
+            return Grade(False, f"the answer is not valid JSON ({error}); answer with the JSON "
+                                "object only")
+        if kind == "parses":
+            return Grade(True)
+        if kind == "required":
+            missing = [p for p in self.config.fields if not present(data, p)]
+            return Grade(not missing, "" if not missing else
+                         f"these fields are missing or null: {', '.join(missing)}; find them "
+                         "in the input and fill them in")
+        assert self.config.json_schema is not None
+        problems = schema_problems(data, self.config.json_schema)
+        return Grade(not problems, "; ".join(problems[:5]))
+
+    async def review(self, run: Run, client: ModelClient, answer: str,
+                     messages: list[dict[str, Any]], new_from: int,
+                     on_usage: OnUsage | None) -> Review:
+        """Grade ``answer`` (the last of ``messages``): accept, retry, or escalate."""
+        return await review(run, client, self, answer, messages, new_from, on_usage)
+
+    async def _rubric(self, run: Run, client: ModelClient, answer: str, task: str,
+                      on_usage: OnUsage | None) -> Grade:
+        assert self.model is not None and self.price is not None
+        assert self.config.rubric is not None
+        prefix = Prefix.build(RUBRIC_SYSTEM, [], cache=False)
+        message = {"role": "user", "content": [{"type": "text", "text": (
+            f"Rubric:\n{self.config.rubric}\n\nTask:\n{clip(task)}\n\nAnswer to grade:\n"
+            f"{clip(answer)}")}]}
+        saved = run.limits
+        run.limits = _with_max_tokens(run.limits, self.config.max_tokens)
+        try:
+            with calling_as(run, self.model, self.price):
+                response = await call_model(run, client, prefix, [message], InputAnchor(),
+                                            sent_before=0, on_usage=on_usage)
+        finally:
+            run.limits = saved
+        text = "".join(b.get("text", "") for b in response.content if b.get("type") == "text")
+        match = _VERDICT.match(text)
+        if match is None:  # an unreadable verdict is not a reason to bother a person
+            return Grade(True, f"grader answer not understood: {text[:120]!r}")
+        return Grade(match.group(1).upper() == "PASS", match.group(2).strip())
+
+
+def _with_max_tokens(limits: Any, max_tokens: int) -> Any:
+    from dataclasses import replace
+
+    return replace(limits, max_tokens=min(limits.max_tokens, max_tokens))
+
+
+# ------------------------------------------------------------------ the review of one answer
+
+
+@dataclass(frozen=True)
+class Review:
+    """What the loop does with an answer: accept it, retry with ``feedback_message``, or
+    escalate with ``escalation``."""
+
+    action: str  # "accept" | "retry" | "escalate"
+    feedback_message: dict[str, Any] | None = None
+    escalation: EscalationRequest | None = None
+    detail: str | None = None
+    parked: list[dict[str, Any]] | None = None
+    """For "escalate": the messages the run parks with (``escalation_messages``)."""
+
+
+def attempts_so_far(messages: list[dict[str, Any]], new_from: int) -> tuple[list[str], bool]:
+    """The feedback given so far in this run, and whether a person already decided."""
+    feedback: list[str] = []
+    decided = False
+    for message in messages[new_from:]:
+        if message.get("role") != "user" or not isinstance(message.get("content"), list):
+            continue
+        for block in message["content"]:
+            text = block.get("text", "") if isinstance(block, dict) else ""
+            if text.startswith(FEEDBACK_MARK):
+                feedback.append(text)
+            elif text.startswith(PERSON_MARK):
+                decided = True
+    return feedback, decided
+
+
+def previous_answers(messages: list[dict[str, Any]], new_from: int) -> list[str]:
+    """The graded answers of this run: each assistant text answer followed by feedback."""
+    out = []
+    tail = messages[new_from:]
+    for i, message in enumerate(tail[:-1]):
+        nxt = tail[i + 1]
+        if message.get("role") == "assistant" and any(
+                isinstance(b, dict) and str(b.get("text", "")).startswith(FEEDBACK_MARK)
+                for b in nxt.get("content") or [] if isinstance(nxt.get("content"), list)):
+            out.append("".join(b.get("text", "") for b in message["content"]
+                               if isinstance(b, dict) and b.get("type") == "text"))
+    return out
+
+
+async def review(run: Run, client: ModelClient, grader: Grader, answer: str,
+                 messages: list[dict[str, Any]], new_from: int,
+                 on_usage: OnUsage | None) -> Review:
+    """Grade ``answer`` (already appended to ``messages``) and say what comes next."""
+    feedback, decided = attempts_so_far(messages, new_from)
+    if decided:
+        run.trace.emit("grade", attempt=len(feedback) + 1, kind=grader.config.kind,
+                       passed=True, skipped="a person decided")
+        return Review("accept")
+    attempt = len(feedback) + 1
+    grade = await grader.grade(run, client, answer, task_text(messages, new_from), on_usage)
+    run.trace.emit("grade", attempt=attempt, kind=grader.config.kind, passed=grade.passed,
+                   feedback=grade.feedback or None, spent_usd=round(run.budget.spent_usd, 8))
+    if grade.passed:
+        return Review("accept")
+    if attempt < MAX_ATTEMPTS:
+        text = (f"{FEEDBACK_MARK} (attempt {attempt} of {MAX_ATTEMPTS}): {grade.feedback}\n"
+                "Fix exactly that and answer again in full, in the same format.")
+        return Review("retry", feedback_message={"role": "user", "content": [
+            {"type": "text", "text": text}]})
+    answers = [*previous_answers(messages, new_from), answer]
+    context = "\n\n".join(
+        [f"Attempt {i}:\n{clip(a, _SHOWN)}" for i, a in enumerate(answers, start=1)]
+        + [f"What the check found:\n{f.removeprefix(FEEDBACK_MARK)}" for f in feedback]
+        + [f"Second check: {grade.feedback}"])
+    request = EscalationRequest(
+        reason="The answer failed its check twice. Which should be sent, or what is right?",
+        context=clip(context, 1990), options=("Send attempt 2", "Send attempt 1"))
+    return Review("escalate", escalation=request,
+                  detail=f"the answer failed its {grader.config.kind} check twice: "
+                         f"{grade.feedback}", parked=escalation_messages(messages))
+
+
+def escalation_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The parked messages of a graded-out run: its turns, then the note the person's answer
+    joins (``answer_for_person``) — so a resumed run's next request ends with a user turn."""
+    note = {"type": "text", "text": "[keel] The answer was sent to a person for review."}
+    return [*messages, {"role": "user", "content": [note]}]
+
+
+def answer_for_person(answer: str, answered_by: str | None) -> dict[str, Any]:
+    who = f" ({answered_by})" if answered_by else ""
+    return {"type": "text", "text": f"{PERSON_MARK}{who} and answered: {answer}\nGive the "
+                                    "final answer accordingly, in the required format."}
+
+
+def task_text(messages: list[dict[str, Any]], new_from: int) -> str:
+    for message in messages[new_from:]:
+        if message.get("role") != "user":
+            continue
+        content = message["content"]
+        if isinstance(content, str):
+            return content
+        return "\n".join(b.get("text", "") for b in content
+                         if isinstance(b, dict) and b.get("type") == "text")
+    return ""
+
+
+# ------------------------------------------------------------------ deterministic checks
+
+
+def clip(text: str, limit: int = 4000) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def parse_json(answer: str) -> tuple[Any, str | None]:
+    body = answer.strip()
+    fenced = _FENCE.match(body)
+    if fenced:
+        body = fenced.group(1)
+    try:
+        return json.loads(body), None
+    except json.JSONDecodeError as exc:
+        return None, f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+
+
+def present(data: Any, path: str) -> bool:
+    """Whether the dotted ``path`` is present and non-null (``[*]``: in every list item)."""
+    values = [data]
+    for part in path.split("."):
+        many = part.endswith("[*]")
+        key = part.removesuffix("[*]")
+        nxt = []
+        for value in values:
+            if not isinstance(value, dict) or value.get(key) is None:
+                return False
+            item = value[key]
+            if many:
+                if not isinstance(item, list) or not item:
+                    return False
+                nxt.extend(item)
+            else:
+                nxt.append(item)
+        values = nxt
+    return all(v is not None for v in values)
+
+
+_TYPES: dict[str, tuple[type, ...]] = {"object": (dict,), "array": (list,), "string": (str,),
+                                       "integer": (int,), "number": (int, float),
+                                       "boolean": (bool,), "null": (type(None),)}
+
+
+def schema_problems(data: Any, schema: dict[str, Any], path: str = "$") -> list[str]:
+    """What in ``data`` breaks ``schema`` (the JSON Schema subset extraction uses)."""
+    out: list[str] = []
+    wanted = schema.get("type")
+    if wanted is not None:
+        kinds = wanted if isinstance(wanted, list) else [wanted]
+        ok = any(isinstance(data, _TYPES.get(k, ())) and not (
+            k in ("integer", "number") and isinstance(data, bool)) for k in kinds)
+        if not ok:
+            return [f"{path} must be {' or '.join(kinds)}, not {type(data).__name__}"]
+    if "enum" in schema and data not in schema["enum"]:
+        out.append(f"{path} must be one of {schema['enum']}")
+    if isinstance(data, str):
+        if len(data) < int(schema.get("minLength", 0)):
+            out.append(f"{path} is shorter than {schema['minLength']} characters")
+    if isinstance(data, int | float) and not isinstance(data, bool):
+        if "minimum" in schema and data < schema["minimum"]:
+            out.append(f"{path} must be ≥ {schema['minimum']}")
+        if "maximum" in schema and data > schema["maximum"]:
+            out.append(f"{path} must be ≤ {schema['maximum']}")
+    if isinstance(data, dict):
+        for key in schema.get("required", []):
+            if key not in data or data[key] is None:
+                out.append(f"{path}.{key} is required")
+        for key, sub in (schema.get("properties") or {}).items():
+            if key in data and data[key] is not None:
+                out += schema_problems(data[key], sub, f"{path}.{key}")
+    if isinstance(data, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(data):
+            out += schema_problems(item, schema["items"], f"{path}[{i}]")
+    return out
+
+
+def load_predicate(ref: str) -> Callable[[str], Any]:
+    module, _, name = ref.partition(":")
+    fn = getattr(importlib.import_module(module), name, None)
+    if not callable(fn):
+        raise ValueError(f"grader predicate {ref!r} is not a function")
+    return fn
+
+
+def from_predicate(result: Any) -> Grade:
+    if result is None or result is True:
+        return Grade(True)
+    if result is False:
+        return Grade(False, "the answer did not pass the check")
+    return Grade(False, str(result))
+
+
+def answered(messages: list[dict[str, Any]], tool_use_id: str, answer: str,
+             answered_by: str | None) -> list[dict[str, Any]] | None:
+    """The parked messages of a graded-out run with the person's answer added; None when the
+    escalation is another kind (a tool's question, answered in its tool_result)."""
+    if tool_use_id != GRADE_ESCALATION_ID:
+        return None
+    out = [dict(m) for m in messages]
+    last = out[-1]
+    out[-1] = {**last, "content": [*last["content"], answer_for_person(answer, answered_by)]}
+    return out
