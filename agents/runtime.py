@@ -36,6 +36,7 @@ from agents.tools.contract import ToolContext
 from agents.tools.mcp import hub_of
 from agents.tools.send_file import FILES_DIR_EXTRA, FILES_MAX_EXTRA
 from storage.connect import open_database
+from storage.conversation_model import ConversationModels
 from storage.conversations import ConversationRepository
 from storage.db import Database
 from storage.files import Blobs
@@ -245,7 +246,7 @@ class Runtime:
 
         ``on_commit`` runs inside the transaction that records the final status."""
         spec = await self.patterns.prepare(self.agent(request.agent))
-        model_name = spec.model or self.settings.executor_model
+        model_name, model_source = await self._model_for(spec, request)
         price = self.prices.require(model_name)
         await self.check_daily_caps(request.user_id, request.schedule)
         limits = request.limits or spec.limits
@@ -266,6 +267,7 @@ class Runtime:
                               thread_id=request.thread_id, session_id=request.session_id,
                               request_key=run.request_key)
         trace.emit("run_start", agent=spec.name, kind=request.kind, model=model_name,
+                   model_source=model_source,
                    pattern=spec.pattern, user_id=request.user_id, chat_id=request.chat_id,
                    thread_id=request.thread_id, session_id=request.session_id,
                    limits=_limits_dict(limits), tools=list(spec.tools),
@@ -363,7 +365,8 @@ class Runtime:
             raise KeelError(f"run {run_id!r} is {record.status}, not {status}")
         state = record.state
         spec = await self.patterns.prepare(self.agent(record.agent))
-        model_name = spec.model or self.settings.executor_model
+        # a parked run goes on with the model it started with (a /model since changes the next)
+        model_name = str(state.get("model") or spec.model or self.settings.executor_model)
         limits = Limits(**state["limits"])
         if extra_usd:
             limits = replace(limits, budget_usd=limits.budget_usd + extra_usd)
@@ -515,6 +518,20 @@ class Runtime:
                                              text, conversation_id=conversation_id, left_usd=left)
         return out
 
+    async def _model_for(self, spec: AgentSpec, request: RunRequest) -> tuple[str, str]:
+        """The model a run uses and why: the one chosen for its chat with /model (chat runs
+        only, and only while it has a price), else the agent's, else KEEL_EXECUTOR_MODEL."""
+        if request.kind == "chat" and request.chat_id is not None:
+            chosen = await ConversationModels(self.db).get(request.chat_id, request.thread_id)
+            if chosen is not None and self.prices.get(chosen) is not None:
+                return chosen, "chat"
+            if chosen is not None:
+                log.warning("chat %s chose model %r, which has no price now; the agent's own "
+                            "model answers", request.chat_id, chosen)
+        if spec.model:
+            return spec.model, "agent"
+        return self.settings.executor_model, "default"
+
     def _tool_context(self, run: Run) -> ToolContext:
         return ToolContext(
             run_id=run.id, idempotency_key=run.request_key, agent=run.agent.name,
@@ -571,8 +588,9 @@ class Runtime:
         async def record() -> None:
             async with self.db.write() as conn:
                 await self.runs.finish(run.id, status=result.status, detail=result.detail,
-                                       output=result.output, totals=totals, state=result.state,
-                                       conn=conn)
+                                       output=result.output, totals=totals,
+                                       state=None if result.state is None
+                                       else {**result.state, "model": run.model}, conn=conn)
                 if on_commit is not None:
                     await on_commit(conn, result)
 

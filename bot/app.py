@@ -33,6 +33,7 @@ from bot import memory_view
 from bot.access import gated, startup_hint
 from bot.commands import COMMANDS, bot_commands
 from bot.events import from_update
+from bot.model_choice import MODEL_BUTTONS, on_model_button
 from bot.poller import Poller
 from bot.service import KeelBot
 from storage.retention import housekeep
@@ -76,6 +77,7 @@ def build_application(settings: Settings, *, runtime: Runtime | None = None) -> 
         app.add_handler(CommandHandler(command.name, _gated(gated(command))))
     # Handlers block: each update runs in its own task (bot/poller.py), which settles its inbox
     # row once the handler is done.
+    app.add_handler(CallbackQueryHandler(_gated(on_model_button), pattern=MODEL_BUTTONS))
     app.add_handler(CallbackQueryHandler(on_callback))
     app.add_handler(MessageHandler(filters.ALL & ~filters.StatusUpdate.ALL, on_message))
     app.add_error_handler(on_error)

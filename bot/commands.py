@@ -26,6 +26,7 @@ from bot.access import (
     sees_everyone,
 )
 from bot.cli_cost import render as render_cost
+from bot.model_choice import model
 from bot.service import KeelBot
 
 
@@ -312,6 +313,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("memory", "what I remember about you, with buttons to delete it",
             memory_view.memory, "user"),
     Command("cost", "today's spend and what is left", cost, "user"),
+    Command("model", "this chat's model; the owner and admins choose another", model, "user"),
     Command("runs", "your recent runs", runs, "user"),
     Command("trace", "a run's trace: /trace ID", trace, "user"),
     Command("schedules", "scheduled agents, next runs and worst-case spend", schedules, "admin"),

@@ -384,6 +384,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX doc_terms_chunk ON doc_terms (chunk_id);
         """,
     ),
+    Migration(
+        "0009_conversation_model",
+        """
+        -- /model: the model an owner or admin chose for one chat or topic (NULL: the agent's
+        -- own). Only priced models are stored; a run checks the price again before using it.
+        ALTER TABLE conversations ADD COLUMN model TEXT;
+        """,
+    ),
 )
 # In number order whatever the order they were appended in (work on several migrations lands in
 # any order); applied by name, so a database that has a later one still gets an earlier one.
