@@ -79,12 +79,21 @@ def _register_runtime_commands(sub: argparse._SubParsersAction[argparse.Argument
     """Commands over the agent runtime (agents, chat, traces, schedules)."""
     import bot.cli_index
     import bot.cli_memory
-    from bot import cli_cost, cli_escalation, cli_eval, cli_mcp, cli_runtime, cli_schedule
+    from bot import (
+        cli_cost,
+        cli_escalation,
+        cli_eval,
+        cli_mcp,
+        cli_runtime,
+        cli_schedule,
+        cli_stats,
+    )
 
     cli_runtime.register(sub)
     cli_escalation.register(sub)
     cli_schedule.register(sub)
     cli_cost.register(sub)
+    cli_stats.register(sub)
     cli_eval.register(sub)
     bot.cli_memory.register(sub)
     bot.cli_index.register(sub)

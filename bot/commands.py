@@ -302,6 +302,27 @@ async def run_now(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     spawn(scheduler.run_claim(claim), f"/run {job.name}")
 
 
+async def stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """The last 14 days as a chart: spend per agent, runs by status, cache hit ratio (the numbers
+    of `keel stats`); in a private chat only, since it shows everyone's spend."""
+    keel = _keel(context)
+    message = update.effective_message
+    assert message is not None
+    if message.chat.type != "private":
+        await _reply(update, context, "I send stats only in a private chat.")
+        return
+    from bot.chart import render_png  # drawn on demand: nothing of it loads at start-up
+    from bot.stats import collect
+
+    numbers = await collect(keel.runtime.db)
+    png = await asyncio.to_thread(render_png, numbers)
+    totals = numbers.as_json()
+    await keel.notifier.send_document(
+        message.chat_id, "keel-stats.png", png, thread_id=None,
+        caption=f"Last {len(numbers.days)} days (UTC): {totals['total_runs']} run(s), "
+                f"${totals['total_spend_usd']:.4f}. keel stats prints the numbers.")
+
+
 COMMANDS: tuple[Command, ...] = (
     Command("start", "what this bot is and how to use it", start, "user"),
     Command("help", "commands and tips", help_, "user"),
@@ -316,6 +337,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("model", "this chat's model; the owner and admins choose another", model, "user"),
     Command("runs", "your recent runs", runs, "user"),
     Command("trace", "a run's trace: /trace ID", trace, "user"),
+    Command("stats", "the last 14 days as a chart: spend, runs, cache hits", stats, "admin"),
     Command("schedules", "scheduled agents, next runs and worst-case spend", schedules, "admin"),
     Command("run", "run a scheduled agent now: /run NAME", run_now, "admin"),
     Command("people", "who I serve, and their roles", people, "admin"),

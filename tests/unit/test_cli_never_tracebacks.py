@@ -28,7 +28,8 @@ ARGS: dict[str, list[str]] = {
 
 # Commands that read or write under KEEL_DATA_DIR: a bad one is one line naming it, exit 2.
 DATA_COMMANDS = {"run", "db migrate", "db stats", "db prune", "agent run", "chat", "trace list",
-                 "trace show", "trace replay", "escalation list", "escalation answer", "cost"}
+                 "trace show", "trace replay", "escalation list", "escalation answer", "cost",
+                 "stats"}
 
 # Commands that assemble agents (or start things): a broken keel.toml stops them, naming it.
 CONFIG_COMMANDS = {"run", "agent run", "chat"}
@@ -48,7 +49,7 @@ def all_commands() -> list[str]:
 def test_the_tables_know_every_command() -> None:
     commands = set(all_commands())
     assert DATA_COMMANDS <= commands and CONFIG_COMMANDS <= commands
-    assert {"run", "doctor", "trace list"} <= commands
+    assert {"run", "doctor", "trace list", "stats"} <= commands
 
 
 def _keel(command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
