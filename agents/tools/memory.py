@@ -81,7 +81,8 @@ class RecallArgs(ToolArgs):
 @tool(
     name="recall",
     description=(
-        "Look up facts remembered about the person you are talking to, best matches first. Use "
+        "Look up facts remembered about the person you are talking to: best matches first, "
+        "then the most recent others. Use "
         "it at the start of a conversation, or whenever their preferences or earlier "
         "instructions could change your answer. Returns JSON: facts, each with id and fact."
     ),
@@ -91,12 +92,12 @@ class RecallArgs(ToolArgs):
 async def recall(args: RecallArgs, ctx: ToolContext) -> dict[str, Any]:
     repo, user_id = _repo(ctx)
     facts = await repo.visible(user_id, ctx.chat_id)
-    if args.query.strip():
-        by_id = {f.id: f for f in facts}
-        hits = [by_id[i] for i, _ in rank(args.query, {f.id: f.fact for f in facts},
-                                          limit=args.limit)]
-    else:
-        hits = list(reversed(facts))[: args.limit]
+    # best matches first, then the most recent others: a few facts worded differently from the
+    # query are still worth seeing
+    by_id = {f.id: f for f in facts}
+    matched = [i for i, _ in rank(args.query, {f.id: f.fact for f in facts}, limit=args.limit)]
+    rest = [f.id for f in reversed(facts) if f.id not in set(matched)]
+    hits = [by_id[i] for i in (matched + rest)[: args.limit]]
     return {"facts": [{"id": f.id, "fact": f.fact,
                        "scope": "chat" if f.chat_id is not None else "person"} for f in hits],
             "total_known": len(facts)}
