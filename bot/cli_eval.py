@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--name", help="with --record: the task's file name (default recorded-<id>)")
     p.add_argument("--force", action="store_true",
                    help="with --record: replace an existing golden task of that name")
+    p.add_argument("--update-snapshots", action="store_true",
+                   help="write each task's snapshot file (expect.snapshot) from this run's answer")
     p.add_argument("--live", action="store_true",
                    help="call the real model API (needs ANTHROPIC_API_KEY; spends money)")
     p.add_argument("--budget-usd", type=float, metavar="USD",
@@ -81,7 +83,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
 
     tasks = discover(_root(args, settings), args.agent)
     budget = (args.budget_usd or DEFAULT_LIVE_BUDGET_USD) if args.live else None
-    results = await run_tasks(settings, tasks, live=args.live, budget_usd=budget, model=args.model)
+    results = await run_tasks(settings, tasks, live=args.live, budget_usd=budget, model=args.model,
+                              update_snapshots=args.update_snapshots)
     mode = "live" if args.live else "offline"
     if args.json:
         print(json.dumps(as_json(results, mode=mode, model=args.model), ensure_ascii=False))

@@ -93,6 +93,11 @@ def check(expect: Expectations, seen: Observed) -> list[Failure]:
 # ------------------------------------------------------------------ output
 
 
+def check_output(expected: Any, variable: list[str], seen: Observed) -> list[Failure]:
+    """The answer against ``expected``: text (whitespace normalised) or a JSON value."""
+    return _check_output(expected, variable, seen)
+
+
 def _check_output(expected: Any, variable: list[str], seen: Observed) -> list[Failure]:
     if isinstance(expected, str):
         got = seen.output or ""

@@ -10,6 +10,7 @@ like any run's.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -19,7 +20,7 @@ from typing import Any
 from agents.config import Settings
 from agents.config_check import load_configuration
 from agents.errors import KeelError
-from agents.evals.expect import Failure, Observed, ObservedCall, check
+from agents.evals.expect import Failure, Observed, ObservedCall, check, check_output
 from agents.evals.stand_ins import TaskModel, fixture_registry
 from agents.evals.task import GoldenTask
 from agents.model.types import ModelClient
@@ -70,13 +71,15 @@ class EvalSession:
     (``budget_usd`` bounds the whole session's spend)."""
 
     def __init__(self, settings: Settings, *, live: bool = False, budget_usd: float | None = None,
-                 model: str | None = None, client: ModelClient | None = None) -> None:
+                 model: str | None = None, client: ModelClient | None = None,
+                 update_snapshots: bool = False) -> None:
         if live and (budget_usd is None or budget_usd <= 0):
             raise KeelError("a live eval needs a positive total budget (--budget-usd)")
         self.settings = settings
         self.live = live
         self.budget_usd = budget_usd
         self.model = model
+        self.update_snapshots = update_snapshots
         self._client = client
         checked = load_configuration(settings)
         self.keel_file, self.prices = checked.keel_file, checked.prices
@@ -154,12 +157,54 @@ class EvalSession:
         seen = _observe(result, events, route_latency=decision.latency_s if decision else 0.0)
         failures = check(task.expect.model_copy(update={
             "agent": task.expect.agent or task.agent}), seen)
+        if task.expect.snapshot is not None:
+            failures.extend(self._snapshot(task, seen))
         if not self.live and scripted.unused:
             failures.append(Failure("responses", f"{scripted.unused} scripted model response(s) "
                                     "were never asked for: the run ended sooner than scripted"))
         return TaskResult(task=task.name, agent=task.agent, path=path,
                           model=agents[agent].model or self.settings.executor_model,
                           observed=seen, failures=failures)
+
+
+    def _snapshot(self, task: GoldenTask, seen: Observed) -> list[Failure]:
+        """Compare the answer with the task's snapshot file, or (``update_snapshots``) write it."""
+        assert task.expect.snapshot is not None
+        base = task.path.parent if task.path is not None else Path(".")
+        path = base / task.expect.snapshot
+        as_json = path.suffix == ".json"
+        if self.update_snapshots:
+            if as_json:
+                value = seen.output_data if seen.output_data is not None else _json_or_none(
+                    seen.output)
+                if value is None:
+                    return [Failure("snapshot", f"the answer is not JSON; {path.name} not written")]
+                text = json.dumps(value, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
+            else:
+                text = (seen.output or "") + "\n"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, "utf-8")
+            return []
+        if not path.exists():
+            return [Failure("snapshot", f"snapshot {str(path)!r} does not exist yet; write it "
+                            "with `keel eval --update-snapshots` and review it")]
+        raw = path.read_text("utf-8")
+        if as_json:
+            try:
+                expected: Any = json.loads(raw)
+            except ValueError:
+                return [Failure("snapshot", f"snapshot {str(path)!r} is not valid JSON")]
+        else:
+            expected = raw
+        return [replace(f, expectation="snapshot") for f in check_output(
+            expected, task.expect.variable, seen)]
+
+
+def _json_or_none(text: str | None) -> Any:
+    try:
+        return json.loads(text or "")
+    except ValueError:
+        return None
 
 
 def _observe(result: Any, events: list[dict[str, Any]], *, route_latency: float) -> Observed:

@@ -131,6 +131,9 @@ class Expectations(_Strict):
     output: Any = None
     """The final answer: a string (compared with whitespace normalised) or a table/array
     (the answer, or the structured output, compared as JSON)."""
+    snapshot: str | None = None
+    """A file (relative to the task) holding the expected answer: ``.json`` compares as JSON
+    (with ``variable``), anything else as text. Written only by ``keel eval --update-snapshots``."""
     output_contains: list[str] = Field(default_factory=list)
     variable: list[str] = Field(default_factory=list)
     """Paths in the JSON output whose values change from run to run (ids, timestamps): they must

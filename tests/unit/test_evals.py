@@ -276,3 +276,25 @@ def test_check_without_a_run() -> None:
     assert [f.expectation for f in check(Expectations(max_cost_usd=0.1, max_model_calls=2,
                                                       max_steps=1), seen)] == [
         "max_cost_usd", "max_model_calls", "max_steps"]
+
+
+async def test_snapshot_is_written_only_on_request_then_compared(tmp_path: Path) -> None:
+    path = write(tmp_path / "evals" / "assistant", "task", TIME_TASK + """
+        [expect]
+        snapshot = "snapshots/time.txt"
+        """)
+    task = load_task(path)
+    async with EvalSession(load_settings()) as session:
+        missing = await session.run(task)
+    assert failed(missing) == ["snapshot"] and "does not exist yet" in missing.failures[0].message
+    assert not (path.parent / "snapshots" / "time.txt").exists()
+    async with EvalSession(load_settings(), update_snapshots=True) as session:
+        assert (await session.run(task)).passed
+    snap = path.parent / "snapshots" / "time.txt"
+    assert snap.read_text() == "It is 10:30 in Madrid.\n"
+    async with EvalSession(load_settings()) as session:
+        assert (await session.run(task)).passed
+        snap.write_text("It is 11:30 in Madrid.\n")
+        changed = await session.run(task)
+    assert failed(changed) == ["snapshot"]
+    assert "+It is 10:30 in Madrid." in render([changed], mode="offline")
