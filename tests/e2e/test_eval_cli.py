@@ -37,7 +37,7 @@ def support_model(req: RecordedRequest) -> Reply:
     system = " ".join(b.get("text", "") for b in req.body.get("system") or [])
     if req.tool_results:
         return reply("Waiting for a colleague.")
-    if "Escalate refunds" in system and "haiku" not in req.model:
+    if "Escalate refunds" in system and "haiku" not in (req.model or ""):
         return reply("I will ask a colleague.", tool_use(
             "escalate_to_human", {"reason": "Approve a 150 EUR refund?",
                                   "context": "Order 1234, broken.", "options": ["Approve", "Deny"]}))
