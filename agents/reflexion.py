@@ -114,6 +114,8 @@ class Grader:
         assert self.model is not None and self.price is not None
         assert self.config.rubric is not None
         prefix = Prefix.build(RUBRIC_SYSTEM, [], cache=False)
+        run.trace.emit("prefix", sha256=prefix.sha256, model=self.model, system=prefix.system,
+                       tools=prefix.tools, tokens_estimate=prefix.tokens)
         message = {"role": "user", "content": [{"type": "text", "text": (
             f"Rubric:\n{self.config.rubric}\n\nTask:\n{clip(task)}\n\nAnswer to grade:\n"
             f"{clip(answer)}")}]}
@@ -345,3 +347,16 @@ def answered(messages: list[dict[str, Any]], tool_use_id: str, answer: str,
     last = out[-1]
     out[-1] = {**last, "content": [*last["content"], answer_for_person(answer, answered_by)]}
     return out
+
+
+def replay_grader(inputs: dict[str, Any], prices: dict[str, Price]) -> Grader | None:
+    """The grader a traced run used, from its ``run_start`` replay inputs (``prices`` gains the
+    rubric model's recorded price, so its replayed call reserves what the run did)."""
+    recorded = inputs.get("grader")
+    if not recorded:
+        return None
+    config = GraderConfig.model_validate(recorded)
+    model = inputs.get("grader_model")
+    if model is not None and inputs.get("grader_price") is not None:
+        prices[str(model)] = Price.model_validate(inputs["grader_price"])
+    return Grader.build(config, default_model=str(model or ""), price_of=lambda m: prices[m])

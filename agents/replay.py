@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any, cast
 
 from agents import approvals
-from agents.executor import execute
+from agents.executor import Hooks, execute
 from agents.executor.plan import execute_plan, resume_plan
 from agents.pricing import Price, PriceTable
+from agents.reflexion import replay_grader
 from agents.replay_recording import (
     Diverged,
     MemoryIdempotency,
@@ -44,6 +45,7 @@ from agents.replay_recording import (
     Segment,
     split_segments,
 )
+from agents.research import ChargingCatalog
 from agents.run import Run, RunKind, RunResult
 from agents.runtime import answer_escalation
 from agents.spec import AgentSpec, Limits
@@ -155,7 +157,9 @@ async def replay(events: list[dict[str, Any]], *, prices: PriceTable | None = No
                     replayer.sent_results[str(block.get("tool_use_id"))] = block.get("content")
 
     spec, schemas = _agent(segments[0], start, inputs, pattern)
-    catalog = ReplayCatalog(schemas, replayer)
+    # a fan-out charged the parent what its children spent (agents/research.py)
+    catalog = ChargingCatalog(ReplayCatalog(schemas, replayer), events, lambda: replayer.run)
+    hooks = Hooks(grader=replay_grader(inputs, replayer.prices))
     model = ReplayModel(replayer)
     route_line, route_divergence = _route(segments[0], start)
 
@@ -166,7 +170,7 @@ async def replay(events: list[dict[str, Any]], *, prices: PriceTable | None = No
                                                  run_id=str(start.get("run_id") or "replay"))
         setting = _Setting(events=events, start=start, inputs=inputs, spec=spec, price=price,
                            planner_model=planner_model, planner_price=planner_price, trace=trace,
-                           replayer=replayer, model=model, catalog=catalog)
+                           replayer=replayer, model=model, catalog=catalog, hooks=hooks)
         try:
             previous: RunResult | None = None
             for seg in segments:
@@ -214,7 +218,8 @@ class _Setting:
     trace: TraceWriter
     replayer: Replayer
     model: ReplayModel
-    catalog: ReplayCatalog
+    catalog: ReplayCatalog | ChargingCatalog
+    hooks: Hooks
 
 
 async def _segment(seg: Segment, previous: RunResult | None, on: _Setting) -> RunResult:
@@ -251,16 +256,17 @@ async def _segment(seg: Segment, previous: RunResult | None, on: _Setting) -> Ru
             return await execute_plan(run, model=on.model, catalog=on.catalog, tool_ctx=ctx,
                                       messages=messages, new_from=new_from,
                                       planner_model=on.planner_model,
-                                      planner_price=on.planner_price)
+                                      planner_price=on.planner_price, hooks=on.hooks)
         return await execute(run, model=on.model, catalog=on.catalog, tool_ctx=ctx,
-                             messages=messages, new_from=new_from)
+                             messages=messages, new_from=new_from, hooks=on.hooks)
     messages = await _continued_messages(seg, state, on.catalog, ctx)
     if state.get("pattern") == "plan_execute":
         return await resume_plan(run, model=on.model, catalog=on.catalog, tool_ctx=ctx,
                                  state=state, messages=messages, planner_model=on.planner_model,
-                                 planner_price=on.planner_price)
+                                 planner_price=on.planner_price, hooks=on.hooks)
     return await execute(run, model=on.model, catalog=on.catalog, tool_ctx=ctx,
-                         messages=messages, new_from=int(state.get("new_from", 0)))
+                         messages=messages, new_from=int(state.get("new_from", 0)),
+                         hooks=on.hooks)
 
 
 def _reopened(spec: AgentSpec, on: _Setting, state: dict[str, Any], seg: Segment) -> Run:
@@ -279,7 +285,8 @@ def _reopened(spec: AgentSpec, on: _Setting, state: dict[str, Any], seg: Segment
     return run
 
 
-async def _continued_messages(seg: Segment, state: dict[str, Any], catalog: ReplayCatalog,
+async def _continued_messages(seg: Segment, state: dict[str, Any],
+                              catalog: ReplayCatalog | ChargingCatalog,
                               ctx: ToolContext) -> list[dict[str, Any]]:
     """The parked messages as the runtime continued them: with the recorded answer to the
     question (``Runtime.resume``), the approved call run or the denial (``settle_approval``), or

@@ -142,7 +142,7 @@ class FanOut:
             agent=self.config.agent, new_from=0, kind=parent.kind if parent.kind != "resume"
             else "cli", user_id=parent.user_id, chat_id=parent.chat_id,
             thread_id=parent.thread_id, limits=limits, started=started,
-            messages=[{"role": "user", "content": branch.question}],
+            messages=[{"role": "user", "content": [{"type": "text", "text": branch.question}]}],
             request_key=f"{parent.request_key or parent.id}:branch:{branch.index}",
             parent_trace_id=parent.trace_id)
         try:

@@ -173,6 +173,7 @@ async def run_loop(
                 if review.action == "retry":
                     assert review.feedback_message is not None
                     messages.append(_with_extra(review.feedback_message, extra))
+                    sent_before = 0  # a rubric call may have come between: trace them whole
                     continue
                 if review.action == "escalate":
                     assert review.escalation is not None and review.parked is not None
