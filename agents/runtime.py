@@ -20,7 +20,14 @@ from agents.affordability import Affordability
 from agents.attachments import AttachmentClient
 from agents.budget import LedgerGate
 from agents.config import KeelFile, Settings
-from agents.config_check import Problem, assemble_agents, describe, load_configuration
+from agents.config_check import (
+    CheckedConfig,
+    Problem,
+    assemble_agents,
+    check_configuration,
+    describe,
+    load_configuration,
+)
 from agents.errors import ConfigError, DailyCapExceeded, KeelError
 from agents.executor import Hooks, execute
 from agents.executor.loop import OnProgress
@@ -159,6 +166,19 @@ class Runtime:
         if (hub := hub_of(self.registry)) is not None:
             await hub.close()
         await self.db.close()
+
+    def reload(self) -> CheckedConfig:
+        """Read keel.toml again through the check `keel run` starts with. Without a problem its
+        agents, prices and schedules replace the running ones in one step (no await between the
+        assignments, so no run sees half of each); with any, nothing changes and the problems
+        are returned in ``problems``. Tool modules load into the running registry (a new tool
+        is added; MCP servers and environment settings need a restart)."""
+        checked = check_configuration(self.settings, registry=self.registry)
+        if not checked.problems:
+            self.keel_file, self.prices, self.agents = (checked.keel_file, checked.prices,
+                                                        checked.agents)
+            self.__dict__.pop("affordability", None)  # a cached view of the old prices
+        return checked
 
     def agent(self, name: str) -> AgentSpec:
         try:

@@ -265,9 +265,7 @@ class Scheduler:
         """Start in the running loop; then, in the background, run once what was missed."""
         aps = AsyncIOScheduler(event_loop=asyncio.get_running_loop(), timezone=UTC)
         for job in self.jobs.values():
-            aps.add_job(self._on_time, trigger=job.trigger, args=(job.name,), id=job.name,
-                        name=f"{job.name} ({job.agent})", coalesce=True, max_instances=1,
-                        misfire_grace_time=job.misfire_grace_s, replace_existing=True)
+            self._add(aps, job)
         aps.start()
         self.aps = aps
         for claim in await self.unfinished():
@@ -283,6 +281,27 @@ class Scheduler:
         log.info("scheduler started: %d job(s)%s", len(self.jobs), "".join(
             f"; {name} next at {t:%Y-%m-%d %H:%M %Z}" if t else f"; {name} never again"
             for name, t in self.next_run_of_each()))
+
+    def _add(self, aps: AsyncIOScheduler, job: ScheduledJob) -> None:
+        aps.add_job(self._on_time, trigger=job.trigger, args=(job.name,), id=job.name,
+                    name=f"{job.name} ({job.agent})", coalesce=True, max_instances=1,
+                    misfire_grace_time=job.misfire_grace_s, replace_existing=True)
+
+    def replace_jobs(self, jobs: Sequence[ScheduledJob]) -> tuple[list[str], list[str]]:
+        """Swap in the schedules of a reloaded keel.toml, without awaiting (so nothing fires
+        between the old and the new set): a removed schedule stops firing, a changed one fires
+        on its new trigger, runs already claimed go on. Returns (added, removed) names."""
+        new = {job.name: job for job in jobs}
+        added = sorted(new.keys() - self.jobs.keys())
+        removed = sorted(self.jobs.keys() - new.keys())
+        if self.aps is not None:
+            for name in removed:
+                if self.aps.get_job(name) is not None:
+                    self.aps.remove_job(name)
+            for job in new.values():
+                self._add(self.aps, job)
+        self.jobs = new
+        return added, removed
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -331,8 +350,12 @@ class Scheduler:
     async def fire(self, name: str, *, now: datetime | None = None,
                    catching_up: bool = False) -> Fire | None:
         """Run job ``name`` for its latest scheduled time, unless that time was already claimed.
-        Returns the claim (after the run), or None when there was nothing to run."""
-        job = self.jobs[name]
+        Returns the claim (after the run), or None when there was nothing to run (also for a
+        schedule removed from keel.toml since this fire was queued)."""
+        job = self.jobs.get(name)
+        if job is None:
+            log.info("schedule %s is no longer configured; not running it", name)
+            return None
         claim = await self.claim(job, now or self.now(), catching_up=catching_up)
         if claim is None:
             return None

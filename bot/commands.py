@@ -27,6 +27,7 @@ from bot.access import (
 )
 from bot.cli_cost import render as render_cost
 from bot.model_choice import model
+from bot.reload import reload_configuration
 from bot.service import KeelBot
 
 
@@ -323,6 +324,13 @@ async def stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
                 f"${totals['total_spend_usd']:.4f}. keel stats prints the numbers.")
 
 
+async def reload(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Read keel.toml again now: agents, prices and schedules swap at once, or the reasons why
+    not (the running configuration is kept)."""
+    ok, report = await reload_configuration(context.application)
+    await _reply(update, context, ("✅ " if ok else "⚠️ ") + report)
+
+
 COMMANDS: tuple[Command, ...] = (
     Command("start", "what this bot is and how to use it", start, "user"),
     Command("help", "commands and tips", help_, "user"),
@@ -343,6 +351,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("people", "who I serve, and their roles", people, "admin"),
     Command("allow", "let a person use me: /allow ID", _changes_role("allow"), "admin"),
     Command("deny", "stop serving a person: /deny ID", _changes_role("deny"), "admin"),
+    Command("reload", "read keel.toml again (agents, prices, schedules)", reload, "owner"),
     Command("promote", "make a person an admin: /promote ID", _changes_role("promote"), "owner"),
     Command("demote", "make an admin a user again: /demote ID", _changes_role("demote"), "owner"),
 )
