@@ -87,8 +87,13 @@ def summarise(events: list[dict[str, Any]]) -> TraceSummary:
                 line.detail = _short(e.get("content"))
         elif kind in ("budget_warn", "budget_halt", "limit", "error", "escalation",
                       "deprecated_tool", "output_invalid", "route", "resume", "budget_raised",
-                      "plan", "replan"):
+                      "plan", "replan", "grade", "fan_out"):
             s.notes.append(_note(e))
+        elif kind == "fan_in":  # the tree: one line per child run
+            s.notes.append(_note(e))
+            s.notes.extend(f"  └ branch {b.get('index')}: {b.get('status')} "
+                           f"${float(b.get('cost_usd') or 0):.6f}, trace {b.get('trace_id')}"
+                           for b in e.get("branches") or [])
         elif kind == "run_end":
             s.status = e.get("status", s.status)
             s.detail = e.get("detail")
@@ -123,7 +128,10 @@ def _short(value: Any, limit: int = 160) -> str:
 _NOTE_FIELDS = {"route": ("agent", "reason", "cost_usd"),
                 "resume": ("answer", "answered_by", "approval"),
                 "budget_raised": ("extra_usd", "cap_usd", "granted_by"),
-                "plan": ("planner_model", "plan"), "replan": ("from_step", "reason", "plan")}
+                "plan": ("planner_model", "plan"), "replan": ("from_step", "reason", "plan"),
+                "grade": ("attempt", "kind", "passed", "feedback"),
+                "fan_out": ("agent", "concurrency", "branch_budget_usd", "branch_timeout_s"),
+                "fan_in": ("charged_usd",)}
 """Events whose payload is long (a router's whole request): only what a person reads."""
 
 

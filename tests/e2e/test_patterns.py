@@ -13,6 +13,7 @@ from agents.config import load_settings
 from agents.reflexion import FEEDBACK_MARK, PERSON_MARK
 from agents.replay import replay
 from agents.runtime import RunRequest, Runtime
+from agents.trace_view import render_summary, summarise
 from tests.e2e.conftest import API_KEY
 from tests.fakes.anthropic import FakeAnthropic, RecordedRequest, Reply, reply, tool_use
 
@@ -235,6 +236,10 @@ async def test_a_fan_out_of_three_with_one_failing_branch_is_synthesised_within_
         for b in fan_in["branches"]:
             start = rt.traces.read(b["trace_id"])[0]
             assert start["type"] == "run_start" and start["parent_trace_id"] == result.trace_id
+        # keel trace show (and /trace) show the tree
+        shown = render_summary(summarise(events))
+        for b in fan_in["branches"]:
+            assert f"branch {b['index']}: {b['status']}" in shown and b["trace_id"] in shown
         report = await replay(events)
         assert report.identical, report.render()
         for b in fan_in["branches"]:
