@@ -225,6 +225,14 @@ def _int(value: Any) -> int | None:
 # ------------------------------------------------------------------ on the wire
 
 
+def has_references(messages: list[dict[str, Any]]) -> bool:
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list) and any(is_reference(b) for b in content):
+            return True
+    return False
+
+
 def resolve(messages: list[dict[str, Any]], blobs: Blobs) -> list[dict[str, Any]]:
     """``messages`` with every reference replaced by the API's base64 source (a copy; the input
     is not changed). A copy that is gone becomes a one-line note, so the conversation goes on."""
@@ -261,8 +269,7 @@ class AttachmentClient:
         self.blobs = blobs
 
     async def _wire(self, request: ModelRequest) -> ModelRequest:
-        if not any(is_reference(b) for m in request.messages
-                   for b in (m.get("content") if isinstance(m.get("content"), list) else [])):
+        if not has_references(request.messages):
             return request
         # reading megabytes of copies is file work: off the event loop
         messages = await asyncio.to_thread(resolve, request.messages, self.blobs)

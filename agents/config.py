@@ -120,6 +120,25 @@ class Settings(BaseSettings):
         description="Finished database rows older than this many days are deleted (hourly).",
     )
     fetch_allow_private: bool = Field(False, validation_alias="KEEL_FETCH_ALLOW_PRIVATE")
+    max_file_bytes: int = Field(
+        10_000_000, ge=1, le=20_000_000, validation_alias="KEEL_MAX_FILE_BYTES",
+        description="Largest photo, PDF or file keel downloads from a chat, and the largest file "
+                    "an agent may send (Telegram lets bots download at most 20 MB).",
+    )
+    max_text_file_bytes: int = Field(
+        200_000, ge=1, le=5_000_000, validation_alias="KEEL_MAX_TEXT_FILE_BYTES",
+        description="Largest text file (txt, md, csv, json, code) read into a message as text.",
+    )
+    transcriber: Literal["none", "command"] = Field(
+        "none", validation_alias="KEEL_TRANSCRIBER",
+        description="How voice notes become text: 'command' runs KEEL_TRANSCRIBER_COMMAND; "
+                    "'none' answers voice notes with how to enable it.",
+    )
+    transcriber_command: str | None = Field(
+        None, validation_alias="KEEL_TRANSCRIBER_COMMAND",
+        description="A local program (and arguments) given an audio file's path as its last "
+                    "argument; it prints the text. Nothing is downloaded by keel.",
+    )
 
     @field_validator("allowed_user_ids", mode="before")
     @classmethod
@@ -190,6 +209,11 @@ class Settings(BaseSettings):
     @property
     def traces_dir(self) -> Path:
         return self.data_dir / "traces"
+
+    @property
+    def files_dir(self) -> Path:
+        """Local copies of files people sent and agents made (storage/files.py)."""
+        return self.data_dir / "files"
 
     def require_telegram_token(self) -> str:
         if self.telegram_bot_token is None or not self.telegram_bot_token.get_secret_value():

@@ -13,6 +13,8 @@ import json
 import math
 from typing import Any
 
+from agents.attachments import block_bound, block_estimate
+
 PER_BLOCK_OVERHEAD = 8
 
 
@@ -33,6 +35,9 @@ def estimate(value: Any) -> int:
     if isinstance(value, dict):
         if value.get("type") == "text" and isinstance(value.get("text"), str):
             return estimate_text(value["text"]) + PER_BLOCK_OVERHEAD
+        media = block_estimate(value)  # an image or a PDF: its pixels and pages, not its JSON
+        if media is not None:
+            return media + PER_BLOCK_OVERHEAD
         if "role" in value and "content" in value:
             return estimate(value["content"]) + PER_BLOCK_OVERHEAD
         return estimate_text(json.dumps(value, ensure_ascii=False, separators=(",", ":"))) + PER_BLOCK_OVERHEAD
@@ -76,6 +81,9 @@ def bound(value: Any) -> int:
             if isinstance(content, str):
                 content = [{"type": "text", "text": content}]
             return bound(content) + BLOCK_FRAMING_TOKENS
+        media = block_bound(value)  # an image or a PDF: see agents/attachments.py
+        if media is not None:
+            return media + BLOCK_FRAMING_TOKENS
         return bound_bytes(value) + BLOCK_FRAMING_TOKENS
     return bound_bytes(value) + BLOCK_FRAMING_TOKENS
 

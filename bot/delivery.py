@@ -42,6 +42,7 @@ from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, Time
 from agents.notify import Button, Delivered, DeliveryError
 from bot.render import Chunk, render
 from storage.db import Database
+from storage.files import Blobs
 from storage.outbox import OutboxButton, OutboxItem, OutboxRepository
 
 log = logging.getLogger(__name__)
@@ -146,12 +147,14 @@ class ChunkSender:
     async def send(self, chat_id: int, chunk: Chunk, *, thread_id: int | None,
                    reply_to: int | None, markup: InlineKeyboardMarkup | None,
                    handing_over: Callable[[], Awaitable[None]] | None = None,
-                   not_handed_over: Callable[[], Awaitable[None]] | None = None) -> int:
+                   not_handed_over: Callable[[], Awaitable[None]] | None = None,
+                   document: tuple[str, bytes] | None = None) -> int:
         """Send one chunk. ``handing_over`` is awaited right before each attempt leaves (after
         pacing); ``not_handed_over`` as soon as an attempt is known not to have been shown (an
         answer refusing it, or no connection made), before any wait. So a chunk is marked in
         flight only while a request may really be on its way — not while keel waits out a
-        backoff or a flood, where a crash would wrongly leave it "possibly delivered"."""
+        backoff or a flood, where a crash would wrongly leave it "possibly delivered".
+        With ``document`` (file name, bytes) the chunk is that document's caption."""
         async def released() -> None:
             if not_handed_over is not None:
                 await not_handed_over()
@@ -163,6 +166,16 @@ class ChunkSender:
             if handing_over is not None:
                 await handing_over()
             try:
+                if document is not None:
+                    message = await self.bot.send_document(
+                        chat_id, document=document[1], filename=document[0],
+                        caption=(chunk.plain if plain else chunk.text) or None,
+                        caption_entities=None if plain else (_entities(chunk) or None),
+                        message_thread_id=thread_id,
+                        reply_parameters=ReplyParameters(reply_to, allow_sending_without_reply=True)
+                        if reply_to else None,
+                        read_timeout=SEND_READ_TIMEOUT_S, write_timeout=SEND_READ_TIMEOUT_S)
+                    return message.message_id
                 message = await self.bot.send_message(
                     chat_id, chunk.plain if plain else chunk.text,
                     entities=None if plain else (_entities(chunk) or None),
@@ -212,8 +225,9 @@ class Outbox:
     """Delivers outbox rows: one at a time per chat (in order), many chats at once."""
 
     def __init__(self, db: Database, sender: ChunkSender, *,
-                 after_delivery: AfterDelivery | None = None) -> None:
+                 after_delivery: AfterDelivery | None = None, files: Blobs | None = None) -> None:
         self.db = db
+        self.files = files  # where a document row's bytes are (storage/files.py)
         self.repo = OutboxRepository(db)
         self.sender = sender
         self.after_delivery = after_delivery
@@ -236,11 +250,11 @@ class Outbox:
     async def put(self, conn: Any, *, chat_id: int, thread_id: int | None, reply_to: int | None,
                   markdown: str, inbox_update_id: int | None = None, run_id: str | None = None,
                   buttons: list[list[Button]] | None = None,
-                  escalation_id: str | None = None) -> int:
-        """Insert inside the caller's write transaction."""
+                  escalation_id: str | None = None, file: dict[str, Any] | None = None) -> int:
+        """Insert inside the caller's write transaction (``file``: a document, see OutboxItem)."""
         return await self.repo.put(
             conn, chat_id=chat_id, thread_id=thread_id, reply_to=reply_to, markdown=markdown,
-            inbox_update_id=inbox_update_id, run_id=run_id, escalation_id=escalation_id,
+            inbox_update_id=inbox_update_id, run_id=run_id, escalation_id=escalation_id, file=file,
             buttons=[[OutboxButton(label=b.label, key=b.key) for b in row]
                      for row in buttons] if buttons else None)
 
@@ -281,6 +295,10 @@ class Outbox:
             log.warning("outbox %s: chunk %d was in flight when the bot stopped; not resending it",
                         item.id, len(ids) - 1)
         chunks = render(item.markdown) or [Chunk(text="(empty answer)")]
+        document = None
+        if item.kind == "document":
+            document = await self._document(item)
+            chunks = (render(item.markdown) or [Chunk(text="")])[:1]  # the caption
         for index in range(len(ids), len(chunks)):
             last = index == len(chunks) - 1
             try:
@@ -289,7 +307,8 @@ class Outbox:
                     reply_to=item.reply_to if index == 0 else None,
                     markup=_markup(item.buttons) if last else None,
                     handing_over=functools.partial(self.repo.handing_over, item.id, index),
-                    not_handed_over=functools.partial(self.repo.not_handed_over, item.id))
+                    not_handed_over=functools.partial(self.repo.not_handed_over, item.id),
+                    document=document)
             except Unconfirmed as exc:
                 ids.append(0)
                 await self.repo.unconfirmed(item.id, ids, str(exc))
@@ -314,6 +333,18 @@ class Outbox:
             except Exception:
                 log.exception("after delivery of outbox item %s", item.id)
         return Delivered(message_ids=tuple(ids))
+
+    async def _document(self, item: OutboxItem) -> tuple[str, bytes]:
+        """A document row's file name and bytes; a copy that is gone fails the row."""
+        file = item.file or {}
+        data = None
+        if self.files is not None and file.get("sha256"):
+            data = await asyncio.to_thread(self.files.read, str(file["sha256"]))
+        if data is None:
+            error = f"the file {file.get('filename')!r} is no longer stored"
+            await self.repo.failed(item.id, error)
+            raise Refused(error)
+        return str(file.get("filename") or "file"), data
 
     async def sweep(self) -> int:
         """Deliver every pending item (start-up recovery, and periodically for items Telegram was

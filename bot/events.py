@@ -13,6 +13,22 @@ MediaKind = Literal["photo", "voice", "audio", "video", "video_note", "sticker",
 
 
 @dataclass(frozen=True, kw_only=True)
+class IncomingFile:
+    """A file attached to a message, as the update describes it (nothing downloaded yet)."""
+
+    kind: MediaKind
+    file_id: str
+    unique_id: str
+    size: int | None  # bytes, when Telegram says (it decides whether to download at all)
+    name: str | None = None
+    mime_type: str | None = None
+    width: int | None = None
+    height: int | None = None
+    too_big: bool = False
+    """A photo none of whose sizes fit the limit: ``size`` is its smallest."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class IncomingMessage:
     update_id: int
     chat_id: int
@@ -27,6 +43,9 @@ class IncomingMessage:
     replies_to_bot: bool
     reply_to_message_id: int | None
     edited: bool
+    files: tuple[IncomingFile, ...] = ()
+    media_group_id: str | None = None
+    """Set on each message of an album (several photos or files sent together)."""
 
     @property
     def is_private(self) -> bool:
@@ -63,7 +82,12 @@ def media_kind(message: Message) -> MediaKind | None:
     return None
 
 
-def from_update(update: Update, *, bot_id: int, bot_username: str | None) -> IncomingMessage | None:
+PHOTO_MAX_BYTES = 3_750_000
+"""The largest photo size picked: the Messages API takes images up to 5 MB as base64."""
+
+
+def from_update(update: Update, *, bot_id: int, bot_username: str | None,
+                max_photo_bytes: int = PHOTO_MAX_BYTES) -> IncomingMessage | None:
     message = update.message or update.edited_message
     if message is None or message.from_user is None:
         return None
@@ -96,7 +120,28 @@ def from_update(update: Update, *, bot_id: int, bot_username: str | None) -> Inc
         replies_to_bot=replies_to_bot,
         reply_to_message_id=reply.message_id if reply and not is_topic_root else None,
         edited=update.edited_message is not None,
+        files=files_of(message, max_photo_bytes=max_photo_bytes),
+        media_group_id=message.media_group_id,
     )
+
+
+def files_of(message: Message, *, max_photo_bytes: int) -> tuple[IncomingFile, ...]:
+    """The downloadable files of a message: a photo (its largest size within
+    ``max_photo_bytes``), a document, a voice note or an audio file."""
+    if message.photo:
+        sizes = sorted(message.photo, key=lambda p: p.width * p.height)
+        fitting = [p for p in sizes if p.file_size is None or p.file_size <= max_photo_bytes]
+        best = fitting[-1] if fitting else sizes[0]
+        return (IncomingFile(kind="photo", file_id=best.file_id, unique_id=best.file_unique_id,
+                             size=best.file_size, mime_type="image/jpeg", width=best.width,
+                             height=best.height, too_big=not fitting),)
+    for kind in ("document", "voice", "audio"):
+        item = getattr(message, kind, None)
+        if item is not None:
+            return (IncomingFile(kind=kind, file_id=item.file_id, unique_id=item.file_unique_id,
+                                 size=item.file_size, name=getattr(item, "file_name", None),
+                                 mime_type=getattr(item, "mime_type", None)),)
+    return ()
 
 
 def _strip_mention(text: str, handle: str) -> str:

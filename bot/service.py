@@ -26,10 +26,13 @@ from agents.router import RouteDecision
 from agents.run import RunResult, describe, new_id
 from agents.runtime import OnCommit, Runtime
 from agents.sessions import Sessions
+from agents.tools.send_file import files_sent
 from bot.access import Access, Role
 from bot.delivery import ChunkSender, Outbox, OutboxNotifier
 from bot.events import IncomingMessage
+from bot.media import Media, MediaRefused
 from bot.progress import Progress
+from storage.files import Blobs
 from storage.inbox import Inbox
 from storage.outbox import OutboxItem
 
@@ -39,14 +42,6 @@ CANCELLED_BEFORE_START = "Cancelled before the agent started; nothing more will 
 
 PROGRESS_MAX_ACTIVE_RUNS = 10
 """Above this many runs at once, no typing actions or drafts: replies keep the rate limit."""
-
-UNSUPPORTED_MEDIA = {
-    "photo": "photos", "voice": "voice notes", "audio": "audio files", "video": "videos",
-    "video_note": "video notes", "sticker": "stickers", "document": "files",
-    "animation": "GIFs", "location": "locations", "contact": "contacts", "poll": "polls",
-    "other": "this kind of message",
-}
-
 
 class ConversationLocks:
     """One run at a time per conversation (chat + topic); many conversations in parallel.
@@ -81,7 +76,9 @@ class KeelBot:
         self.bot = bot
         self.settings = runtime.settings
         self.sessions = Sessions(runtime)
-        self.outbox = Outbox(runtime.db, ChunkSender(bot), after_delivery=self._after_delivery)
+        self.outbox = Outbox(runtime.db, ChunkSender(bot), after_delivery=self._after_delivery,
+                             files=Blobs(self.settings.files_dir))
+        self.media = Media(bot, runtime.db, self.settings)
         self.notifier = OutboxNotifier(bot, self.outbox)
         self.inbox = Inbox(runtime.db)
         self.locks = ConversationLocks()
@@ -131,9 +128,13 @@ class KeelBot:
             await self.say(message, "I answer new messages only; edits are not re-read. Send the "
                            "corrected text as a new message if you want a new answer.")
             return
-        if message.media is not None and not message.text:
-            what = UNSUPPORTED_MEDIA.get(message.media, "this kind of message")
-            await self.say(message, f"I can't read {what} yet — please send your request as text.")
+        if message.media is not None:
+            # kind and size are decided from the update: a refused file is never downloaded
+            refusal = None if message.media_group_id else self.media.refusal(message)
+            if refusal is not None:
+                await self.say(message, refusal)
+                return
+            await self.process(message)  # a file is a request, never a reply to a question
             return
         if not message.text:
             return
@@ -177,10 +178,13 @@ class KeelBot:
         """Route and run one message; returns the run id it used (None before one was made)."""
         # The run's deadline starts now, when the request is taken, and covers routing.
         started = time.monotonic()
-        text = message.text
-        if message.media is not None:
-            text += f"\n\n[The person also attached {UNSUPPORTED_MEDIA.get(message.media)}, which " \
-                    "you cannot see.]"
+        try:
+            intake = await self.media.intake(message)  # files downloaded (once) and read
+        except MediaRefused as exc:
+            await self.say(message, str(exc))
+            await self.media.close_parts(exc.parts)
+            return None
+        text = intake.text
         conversation = await self.runtime.conversations.get_or_create(message.chat_id,
                                                                       message.thread_id)
         try:
@@ -212,14 +216,14 @@ class KeelBot:
                     await self.runtime.conversations.set_current_agent(conversation.id, agent)
                 turn = await self.sessions.turn(
                     chat_id=message.chat_id, thread_id=message.thread_id, agent=agent,
-                    content=[{"type": "text", "text": text}], user_id=message.user_id,
+                    content=intake.content, user_id=message.user_id,
                     on_progress=progress, run_id=run_id, route=route,
                     request_key=f"tg:{message.update_id}", started=started,
                     on_commit=self.outcome_commit(
                         chat_id=message.chat_id, thread_id=message.thread_id,
                         reply_to=None if message.is_private else message.message_id,
                         update_id=message.update_id, items=items,
-                        asker=(message.user_id, message.user_name)),
+                        asker=(message.user_id, message.user_name), parts=intake.parts),
                 )
         except KeelError as exc:
             await self.say(message, f"⚠️ {exc}", run_id=run_id)
@@ -251,9 +255,11 @@ class KeelBot:
 
     def outcome_commit(self, *, chat_id: int, thread_id: int | None, reply_to: int | None,
                        update_id: int | None, items: list[int],
-                       asker: tuple[int, str] | None = None) -> OnCommit:
+                       asker: tuple[int, str] | None = None,
+                       parts: tuple[int, ...] = ()) -> OnCommit:
         """What a finished run commits with its outcome, in the same transaction: its reply (or
-        its question), and the inbox row of the message it answered. Outbox ids go to ``items``."""
+        its question) after the files it sent, and the inbox row of the message it answered (and
+        of the album's other ``parts``). Outbox ids go to ``items``."""
 
         async def commit(conn: Any, result: RunResult) -> None:
             if result.status == "waiting_human":
@@ -261,6 +267,10 @@ class KeelBot:
                                                            thread_id=thread_id, extra=items,
                                                            asker=asker))
             else:
+                for file in files_sent(result.messages):  # send_file: delivered once, first
+                    items.append(await self.outbox.put(
+                        conn, chat_id=chat_id, thread_id=thread_id, reply_to=None,
+                        markdown=file.get("caption") or "", run_id=result.run_id, file=file))
                 items.append(await self.outbox.put(
                     conn, chat_id=chat_id, thread_id=thread_id, reply_to=reply_to,
                     markdown=answer_text(result), inbox_update_id=update_id,
@@ -270,6 +280,8 @@ class KeelBot:
                         conn, result, chat_id=chat_id, thread_id=thread_id))
             if update_id is not None:
                 await Inbox.close(conn, update_id, "done", run_id=result.run_id)
+            for part in parts:
+                await Inbox.close(conn, part, "done", run_id=result.run_id)
 
         return commit
 

@@ -392,6 +392,26 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE conversations ADD COLUMN model TEXT;
         """,
     ),
+    Migration(
+        "0008_files",
+        """
+        -- Files people sent and files agents made: one local copy each under <data>/files/,
+        -- named by its SHA-256 (storage/files.py). A Telegram file already copied is found by
+        -- its file_unique_id and never downloaded again.
+        CREATE TABLE files (
+            id                 INTEGER PRIMARY KEY,
+            sha256             TEXT NOT NULL,
+            size               INTEGER NOT NULL,
+            media_type         TEXT NOT NULL,
+            name               TEXT,
+            origin             TEXT NOT NULL CHECK (origin IN ('telegram', 'agent')),
+            telegram_file_id   TEXT,
+            telegram_unique_id TEXT UNIQUE,
+            created_at         TEXT NOT NULL
+        );
+        CREATE INDEX files_sha256 ON files (sha256);
+        """,
+    ),
 )
 # In number order whatever the order they were appended in (work on several migrations lands in
 # any order); applied by name, so a database that has a later one still gets an earlier one.

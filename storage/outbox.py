@@ -42,6 +42,11 @@ class OutboxItem:
     inbox_update_id: int | None
     run_id: str | None
     escalation_id: str | None
+    kind: str = "text"
+    """'text': ``markdown`` sent in chunks; 'document': ``file`` sent as one document, with
+    ``markdown`` as its caption (one chunk, under the same in-flight rules)."""
+    file: dict[str, Any] | None = None
+    """For a document: ``{"sha256", "filename", "media_type", "size"}`` of a stored blob."""
 
     @property
     def sent_chunks(self) -> int:
@@ -55,16 +60,20 @@ class OutboxRepository:
     async def put(self, conn: WriteConnection, *, chat_id: int, thread_id: int | None,
                   reply_to: int | None, markdown: str, inbox_update_id: int | None = None,
                   run_id: str | None = None, buttons: list[list[OutboxButton]] | None = None,
-                  escalation_id: str | None = None) -> int:
-        """Insert inside the caller's write transaction; returns the row id."""
-        payload = {"markdown": markdown, "buttons": [[{"label": b.label, "key": b.key}
-                                                      for b in row] for row in buttons or []]}
+                  escalation_id: str | None = None, file: dict[str, Any] | None = None) -> int:
+        """Insert inside the caller's write transaction; returns the row id. With ``file`` the
+        row is a document (kind 'document') and ``markdown`` its caption."""
+        payload: dict[str, Any] = {"markdown": markdown, "buttons": [
+            [{"label": b.label, "key": b.key} for b in row] for row in buttons or []]}
+        if file is not None:
+            payload["file"] = file
         async with conn.execute(
-            "INSERT INTO outbox (chat_id, thread_id, reply_to_message_id, payload, inbox_update_id,"
-            " run_id, escalation_id, telegram_message_ids, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, '[]', ?) RETURNING id",
-            (chat_id, thread_id, reply_to, json.dumps(payload, ensure_ascii=False),
-             inbox_update_id, run_id, escalation_id, now_iso()),
+            "INSERT INTO outbox (chat_id, thread_id, reply_to_message_id, kind, payload,"
+            " inbox_update_id, run_id, escalation_id, telegram_message_ids, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, '[]', ?) RETURNING id",
+            (chat_id, thread_id, reply_to, "document" if file is not None else "text",
+             json.dumps(payload, ensure_ascii=False), inbox_update_id, run_id, escalation_id,
+             now_iso()),
         ) as cursor:
             row = await cursor.fetchone()
         return int(row[0]) if row is not None else 0
@@ -149,5 +158,5 @@ def _item(row: Any) -> OutboxItem:
         message_ids=list(json.loads(row["telegram_message_ids"] or "[]")),
         inflight_chunk=row["inflight_chunk"], status=row["status"],
         inbox_update_id=row["inbox_update_id"], run_id=row["run_id"],
-        escalation_id=row["escalation_id"],
+        escalation_id=row["escalation_id"], kind=row["kind"], file=payload.get("file"),
     )

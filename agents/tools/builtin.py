@@ -1,4 +1,4 @@
-"""The tools every keel install has: the time, a web page, a human."""
+"""The tools every keel install has: the time, a web page, a human, a file to send."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from agents.tools.fetch import fetch_url
 from agents.tools.memory import MEMORY_TOOLS
 from agents.tools.policy import NO_RETRY
 from agents.tools.registry import ToolRegistry
+from agents.tools.send_file import send_file
 
 MAX_ESCALATION_OPTIONS = 6
 MAX_OPTION_CHARS = 40  # a Telegram inline button stays readable on a phone
@@ -126,7 +127,7 @@ async def escalate_to_human(args: EscalateArgs) -> ToolOutcome:
 
 
 BUILTIN_TOOLS = (get_current_time, fetch_url, escalate_to_human, *MEMORY_TOOLS, search_docs,
-                 research)
+                 research, send_file)
 
 
 def builtin_registry() -> ToolRegistry:

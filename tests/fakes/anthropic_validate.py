@@ -287,6 +287,8 @@ def _check_messages(body: JSON, require_first_user: bool) -> list[Turn]:
                 )
             if kind == "text" and not block.get("text"):
                 raise invalid("messages: text content blocks must be non-empty")
+            if kind in ("image", "document"):
+                _check_media_block(block, f"messages.{i}.content.{j}")
         if i == last and role == "assistant":
             blocks = normalize_content(content)
             if blocks and blocks[-1].get("type") == "text":
@@ -298,6 +300,56 @@ def _check_messages(body: JSON, require_first_user: bool) -> list[Turn]:
     if require_first_user and messages[0].get("role") != "user":
         raise invalid('messages: first message must use the "user" role')
     return merge_turns(messages)
+
+
+_IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+_IMAGE_MAGIC = {
+    "image/jpeg": (b"\xff\xd8\xff",), "image/png": (b"\x89PNG\r\n\x1a\n",),
+    "image/gif": (b"GIF87a", b"GIF89a"), "image/webp": (b"RIFF",),
+}
+MAX_IMAGE_BASE64_BYTES = 5 * 1024 * 1024
+
+
+def _check_media_block(block: JSON, where: str) -> None:
+    """An image or document block: its source, media type and bytes (base64 sources are
+    decoded and checked against their media type, as the real API does)."""
+    kind = block["type"]
+    source = block.get("source")
+    if not isinstance(source, dict):
+        raise invalid(f"{where}.{kind}.source: Field required")
+    tags = ("base64", "file", "url") if kind == "image" else (
+        "base64", "content", "file", "text", "url")
+    stype = source.get("type")
+    if stype not in tags:
+        raise invalid(
+            f"{where}.{kind}.source: Input tag '{stype}' found using 'type' does not match any "
+            f"of the expected tags: {', '.join(repr(t) for t in tags)}"
+        )
+    if stype != "base64":
+        return
+    media_type = source.get("media_type")
+    allowed = _IMAGE_TYPES if kind == "image" else ("application/pdf",)
+    if media_type not in allowed:
+        raise invalid(
+            f"{where}.{kind}.source.base64.media_type: Input should be "
+            + " or ".join(", ".join(repr(t) for t in allowed).rsplit(", ", 1))
+        )
+    data = source.get("data")
+    if not isinstance(data, str):
+        raise invalid(f"{where}.{kind}.source.base64.data: Field required")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except ValueError:
+        raise invalid(f"{where}.{kind}.source.base64.data: Invalid base64 data") from None
+    if kind == "image":
+        if len(data) > MAX_IMAGE_BASE64_BYTES:
+            raise invalid(f"{where}.image.source.base64.data: image exceeds 5 MB maximum: "
+                          f"{len(data)} bytes > {MAX_IMAGE_BASE64_BYTES} bytes")
+        if not raw.startswith(_IMAGE_MAGIC[media_type]):
+            raise invalid(f"{where}.image.source.base64.data: Image does not match the provided "
+                          "media type " + media_type)
+    elif not raw.startswith(b"%PDF-"):
+        raise invalid(f"{where}.document.source.base64.data: The PDF specified was not valid.")
 
 
 def _check_tool_pairing(turns: list[Turn]) -> None:

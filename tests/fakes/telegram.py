@@ -62,6 +62,7 @@ CONFLICT_WEBHOOK = (
 )
 MAX_TEXT = 4096  # Unicode code points after entity parsing (TDLib utf8_length)
 MAX_CAPTION = 1024
+MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024  # getFile: "file is too big" above it
 MAX_CALLBACK_DATA = 64  # bytes
 # What getUpdates gives without allowed_updates: all but chat_member and message reactions.
 DEFAULT_UPDATES = frozenset(
@@ -361,6 +362,7 @@ class FakeTelegram:
         self._callback_queries: dict[str, JSON] = {}
         self.my_commands: dict[tuple[str, str], list[JSON]] = {}
         self.document_log: list[JSON] = []
+        self.downloads: list[str] = []  # file_path of every file download served
 
         # failure injection
         self._faults: list[Fault] = []
@@ -556,6 +558,7 @@ class FakeTelegram:
         data: bytes = b"\xff\xd8\xff fake jpeg",
         thread: Topic | int | None = None,
         reply_to: JSON | int | None = None,
+        media_group_id: str | None = None,
     ) -> JSON:
         sizes = []
         for width in (90, 320, 1280):  # Telegram sends several sizes, the largest last
@@ -570,6 +573,8 @@ class FakeTelegram:
                 }
             )
         content: JSON = {"photo": sizes, **self._caption(caption)}
+        if media_group_id:
+            content["media_group_id"] = media_group_id
         return self._emit(
             "message", self._user_message(chat, user, thread, reply_to, content), chat=chat
         )
@@ -637,9 +642,12 @@ class FakeTelegram:
         caption: str | None = None,
         thread: Topic | int | None = None,
         reply_to: JSON | int | None = None,
+        media_group_id: str | None = None,
     ) -> JSON:
         stored = self._store_file(data, "documents", filename, mime_type)
         content = {"document": self._document_dict(stored), **self._caption(caption)}
+        if media_group_id:
+            content["media_group_id"] = media_group_id
         return self._emit(
             "message", self._user_message(chat, user, thread, reply_to, content), chat=chat
         )
@@ -1052,6 +1060,8 @@ class FakeTelegram:
                 {"ok": False, "error_code": 401, "description": "Unauthorized"}, status=401
             )
         path = request.match_info["path"]
+        self.downloads.append(path)
+        self._changed()
         stored = next((f for f in self.files.values() if f.file_path == path), None)
         if stored is None:
             return web.json_response(
@@ -1735,6 +1745,8 @@ class FakeTelegram:
         stored = self.files.get(params.get("file_id", ""))
         if stored is None:
             raise bad_request("invalid file_id")
+        if len(stored.data) > MAX_DOWNLOAD_BYTES:
+            raise bad_request("file is too big")
         return {
             "file_id": stored.file_id,
             "file_unique_id": stored.file_unique_id,
