@@ -24,6 +24,7 @@ ARGS: dict[str, list[str]] = {
     "trace show": ["abc"],
     "trace replay": ["abc"],
     "escalation answer": ["abc", "1"],
+    "memory forget": ["1"],
 }
 
 # Commands that read or write under KEEL_DATA_DIR: a bad one is one line naming it, exit 2.
