@@ -1,4 +1,5 @@
-"""Parallel research under one budget: the ``research`` tool fans sub-questions out to child runs.
+"""Parallel research under one budget: the ``research`` tool (agents/tools/research.py) fans
+sub-questions out to child runs.
 
 A parent run calls ``research(questions=[...])``; each question becomes a child run of the
 configured agent (``[agents.X.research] agent``), at most ``concurrency`` at once. Bounds:
@@ -24,24 +25,20 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
-
 from agents.errors import KeelError
 from agents.patterns_config import ResearchConfig
-from agents.run import Run, new_id
-from agents.tools.contract import ToolCall, ToolCatalog, ToolContext, ToolOutcome
-from agents.tools.declare import ToolArgs, tool
 from agents.tools.errors import ToolError
-from agents.tools.policy import NO_RETRY
+from agents.tools.research import RESEARCH_EXTRA
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # agents.run imports the tools package, which holds the research tool
+    from agents.run import Run
     from agents.runtime import Runtime
-
-RESEARCH_EXTRA = "research"
+    from agents.tools.contract import ToolCall, ToolCatalog, ToolContext, ToolOutcome
 MIN_BRANCH_USD = 0.001
 ANSWER_CHARS = 4000
 SYNTHESIS_TIME_S = 30.0
@@ -83,6 +80,10 @@ class FanOut:
         self.request_type = request_type
         """``agents.runtime.RunRequest`` (passed in: the runtime imports this module)."""
 
+    @property
+    def max_branches(self) -> int:
+        return self.config.max_branches
+
     async def run(self, questions: list[str]) -> list[Branch]:
         parent, config = self.parent, self.config
         if config.agent not in self.runtime.agents:
@@ -99,7 +100,8 @@ class FanOut:
         spec = self.runtime.agent(config.agent)
         limits = dataclasses.replace(spec.limits, budget_usd=share,
                                      timeout_s=min(spec.limits.timeout_s, child_timeout))
-        branches = [Branch(index=i, question=q, run_id=new_id()) for i, q in enumerate(questions)]
+        branches = [Branch(index=i, question=q, run_id=str(uuid.uuid4()))
+                    for i, q in enumerate(questions)]
         parent.trace.emit("fan_out", agent=config.agent,
                           concurrency=config.concurrency, pool_usd=round(pool, 8),
                           branch_budget_usd=round(share, 8), branch_timeout_s=limits.timeout_s,
@@ -157,42 +159,6 @@ class FanOut:
             ended_s=round(time.monotonic() - t0, 4))
 
 
-class ResearchArgs(ToolArgs):
-    questions: list[str] = Field(
-        min_length=2, max_length=10,
-        description="Independent sub-questions, each answerable on its own (no question may "
-                    "depend on another's answer). They are researched at the same time.")
-
-
-@tool(
-    name="research",
-    description=(
-        "Research several independent sub-questions at once: each goes to its own assistant "
-        "run, in parallel, within a share of your budget and time. Use it when a question "
-        "splits into parts that do not depend on each other. Returns JSON: branches, each with "
-        "question, status and answer (or error). If a branch failed, say so in your answer."
-    ),
-    timeout_s=24 * 3600.0,  # bounded by the run's own deadline, which the children end before
-    retry=NO_RETRY,
-)
-async def research(args: ResearchArgs, ctx: ToolContext) -> dict[str, Any]:
-    fan_out = ctx.extras.get(RESEARCH_EXTRA)
-    if not isinstance(fan_out, FanOut):
-        raise ToolError("unsupported", "Parallel research is not available here.",
-                        "Answer the sub-questions yourself.")
-    questions = [q.strip() for q in args.questions if q.strip()]
-    if len(questions) > fan_out.config.max_branches:
-        raise ToolError("invalid_arguments", f"At most {fan_out.config.max_branches} "
-                        "sub-questions at once.", "Merge or drop the least important ones.")
-    branches = await fan_out.run(questions)
-    failed = [b for b in branches if b.status != "completed"]
-    out: dict[str, Any] = {"branches": [b.for_model() for b in branches]}
-    if failed:
-        out["note"] = (f"{len(failed)} of {len(branches)} branch(es) did not complete; say which "
-                       "in your answer and do not invent their results.")
-    return out
-
-
 # ------------------------------------------------------------------ replay
 
 
@@ -238,4 +204,4 @@ def fan_in_summary(events: Iterable[dict[str, Any]]) -> list[str]:
     return out
 
 
-__all__ = ["RESEARCH_EXTRA", "Branch", "ChargingCatalog", "FanOut", "fan_in_summary", "research"]
+__all__ = ["RESEARCH_EXTRA", "Branch", "ChargingCatalog", "FanOut", "fan_in_summary"]

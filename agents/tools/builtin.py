@@ -10,7 +10,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import Field, StringConstraints, field_validator
 
-from agents.research import research
 from agents.tools.contract import EscalationRequest, ToolContext, ToolOutcome
 from agents.tools.declare import ToolArgs, tool
 from agents.tools.docs import search_docs
@@ -19,6 +18,7 @@ from agents.tools.fetch import fetch_url
 from agents.tools.memory import MEMORY_TOOLS
 from agents.tools.policy import NO_RETRY
 from agents.tools.registry import ToolRegistry
+from agents.tools.research import research
 from agents.tools.send_file import send_file
 
 MAX_ESCALATION_OPTIONS = 6
