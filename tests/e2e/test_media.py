@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import pytest
 import pytest_asyncio
 
@@ -238,3 +239,27 @@ async def test_send_file_refuses_bytes_that_are_not_what_their_name_says(
     message = await tg.next_bot_message(chat.id)
     assert message["text"] == "Failed: These bytes are not a PNG file."
     assert tg.documents(chat.id) == []
+
+
+async def test_the_fake_api_refuses_media_blocks_the_real_one_would(
+        fake_anthropic: FakeAnthropic) -> None:
+    client = anthropic.AsyncAnthropic(api_key="sk-test", base_url=fake_anthropic.base_url,
+                                      max_retries=0)
+
+    async def error_of(block: dict[str, Any]) -> str:
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            await client.messages.create(model="claude-sonnet-4-6", max_tokens=10, messages=[
+                {"role": "user", "content": [block, {"type": "text", "text": "?"}]}])
+        return str(refused.value.body["error"]["message"])  # type: ignore[index]
+
+    unresolved = {"type": "image", "source": {"type": "keel_file", "sha256": "0" * 64}}
+    assert (await error_of(unresolved)).startswith(
+        "messages.0.content.0.image.source: Input tag 'keel_file' found")
+    png_as_jpeg = {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg",
+                                               "data": base64.b64encode(b"\x89PNG\r\n\x1a\n").decode()}}
+    assert (await error_of(png_as_jpeg)).endswith("Image does not match the provided media type "
+                                                  "image/jpeg")
+    not_pdf = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
+                                              "data": base64.b64encode(b"hello").decode()}}
+    assert (await error_of(not_pdf)).endswith("The PDF specified was not valid.")
+    await client.close()
