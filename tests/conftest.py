@@ -15,9 +15,10 @@ import pytest_asyncio
 from storage.db import Database
 from storage.migrations import migrate
 from storage.pg import PostgresDatabase, create_schema, drop_schema, redact
-from tests import netguard
+from tests import netguard, secret_scan
 
 netguard.install()
+secret_scan.install()  # issue 14: what the e2e tests make keel write holds no token or key
 
 # Read before any test's clean environment drops every KEEL_ variable.
 TEST_PG_URL = os.environ.get("KEEL_TEST_PG_URL") or "postgresql://postgres@127.0.0.1:5432/test"
@@ -30,13 +31,32 @@ _KEEL_ENV_PREFIXES = ("KEEL_", "TELEGRAM_", "ANTHROPIC_")
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+               request: pytest.FixtureRequest) -> Iterator[None]:
     for name in list(os.environ):
         if name.startswith(_KEEL_ENV_PREFIXES):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("KEEL_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path)  # so a developer's .env in the repo is never read by a test
+    secret_scan.before_test(request.node.nodeid)
     yield
+    secret_scan.after_test(request.node.nodeid, tmp_path)  # its environment is still set here
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Issue 14: a grep of the logs, traces and databases the e2e tests made finds no bot token
+    and no API key (tests/secret_scan.py); any hit fails the session."""
+    hits = secret_scan.findings()
+    if not hits:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = [f"SECRET LEAK: {h.secret} in {h.where} (test {h.test})" for h in hits]
+    for line in lines:
+        if reporter is not None:
+            reporter.write_line(line, red=True)
+        else:
+            print(line)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 # ------------------------------------------------------------------ database backends
