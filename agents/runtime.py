@@ -577,9 +577,24 @@ class Runtime:
         """Runs a dead process left ``running`` end ``failed`` with a ``run_end`` in their trace;
         their requests are retried by their owners (inbox, schedule fires) under the same request
         key, so side effects are not repeated. Returns how many."""
-        detail = "interrupted: the bot stopped while this run was working"
         # only runs whose process is gone: a live `keel agent run` beside the bot keeps going
-        records = await self.runs.abandoned()
+        return await self._close_runs(await self.runs.abandoned(),
+                                      "interrupted: the bot stopped while this run was working")
+
+    async def close_request_runs(self, request_key: str) -> int:
+        """Before a request is answered again by a job that was taken over from a silent worker:
+        runs of that request still marked running in another process end as interrupted (their
+        holds charged as spent). Returns how many."""
+        from storage.owner import this_process
+
+        records = [r for r in await self.runs.running()
+                   if r.request_key == request_key and r.owner != this_process()]
+        if records:
+            for record in records:
+                await self.ledger.release_run(record.id, charge=True)
+        return await self._close_runs(records, "interrupted: its worker stopped")
+
+    async def _close_runs(self, records: list[Any], detail: str) -> int:
         for record in records:
             try:
                 trace = self.traces.writer(trace_id=record.trace_id, run_id=record.id,

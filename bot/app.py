@@ -102,7 +102,8 @@ async def _post_init(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
     app.bot_data["keel"] = keel
     app.bot_data["on_button"] = memory_view.chain(memory_view.on_button,
                                                   keel.escalations.on_button)
-    if app.job_queue is not None:
+    role = app.bot_data.get("role", "all")  # "all" (keel run), "ingress" or "worker" (workers.py)
+    if app.job_queue is not None and role != "ingress":
         app.job_queue.run_repeating(_expire_escalations, interval=60, first=1,
                                     name="expire-escalations")
         app.job_queue.run_repeating(_sweep_outbox, interval=OUTBOX_SWEEP_S, first=OUTBOX_SWEEP_S,
@@ -113,20 +114,20 @@ async def _post_init(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
         await app.bot.set_my_commands(bot_commands())
     except TelegramError as exc:
         log.warning("could not register commands: %s", exc)
-    poller = Poller(app.bot, store=keel.inbox.store, dispatch=_dispatcher(app, keel),
+    poller = Poller(app.bot, store=keel.inbox.store,
+                    dispatch=app.bot_data.get("dispatch") or _dispatcher(app, keel),
                     order_key=conversation_key, allowed_updates=ALLOWED_UPDATES,
                     secrets=settings.secrets())
     app.bot_data["poller"] = poller
     keel.dispatch = poller.submit
-    sent, answered = await keel.recover()
-    # After recover(): it fails runs left 'running', which must not include catch-up runs.
-    jobs = jobs_from_config(runtime.keel_file.schedules, default_timezone=settings.timezone,
-                            agents=runtime.agents)
-    if jobs:
-        scheduler = Scheduler(runtime.db, jobs, ScheduledRunner(
-            runtime, keel.notifier, mailbox=keel.outbox, on_escalation=_escalation_poster(keel)))
-        await scheduler.start()
-        app.bot_data["scheduler"] = scheduler
+    if role != "all":  # several processes: each role recovers its own part (bot/workers.py)
+        from bot.workers import recover_role
+
+        sent, answered = await recover_role(app, keel, role)
+    else:
+        sent, answered = await keel.recover()
+        # After recover(): it fails runs left 'running', which must not include catch-up runs.
+        await start_scheduler(app)
     log.info("keel is up as @%s: %d agents; recovered %d pending repl(ies), re-answering %d "
              "message(s)", app.bot.username, len(runtime.agents), sent, answered)
     # only now: getMe has accepted the token, so the hint is not noise before a refusal
@@ -135,6 +136,20 @@ async def _post_init(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
     # issue 13: a cap too small for one answer says so once, at start-up
     for line in budget_warnings(settings, runtime.agents, runtime.prices, runtime.registry):
         log.warning("budget: %s", line)
+
+
+async def start_scheduler(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
+    """Start the schedules of keel.toml in this process (with workers: on the leader only)."""
+    settings: Settings = app.bot_data["settings"]
+    runtime: Runtime = app.bot_data["runtime"]
+    keel: KeelBot = app.bot_data["keel"]
+    jobs = jobs_from_config(runtime.keel_file.schedules, default_timezone=settings.timezone,
+                            agents=runtime.agents)
+    if jobs:
+        scheduler = Scheduler(runtime.db, jobs, ScheduledRunner(
+            runtime, keel.notifier, mailbox=keel.outbox, on_escalation=_escalation_poster(keel)))
+        await scheduler.start()
+        app.bot_data["scheduler"] = scheduler
 
 
 async def _retention(context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -38,7 +38,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the Telegram bot (long polling)",
                        description="Run the bot: long polling, SQLite under KEEL_DATA_DIR, the "
                        "scheduler in the same process. Stops cleanly on Ctrl-C or SIGTERM.")
-    p.set_defaults(handler=_cmd_run)
+    p.set_defaults(handler=_cmd_run, role="all")
+
+    p = sub.add_parser("serve", help="receive updates for workers (several processes, PostgreSQL)",
+                       description="The ingress of a scaled-out keel: receive updates (long "
+                       "polling, or the webhook when KEEL_WEBHOOK_URL is set), commit each to the "
+                       "inbox and give it to the workers as a job. Needs KEEL_DATABASE_URL="
+                       "postgresql://…; run one, with any number of `keel worker`.")
+    p.set_defaults(handler=_cmd_run, role="ingress", concurrency=0)
+    p = sub.add_parser("worker", help="answer updates from `keel serve` (PostgreSQL)",
+                       description="A worker of a scaled-out keel: runs the jobs `keel serve` "
+                       "defers through the same handlers as `keel run`, one conversation's "
+                       "messages in order, many conversations at once; one worker is elected to "
+                       "run the schedules. A killed worker's jobs are taken over by the others. "
+                       "Needs KEEL_DATABASE_URL=postgresql://….")
+    p.add_argument("--concurrency", type=int, default=20, metavar="N",
+                   help="jobs this worker runs at once (default 20)")
+    p.set_defaults(handler=_cmd_run, role="worker")
 
     p = sub.add_parser("doctor", help="check the configuration and say how to fix it",
                        description="Check tokens, keys, the data directory, the time zone, "
@@ -154,7 +170,10 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from telegram.error import Conflict, InvalidToken, TelegramError
 
     from bot.app import run_bot
+    from bot.workers import require_postgres, run_role
 
+    if args.role != "all":
+        require_postgres(settings)
     # The check `keel doctor` makes: a bad agent, tool, price or schedule is a configuration
     # error before anything starts, with every problem listed.
     load_configuration(settings)
@@ -167,7 +186,9 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     logging.getLogger("telegram.ext").addFilter(not_a_startup_failure)
     try:
-        return run_bot(settings)
+        if args.role == "all":
+            return run_bot(settings)
+        return run_role(settings, args.role, concurrency=args.concurrency)
     except InvalidToken:
         print("keel: Telegram rejected the bot token in TELEGRAM_BOT_TOKEN; copy it again from "
               "@BotFather (/mybots → API Token).", file=sys.stderr)

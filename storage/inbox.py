@@ -88,6 +88,17 @@ class Inbox:
             (status, run_id, done, update_id),
         )
 
+    async def get(self, update_id: int) -> InboxItem | None:
+        row = await self.db.fetchone("SELECT * FROM inbox WHERE update_id = ?", (update_id,))
+        return None if row is None else _item(row)
+
+    async def unfinished_before(self, moment: str) -> list[InboxItem]:
+        """Updates not yet answered that arrived before ``moment`` (ISO, as now_iso())."""
+        rows = await self.db.fetchall(
+            "SELECT * FROM inbox WHERE status IN ('received', 'processing') AND received_at < ?"
+            " ORDER BY update_id", (moment,))
+        return [_item(r) for r in rows]
+
     async def unfinished(self) -> list[InboxItem]:
         rows = await self.db.fetchall(
             "SELECT * FROM inbox WHERE status IN ('received', 'processing') ORDER BY update_id"
@@ -95,3 +106,9 @@ class Inbox:
         return [InboxItem(update_id=r["update_id"], chat_id=r["chat_id"], thread_id=r["thread_id"],
                           user_id=r["user_id"], payload=json.loads(r["payload"]),
                           status=r["status"]) for r in rows]
+
+
+def _item(row: Any) -> InboxItem:
+    return InboxItem(update_id=row["update_id"], chat_id=row["chat_id"],
+                     thread_id=row["thread_id"], user_id=row["user_id"],
+                     payload=json.loads(row["payload"]), status=row["status"])

@@ -82,8 +82,15 @@ class OutboxRepository:
         row = await self.db.fetchone("SELECT * FROM outbox WHERE id = ?", (item_id,))
         return _item(row) if row else None
 
-    async def pending(self) -> list[OutboxItem]:
-        rows = await self.db.fetchall("SELECT * FROM outbox WHERE status = 'pending' ORDER BY id")
+    async def pending(self, *, chat_id: int | None = None) -> list[OutboxItem]:
+        """Rows still to deliver, oldest first (of one chat when ``chat_id`` is given)."""
+        if chat_id is not None:
+            rows = await self.db.fetchall(
+                "SELECT * FROM outbox WHERE status = 'pending' AND chat_id = ? ORDER BY id",
+                (chat_id,))
+        else:
+            rows = await self.db.fetchall(
+                "SELECT * FROM outbox WHERE status = 'pending' ORDER BY id")
         return [_item(r) for r in rows]
 
     async def lease(self, item_id: int, *, seconds: float = LEASE_S) -> bool:

@@ -1,0 +1,219 @@
+"""keel on several processes (issue 16): `keel serve` and two `keel worker`s on PostgreSQL, one
+worker SIGKILLed mid-way; every message answered once, each chat in order, no side effect twice.
+
+Real processes, the real python-telegram-bot and anthropic clients against the fakes, a real
+PostgreSQL (a schema of the test's own). Without a server the test is skipped (failed in CI)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import sys
+from collections import Counter
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.e2e.conftest import API_KEY, is_compactor, is_router
+from tests.e2e.killharness import KEEL_TOML, TOKEN, TOOL, _last_assistant_blocks, _lines
+from tests.e2e.sidefx_tools import EFFECTS_FILE_VARIABLE
+from tests.fakes.anthropic import FakeAnthropic, RecordedRequest, Reply, reply, tool_use
+from tests.fakes.telegram import FakeTelegram
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
+
+ROOT = Path(__file__).resolve().parents[2]
+CHATS = int(os.environ.get("KEEL_WORKERS_TEST_CHATS", "100"))
+PER_CHAT = 5
+FIRST_USER = 5001
+
+
+class Deployment:
+    def __init__(self, telegram: FakeTelegram, anthropic: FakeAnthropic, workdir: Path,
+                 database_url: str) -> None:
+        self.workdir = workdir
+        self.effects = workdir / "effects.tsv"
+        users = ",".join(str(FIRST_USER + c) for c in range(CHATS))
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONPATH": str(ROOT),
+            "TELEGRAM_BOT_TOKEN": telegram.token,
+            "TELEGRAM_API_BASE_URL": telegram.base_url,
+            "ANTHROPIC_API_KEY": API_KEY,
+            "ANTHROPIC_BASE_URL": anthropic.base_url,
+            "KEEL_ALLOWED_USER_IDS": users,
+            "KEEL_DATA_DIR": str(workdir / "data"),
+            "KEEL_CONFIG": str(workdir / "keel.toml"),
+            "KEEL_DATABASE_URL": database_url,
+            "KEEL_LOG_LEVEL": "INFO",
+            "KEEL_WORKER_HEARTBEAT_S": "1",
+            "KEEL_WORKER_STALLED_S": "4",
+            EFFECTS_FILE_VARIABLE: str(self.effects),
+        }
+        self.processes: dict[str, asyncio.subprocess.Process] = {}
+
+    async def start(self, name: str, *args: str) -> None:
+        with (self.workdir / f"{name}.log").open("ab") as log:
+            self.processes[name] = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bot.cli", *args, cwd=str(self.workdir), env=self.env,
+                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log)
+
+    async def kill(self, name: str) -> None:
+        process = self.processes[name]
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+
+    async def stop_all(self) -> dict[str, int | None]:
+        codes: dict[str, int | None] = {}
+        for name, process in self.processes.items():
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(process.wait(), timeout=30)
+                except TimeoutError:
+                    process.kill()
+                    await process.wait()
+            codes[name] = process.returncode
+        return codes
+
+    def log(self) -> str:
+        return "\n".join(f"--- {p.name}\n" + p.read_text("utf-8", "replace")[-4000:]
+                         for p in sorted(self.workdir.glob("*.log")))
+
+
+async def test_two_workers_one_killed_answer_every_message_once_and_in_order(
+        fake_telegram: FakeTelegram, fake_anthropic: FakeAnthropic, tmp_path: Path,
+        postgres_url: str, pg_schema: str) -> None:
+    rng = random.Random(1600)
+    (tmp_path / "keel.toml").write_text(KEEL_TOML, "utf-8")
+    url = f"{postgres_url}?options=-csearch_path%3D{pg_schema}"
+    tokens = {(c, m): f"T0C{c}M{m}" for c in range(CHATS) for m in range(PER_CHAT)}
+    calls_tool = {token: m % 2 == 0 for (c, m), token in tokens.items()}
+
+    def respond(req: RecordedRequest) -> Reply:
+        latency = rng.uniform(0.0, 0.05)
+        if is_router(req):
+            return reply(tool_use("route", {"agent": "scribe"}), latency=latency)
+        if is_compactor(req):
+            return reply("Earlier: notes were recorded.")
+        if req.tool_results:
+            effects = [b["input"]["effect"] for b in _last_assistant_blocks(req)
+                       if b.get("type") == "tool_use" and b.get("name") == TOOL]
+            return reply(f"Recorded {' and '.join(effects)}.", latency=latency)
+        found = TOKEN.findall(req.last_user_text)
+        if not found:
+            return reply("I do not know which note you mean.")
+        if calls_tool[found[-1]]:
+            return reply(tool_use(TOOL, {"effect": found[-1]}), latency=latency)
+        return reply(f"About {found[-1]}: nothing to add.", latency=latency)
+
+    fake_anthropic.responder = respond
+    deployment = Deployment(fake_telegram, fake_anthropic, tmp_path, url)
+    chats = [fake_telegram.private_chat(fake_telegram.user(f"P{c}", id=FIRST_USER + c))
+             for c in range(CHATS)]
+
+    def replies() -> Counter[str]:
+        counts: Counter[str] = Counter()
+        for sent in fake_telegram.sent():
+            for token in set(TOKEN.findall(sent.get("text", ""))):
+                counts[token] += 1
+        return counts
+
+    try:
+        await deployment.start("worker-1", "worker", "--concurrency", "20")
+        await deployment.start("worker-2", "worker", "--concurrency", "20")
+        await deployment.start("ingress", "serve")
+        await fake_telegram.wait_for(lambda: fake_telegram.calls("getUpdates"), timeout=60)
+        for m in range(PER_CHAT):  # every chat's m-th message, then the next round
+            for c in range(CHATS):
+                fake_telegram.inject_text(chats[c], f"Please record {tokens[(c, m)]}."
+                                          if calls_tool[tokens[(c, m)]]
+                                          else f"Tell me about {tokens[(c, m)]}.")
+        total = CHATS * PER_CHAT
+        await fake_telegram.wait_for(lambda: len(replies()) >= total // 5, timeout=120)
+        await deployment.kill("worker-1")  # mid-way: its running jobs are taken over
+        answered = len(replies())
+        try:
+            await fake_telegram.wait_for(lambda: len(replies()) >= total, timeout=240)
+        except TimeoutError:
+            pytest.fail(f"{total - len(replies())} of {total} messages never answered "
+                        f"(answered {answered} when worker-1 was killed)\n{deployment.log()}")
+        await asyncio.sleep(3)  # give a duplicate every chance to appear
+    finally:
+        codes = await deployment.stop_all()
+
+    counts = replies()
+    unconfirmed = _unconfirmed_tokens(url)
+    twice = {t: n for t, n in counts.items() if n > 1}
+    assert not twice, f"answered more than once: {twice}"
+    lost = [t for t in tokens.values() if counts[t] == 0 and t not in unconfirmed]
+    assert not lost, f"never answered: {lost}"
+    for c, chat in enumerate(chats):  # each chat's replies in the order of its messages
+        order = [int(TOKEN.findall(s["text"])[0].rsplit("M", 1)[1])
+                 for s in fake_telegram.sent(chat.id) if TOKEN.search(s.get("text", ""))]
+        assert order == sorted(order), f"chat {c} answered out of order: {order}"
+    done = Counter(line.split("\t")[0] for line in _lines(deployment.effects))
+    assert {t: n for t, n in done.items() if n > 1} == {}, "a side effect happened twice"
+    assert sorted(done) == sorted(t for t, tool in calls_tool.items() if tool)
+    assert codes["ingress"] == 0 and codes["worker-2"] == 0, deployment.log()
+
+
+def _unconfirmed_tokens(url: str) -> set[str]:
+    with contextlib.closing(psycopg.connect(url)) as conn:
+        rows = conn.execute("SELECT payload FROM outbox WHERE unconfirmed_chunks > 0").fetchall()
+    return {token for (payload,) in rows for token in TOKEN.findall(payload)}
+
+
+async def test_a_question_asked_on_one_worker_is_answered_on_another(
+        fake_telegram: FakeTelegram, fake_anthropic: FakeAnthropic, tmp_path: Path,
+        postgres_url: str, pg_schema: str) -> None:
+    # The run parks on worker-1; worker-1 stops; the button press is a job for worker-2, which
+    # commits the answer and resumes the run from its stored state to the end.
+    import json
+
+    def respond(req: RecordedRequest) -> Reply:
+        if is_router(req):
+            return reply(tool_use("route", {"agent": "assistant"}))
+        if not req.tool_results:
+            return reply("Let me ask.", tool_use("escalate_to_human", {
+                "reason": "Refund over the limit", "context": "Order 1234, 180 EUR.",
+                "options": ["Approve", "Reject"]}))
+        answer = json.loads(req.tool_results[0]["content"])
+        return reply(f"Done: {answer['answer']}, pid {os.getpid()}.")
+
+    fake_anthropic.responder = respond
+    url = f"{postgres_url}?options=-csearch_path%3D{pg_schema}"
+    alice = fake_telegram.user("Alice", id=FIRST_USER)
+    chat = fake_telegram.private_chat(alice)
+    deployment = Deployment(fake_telegram, fake_anthropic, tmp_path, url)
+    deployment.env.pop("KEEL_CONFIG")  # the built-in agents
+    try:
+        await deployment.start("worker-1", "worker")
+        await deployment.start("ingress", "serve")
+        fake_telegram.inject_text(chat, "Please refund order 1234")
+        question = await fake_telegram.next_bot_message(chat.id, timeout=60)
+        assert "Refund over the limit" in question["text"]
+        with contextlib.closing(psycopg.connect(url)) as conn:
+            for _ in range(500):  # the question's message id is stored right after the send
+                row = conn.execute("SELECT message_id FROM escalations").fetchone()
+                if row and row[0] is not None:
+                    break
+                await asyncio.sleep(0.02)
+        deployment.processes["worker-1"].send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(deployment.processes["worker-1"].wait(), 30) == 0
+        await deployment.start("worker-2", "worker")
+        fake_telegram.press_button(question, text="Approve", user=alice)
+        final = await fake_telegram.wait_for(
+            lambda: next((m for m in fake_telegram.sent(chat.id)
+                          if m["text"].startswith("Done: Approve")), None), timeout=60)
+        assert final is not None
+        with contextlib.closing(psycopg.connect(url)) as conn:
+            [(status,)] = conn.execute("SELECT status FROM runs").fetchall()
+        assert status == "completed"
+    finally:
+        codes = await deployment.stop_all()
+    assert codes["worker-2"] == 0 and codes["ingress"] == 0, deployment.log()
