@@ -45,7 +45,7 @@ class IdempotencyStoreLike(Protocol):
 class ToolContext:
     """What a tool call may know about the run it belongs to."""
 
-    run_id: str  # the correlation token for side effects
+    run_id: str  # this attempt's run; a retry after a crash is a new run of the same request
     agent: str
     emit: Emit
     idempotency: IdempotencyStoreLike
@@ -61,6 +61,10 @@ class ToolContext:
 
     @property
     def effect_scope(self) -> str:
+        """The correlation token for side effects: hand it (with the call's own arguments) to
+        an external system as its idempotency key. It is the same for every retry of a request,
+        so an effect done just before a crash, and before keel stored its result, is not done
+        twice when the request runs again (``run_id`` changes with each attempt)."""
         return self.idempotency_key or self.run_id
 
 

@@ -4,9 +4,10 @@
 ``record_effect`` appends one line to the file named by ``KEEL_TEST_EFFECTS_FILE``, standing for
 an external system that honours idempotency keys (as payment and messaging APIs do): it applies
 an effect once per (effect, key) and answers a repeat with the first result. The key is what keel
-hands a tool as the correlation token for side effects. So the file shows an effect twice exactly
-when keel repeated it under a different key — e.g. recovery re-running a message under a new run
-id — which is the defect the test hunts; a same-key repeat is keel doing its job.
+hands a tool as the correlation token for side effects (``ctx.effect_scope``). So the file shows an
+effect twice exactly when keel repeated it under a different key — e.g. recovery re-running a
+message under a new request identity — which is the defect the test hunts; a same-key repeat is
+keel doing its job.
 
 Every call, applied or not, is also logged to ``<file>.calls`` so the test can report how often
 keel called the tool at all.
@@ -30,8 +31,10 @@ class EffectArgs(ToolArgs):
 
 
 def effect_key(ctx: ToolContext) -> str:
-    """The idempotency key keel gives a tool for its side effects."""
-    return ctx.run_id
+    """The idempotency key keel gives a tool for its side effects (stable across the retries of
+    one request: with ``ctx.run_id`` — the attempt — a kill after the effect and before keel
+    stored its result made the retry apply it again, 4 times in one CI run of 30 trials)."""
+    return ctx.effect_scope
 
 
 @tool(description="Records one effect in the ledger. Use when the person asks to record "
