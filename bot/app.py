@@ -30,6 +30,7 @@ from agents.runtime import Runtime
 from agents.schedule import Scheduler, jobs_from_config
 from agents.scheduled import ScheduledRunner
 from bot import memory_view
+from bot import reload as config_reload
 from bot.access import gated, startup_hint
 from bot.commands import COMMANDS, bot_commands
 from bot.events import from_update
@@ -110,6 +111,7 @@ async def _post_init(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
                                     name="sweep-outbox")
         # Starts with the job queue, after recovery below; file work runs in a thread.
         app.job_queue.run_repeating(_retention, interval=3600, first=30, name="retention")
+        config_reload.watch(app, start_scheduler=start_scheduler)  # keel.toml edits apply live
     try:
         await app.bot.set_my_commands(bot_commands())
     except TelegramError as exc:
