@@ -24,6 +24,7 @@ from agents.schedule import ScheduledJob, Scheduler, jobs_from_config, worst_cas
 from agents.scheduled import ScheduledOutcome, ScheduledRunner
 from agents.spec import AgentSpec, Limits
 from storage.db import Database
+from storage.migrations import migrate
 from tests.conftest import OpenDb
 from tests.fakes.scripted_model import ScriptedModel, reply, tool_call
 
@@ -122,6 +123,32 @@ async def test_an_hourly_job_runs_once_per_local_hour_across_dst(
     hours = [int(key[11:13]) for key in fires.keys]
     assert hours == sorted(hours)
     assert (2 in hours) == (day != SPRING)  # spring has no 02:00; autumn has it once
+
+
+@pytest.mark.parametrize("day", [SPRING, AUTUMN])
+async def test_two_processes_firing_together_run_each_local_time_once_across_dst(
+        new_db: Callable[[], Database], day: date) -> None:
+    # Issue 16: two workers (two Database objects on one SQLite file or one PostgreSQL schema,
+    # two Schedulers) fire the same jobs at the same instants through both DST days: each
+    # (schedule, local time) runs once in all.
+    nightly, hourly = job("30 2 * * *"), job("0 * * * *", name="hourly")
+    stores = [new_db(), new_db()]
+    for store in stores:
+        await store.connect()
+    try:
+        await migrate(stores[0])
+        fires = [Fires(), Fires()]
+        schedulers = [Scheduler(store, [nightly, hourly], f)
+                      for store, f in zip(stores, fires, strict=True)]
+        for name, spec in (("nightly", nightly), ("hourly", hourly)):
+            for t in whole_day(spec, day):
+                await asyncio.gather(*(s.fire(name, now=t.astimezone(UTC) + timedelta(seconds=2))
+                                       for s in schedulers))
+        keys = fires[0].keys + fires[1].keys
+        assert len(keys) == len(set(keys)) == nightly.runs_on(day) + hourly.runs_on(day)
+    finally:
+        for store in stores:
+            await store.close()
 
 
 async def test_a_double_fire_runs_once(db: Database) -> None:
