@@ -17,6 +17,7 @@ from agents.config import Settings, load_settings
 from agents.config_check import lenient_settings, load_configuration, require_data_dir
 from agents.errors import ConfigError, MissingSettingError
 from agents.logs import configure_logging
+from bot import cli_db_copy
 from storage.pg import DatabaseUnavailable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "finished rows older than KEEL_RETENTION_DAYS, traces older than "
                       "KEEL_TRACE_RETENTION_DAYS (earlier days gzipped). Safe while the bot runs.")
     p.set_defaults(handler=_cmd_db_prune)
+    cli_db_copy.register(db)
 
     _register_runtime_commands(sub)
     return parser
