@@ -130,19 +130,36 @@ class ChunkSender:
     """One chunk to Telegram under the policy above: a message id, or a typed DeliveryError."""
 
     def __init__(self, bot: Bot, *, backoff_base_s: float = BACKOFF_BASE_S,
-                 global_rate: float = GLOBAL_RATE) -> None:
+                 global_rate: float = GLOBAL_RATE,
+                 shared: Callable[[str, float, float], Any] | None = None) -> None:
+        """``shared(name, rate, per)``: buckets every process of a deployment takes from
+        (storage/rate.py, on PostgreSQL); without it this process paces itself alone."""
         self.bot = bot
         self.backoff_base_s = backoff_base_s
         self._global = _Bucket(global_rate, 1.0)
         self._groups: dict[int, _Bucket] = {}
+        self._shared = shared
+        self._shared_buckets: dict[str, Any] = {}
 
     async def _pace(self, chat_id: int) -> None:
+        if self._shared is not None:
+            if chat_id < 0:
+                await self._shared_bucket(f"group:{chat_id}", *GROUP_RATE).take()
+            await self._shared_bucket("global", self._global.capacity, 1.0).take()
+            return
         if chat_id < 0:  # groups and supergroups have negative ids
             bucket = self._groups.get(chat_id)
             if bucket is None:
                 bucket = self._groups[chat_id] = _Bucket(*GROUP_RATE)
             await bucket.take()
         await self._global.take()
+
+    def _shared_bucket(self, name: str, rate: float, per: float) -> Any:
+        bucket = self._shared_buckets.get(name)
+        if bucket is None:
+            assert self._shared is not None
+            bucket = self._shared_buckets[name] = self._shared(name, rate, per)
+        return bucket
 
     async def send(self, chat_id: int, chunk: Chunk, *, thread_id: int | None,
                    reply_to: int | None, markup: InlineKeyboardMarkup | None,

@@ -76,7 +76,8 @@ class KeelBot:
         self.bot = bot
         self.settings = runtime.settings
         self.sessions = Sessions(runtime)
-        self.outbox = Outbox(runtime.db, ChunkSender(bot), after_delivery=self._after_delivery,
+        self.outbox = Outbox(runtime.db, ChunkSender(bot, shared=_shared_buckets(runtime.db)),
+                             after_delivery=self._after_delivery,
                              files=Blobs(self.settings.files_dir))
         self.media = Media(bot, runtime.db, self.settings)
         self.notifier = OutboxNotifier(bot, self.outbox)
@@ -340,6 +341,15 @@ class KeelBot:
 
 
 _background: set[asyncio.Task[None]] = set()
+
+
+def _shared_buckets(db: Any) -> Any:
+    """On PostgreSQL, Telegram's limits are shared by every process of the deployment."""
+    if getattr(db, "dialect", "sqlite") != "postgresql":
+        return None
+    from storage.rate import SharedBucket
+
+    return lambda name, rate, per: SharedBucket(db, name, rate, per)
 
 
 def spawn(coro: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:

@@ -412,6 +412,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX files_sha256 ON files (sha256);
         """,
     ),
+    Migration(
+        "0012_send_buckets",
+        """
+        -- Telegram's limits shared by every process of a deployment (storage/rate.py): one token
+        -- bucket per limit ('global', 'group:<chat id>'), refilled by the time elapsed.
+        CREATE TABLE send_buckets (
+            name   TEXT PRIMARY KEY,
+            tokens REAL NOT NULL,
+            at_s   REAL NOT NULL
+        );
+        """,
+    ),
 )
 # In number order whatever the order they were appended in (work on several migrations lands in
 # any order); applied by name, so a database that has a later one still gets an earlier one.

@@ -12,7 +12,7 @@ EXPECTED_TABLES = {
     "outbox", "runs", "schedule_fires", "schema_migrations", "sessions", "usage_ledger",
     "budget_holds", "schedule_spend",
     "people", "stranger_replies",
-    "files",
+    "files", "send_buckets",
     "memory_facts", "memory_buttons", "doc_files", "doc_chunks", "doc_terms",
 }
 
