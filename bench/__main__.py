@@ -98,12 +98,14 @@ async def _section(results: dict[str, Any], name: str,
           flush=True)
 
 
-async def _live(results: dict[str, Any], plan: Plan, only: set[str], deadline: float) -> None:
+async def _live(results: dict[str, Any], plan: Plan, only: set[str], deadline: float,
+                profile: Path | None = None) -> None:
     """Overhead and concurrency share one long-lived bot process."""
     capacity = 2 * plan.overhead_chats + sum(plan.concurrency_sizes)
     with tempfile.TemporaryDirectory(prefix="keel-bench-live-") as tmp:
         stage = Stage(Path(tmp), capacity=capacity, latency=plan.overhead_latency_s,
-                      idle_settle_s=plan.idle_settle_s, give_up_idle_s=plan.give_up_idle_s)
+                      idle_settle_s=plan.idle_settle_s, give_up_idle_s=plan.give_up_idle_s,
+                      profile=profile)
         await stage.open()
         try:
             if "overhead" in only:
@@ -222,7 +224,7 @@ def _notes(results: dict[str, Any], plan: Plan) -> list[str]:
     return [f"- {n}" for n in notes]
 
 
-async def run(plan: Plan, only: set[str]) -> dict[str, Any]:
+async def run(plan: Plan, only: set[str], profile: Path | None = None) -> dict[str, Any]:
     started = time.monotonic()
     results: dict[str, Any] = {"bench": "keel", "mode": plan.mode, "machine": machine_info(),
                                "plan": dataclasses.asdict(plan), "section_durations_s": {}}
@@ -231,7 +233,7 @@ async def run(plan: Plan, only: set[str]) -> dict[str, Any]:
             plan.startup_repeats, plan.idle_settle_s, warm=plan.startup_warm))
     if only & {"overhead", "concurrency"}:
         deadline = started + plan.time_limit_s - AFTER_LIVE_S * (plan.mode == "full")
-        await _live(results, plan, only, deadline)
+        await _live(results, plan, only, deadline, profile)
     if "tokens" in only:
         await _section(results, "tokens", lambda: token_economics.measure(
             list(plan.token_turns), list(plan.token_seeds)))
@@ -263,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
                         "measurement, seconds (default 0.2)")
     parser.add_argument("--concurrency-latency", type=float,
                         help="fake model latency for the concurrency measurement (default 1.0)")
+    parser.add_argument("--sizes", help="concurrency sizes, comma-separated (e.g. 1000)")
+    parser.add_argument("--repeats", type=int, help="repeats of every concurrency size")
+    parser.add_argument("--profile", type=Path, help="the live bot writes a sampling profile of "
+                        "its event loop here at exit (read it with python -m bench.profile_view)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the results")
     parser.add_argument("--name", help="file name stem (default latest, or quick with --quick)")
     parser.add_argument("--render", action="store_true",
@@ -273,6 +279,13 @@ def main(argv: list[str] | None = None) -> int:
         plan = dataclasses.replace(plan, overhead_latency_s=args.latency)
     if args.concurrency_latency is not None:
         plan = dataclasses.replace(plan, concurrency_latency_s=args.concurrency_latency)
+    if args.sizes:
+        sizes = tuple(int(n) for n in args.sizes.split(","))
+        plan = dataclasses.replace(plan, concurrency_sizes=sizes, concurrency_repeats={
+            n: args.repeats or plan.concurrency_repeats.get(n, 1) for n in sizes})
+    elif args.repeats:
+        plan = dataclasses.replace(plan, concurrency_repeats={
+            n: args.repeats for n in plan.concurrency_sizes})
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = only - set(ALL)
     if unknown:
@@ -292,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     from tests import netguard
 
     netguard.install()  # loopback only: the bench never reaches the internet
-    results = asyncio.run(run(plan, only))
+    results = asyncio.run(run(plan, only, args.profile.resolve() if args.profile else None))
     markdown = table(results)
     args.out.mkdir(parents=True, exist_ok=True)
     _write(args.out / f"{stem}.json", json.dumps(results, indent=2, default=str) + "\n")

@@ -26,11 +26,14 @@ import asyncio
 import time
 from typing import Any
 
+from bench.instrumented import read_lag
 from bench.stage import Stage, bot_timestamps, direct_calls
 from bench.stats import median, peak_overlap, ratio, summary
 from bench.world import CHAT_METHODS
 
 QUESTION = "what is a good name for a grey cat? One line."
+TELEGRAM_SENDS_PER_S = 30
+"""Telegram's documented overall limit: N replies need at least N / 30 s after the first."""
 
 
 async def _sample_memory(stage: Stage, into: list[int], stop: asyncio.Event) -> None:
@@ -88,21 +91,34 @@ async def _one(stage: Stage, chats: list[Any], latency: float,
     update_of = {c.id: stage.last_update_id[c.id] for c in chats}
     stamps = bot_timestamps(stage.workdir / "data", list(update_of.values()))
     call_of = {c.chat_id: c for c in calls}
-    to_inbox, to_run, to_model = [], [], []
+    to_inbox, to_run, to_model, inbox_to_model = [], [], [], []
     for chat_id, update_id in update_of.items():
         if update_id in stamps and chat_id in call_of:
             received, started = stamps[update_id]
             to_inbox.append(received - sent[chat_id])
             to_run.append(started - received)
             to_model.append(call_of[chat_id].arrived - started)
+            inbox_to_model.append(call_of[chat_id].arrived - received)
     first_done = min(c.done for c in calls)
     tg = [r for r in stage.replies.chat_calls[chat_calls_from:] if r.method.lower() in CHAT_METHODS]
     tg_span = (max(r.time for r in tg) - min(r.time for r in tg)) if len(tg) > 1 else 0.0
     per_method: dict[str, int] = {}
     for r in tg:
         per_method[r.method] = per_method.get(r.method, 0) + 1
+    reply_times = sorted(replied.values())
+    drain_span = reply_times[-1] - reply_times[0] if len(reply_times) > 1 else 0.0
+    last_message = max(sent.values())
+    floor = len(chats) / TELEGRAM_SENDS_PER_S + latency
     return {
         "wall_s": round(wall, 4),
+        "floor_s": round(floor, 3),
+        "wall_over_floor": round(wall / floor, 3),
+        "all_model_calls_started_after_last_message_s": round(
+            max(c.arrived for c in calls) - last_message, 4),
+        "inbox_to_model_call_s": summary(inbox_to_model),
+        "drain_replies_per_s": round((len(reply_times) - 1) / drain_span, 1) if drain_span else None,
+        "bot_cpu_ms_per_turn": round(1000 * cpu_bot / max(len(replied), 1), 2),
+        "loop_lag": read_lag(stage.lag_file, t0, t0 + wall),
         "unanswered_chats": sorted(missing),
         "chats_without_model_call": len(chats) - len(calls),
         "all_model_calls_started_s": round(max(c.arrived for c in calls) - t0, 4),
@@ -178,6 +194,18 @@ async def measure(stage: Stage, *, latency: float, sizes: list[int],
             "any_model_call_waited_on_another": any(
                 r["peak_model_calls_in_flight"] < n or r["calls_started_after_first_answer"]
                 for r in runs),
+            "all_model_calls_started_after_last_message_s": round(median(
+                r["all_model_calls_started_after_last_message_s"] for r in runs), 3),
+            "inbox_to_model_call_p50_s": round(median(
+                r["inbox_to_model_call_s"].get("p50", 0) for r in runs), 4),
+            "inbox_to_model_call_p99_s": round(median(
+                r["inbox_to_model_call_s"].get("p99", 0) for r in runs), 4),
+            "floor_s": runs[0]["floor_s"],
+            "wall_over_floor": round(wall / runs[0]["floor_s"], 3),
+            "drain_replies_per_s": median(r["drain_replies_per_s"] or 0 for r in runs),
+            "bot_cpu_ms_per_turn": median(r["bot_cpu_ms_per_turn"] for r in runs),
+            "loop_lag_max_ms": max(r["loop_lag"].get("max_ms", 0) for r in runs),
+            "loop_stalls_over_50ms": sum(r["loop_lag"].get("over_50ms", 0) for r in runs),
             "reply_latency_p50_s": round(median(r["reply_latency_s"]["p50"] for r in runs), 3),
             "reply_latency_p99_s": round(median(r["reply_latency_s"]["p99"] for r in runs), 3),
             "runs": runs,

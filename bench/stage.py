@@ -52,6 +52,8 @@ class Stage:
     bot: BotProcess = field(init=False)
     first_poll_s: float | None = None
     idle_rss_kb: int | None = None
+    profile: Path | None = None
+    """Where the bot writes a sampling profile of its event loop at exit (bench.instrumented)."""
     _next_id: int = FIRST_USER_ID
     _turns: dict[int, int] = field(default_factory=dict)
     last_update_id: dict[int, int] = field(default_factory=dict)
@@ -64,13 +66,21 @@ class Stage:
         await self.anthropic.start()
         self.replies = Replies(self.telegram)
         ids = range(FIRST_USER_ID, FIRST_USER_ID + self.capacity)
+        env = {**BOT_ENV, "KEEL_BENCH_LAG_FILE": str(self.lag_file)}
+        if self.profile is not None:
+            env["KEEL_BENCH_PROFILE"] = str(self.profile)
         self.bot = BotProcess(self.telegram, self.anthropic, self.workdir, allowed_ids=ids,
-                              extra_env=BOT_ENV)
+                              extra_env=env, module=("bench.instrumented", "run"))
         await self.bot.start()
         self.first_poll_s = await self.bot.wait_first_poll()
         await asyncio.sleep(self.idle_settle_s)
         self.idle_rss_kb = self.bot.memory_kb().get("VmRSS")
         return self
+
+    @property
+    def lag_file(self) -> Path:
+        """The bot's event-loop stalls (bench.instrumented)."""
+        return self.workdir / "loop-lag.log"
 
     async def close(self) -> dict[str, Any]:
         code = await self.bot.stop()

@@ -1,8 +1,12 @@
 """One SQLite database in WAL mode, with one door for every write.
 
-Two connections: the writer, used only inside ``Database.write()`` under a lock with an explicit
-``BEGIN IMMEDIATE``; and the reader, in autocommit mode, which sees only committed data (WAL lets it
-read while a write is open). A write that raises — cancellation included — is rolled back, so a
+Each database operation is one call into a thread that owns its SQLite connection, so a statement
+costs one hop off the event loop and back (the statement, its rows and its cursor's close travel
+together). Writes go to one writer thread, only inside ``Database.write()``, under a lock, in a
+transaction that ``BEGIN IMMEDIATE`` opens together with its first statement. Reads go to a small
+pool of reader threads, each with its own connection in autocommit mode: every read sees what was
+committed when it began (WAL lets readers run beside the writer and beside each other), and no
+read waits for another. A write that raises — cancellation included — is rolled back, so a
 cancelled task never leaves half a change behind.
 
 ``storage.pg.PostgresDatabase`` is the same interface on PostgreSQL; repositories see only what the
@@ -14,17 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, Self
-
-import aiosqlite
+from typing import Any, Protocol, Self, TypeVar
 
 from storage.dialect import Dialect
 
 Params = Sequence[Any] | dict[str, Any]
+T = TypeVar("T")
 
 
 class Row(Protocol):
@@ -67,18 +72,88 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+READERS = 3
+"""Reader threads (each with its own connection): reads in parallel, up to this many at once."""
+PRAGMAS = ("foreign_keys=ON", "busy_timeout=5000", "synchronous=NORMAL")
+
+
+class _Cursor:
+    """A finished statement: its rows (already fetched, in the thread that ran it) and rowcount."""
+
+    def __init__(self, rows: list[Row], rowcount: int) -> None:
+        self._rows = rows
+        self.rowcount = rowcount
+
+    async def fetchone(self) -> Row | None:
+        return self._rows[0] if self._rows else None
+
+    async def fetchall(self) -> list[Row]:
+        return list(self._rows)
+
+
+class _Pending:
+    """What ``execute`` returns: await it, or use it as ``async with`` (nothing left to close)."""
+
+    def __init__(self, future: asyncio.Future[_Cursor]) -> None:
+        self._future = future
+
+    def __await__(self) -> Generator[Any, None, _Cursor]:
+        return self._future.__await__()
+
+    async def __aenter__(self) -> _Cursor:
+        return await self._future
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+def _run(conn: sqlite3.Connection, sql: str, params: Params, *, begin: bool = False,
+         many: bool = False) -> _Cursor:
+    """One statement to completion, in the thread that owns ``conn``."""
+    if begin and not conn.in_transaction:
+        conn.execute("BEGIN IMMEDIATE")
+    cursor = conn.executemany(sql, params) if many else conn.execute(sql, params)
+    try:
+        rows = cursor.fetchall()
+        return _Cursor(rows, cursor.rowcount)
+    finally:
+        cursor.close()
+
+
+def _finish(conn: sqlite3.Connection, commit: bool) -> None:
+    if conn.in_transaction:
+        if commit:
+            conn.commit()
+        else:
+            conn.rollback()
+
+
+class _WriteConnection:
+    """The writer's connection inside one transaction: every statement is one hop to its thread;
+    the first also opens the transaction (``BEGIN IMMEDIATE``) in the same hop."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def execute(self, sql: str, params: Params = (), /) -> _Pending:
+        return _Pending(self._db._on_writer(_run, sql, params, begin=True))
+
+    def executemany(self, sql: str, params: Iterable[Params], /) -> _Pending:
+        return _Pending(self._db._on_writer(_run, sql, list(params), begin=True, many=True))
+
+
 class Database:
     dialect: Dialect = "sqlite"
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, readers: int = READERS) -> None:
         self.path = Path(path) if str(path) != ":memory:" else path
-        self._writer: aiosqlite.Connection | None = None
-        self._reader: aiosqlite.Connection | None = None
+        self._readers = readers
+        self._writer: sqlite3.Connection | None = None
+        self._write_thread: ThreadPoolExecutor | None = None
+        self._read_threads: ThreadPoolExecutor | None = None
+        self._read_conns: list[sqlite3.Connection] = []
+        self._local = threading.local()
         self._lock = asyncio.Lock()
-        # SQLite keeps a read snapshot while any statement on the connection is active. Reads
-        # from concurrent tasks interleaving on one connection would keep one snapshot open
-        # forever and miss later commits; one read at a time means each starts fresh.
-        self._read_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path | str, *, migrate: bool = True) -> Self:
@@ -93,22 +168,26 @@ class Database:
     async def connect(self) -> None:
         if isinstance(self.path, Path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = await self._connect()
-        await _pragma(self._writer, "journal_mode=WAL")
-        self._reader = await self._connect()
+        self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="keel-db-write")
+        self._writer = await asyncio.wrap_future(self._write_thread.submit(self._connect, True))
+        self._read_threads = ThreadPoolExecutor(self._readers, thread_name_prefix="keel-db-read")
 
-    async def _connect(self) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(str(self.path), isolation_level=None)
+    def _connect(self, writer: bool = False) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
-        for pragma in ("foreign_keys=ON", "busy_timeout=5000", "synchronous=NORMAL"):
-            await _pragma(conn, pragma)
+        for pragma in (("journal_mode=WAL",) if writer else ()) + PRAGMAS:
+            conn.execute(f"PRAGMA {pragma}").fetchall()
         return conn
 
     async def close(self) -> None:
-        for conn in (self._reader, self._writer):
-            if conn is not None:
-                await conn.close()
-        self._reader = self._writer = None
+        for pool in (self._read_threads, self._write_thread):
+            if pool is not None:
+                await asyncio.to_thread(pool.shutdown, wait=True)
+        self._read_threads = self._write_thread = None
+        for conn in [*self._read_conns, *([self._writer] if self._writer else [])]:
+            conn.close()
+        self._read_conns = []
+        self._writer = None
 
     async def __aenter__(self) -> Database:
         return self
@@ -121,22 +200,24 @@ class Database:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[WriteConnection]:
         """Hold the write lock inside one transaction; commit on success, roll back on anything."""
-        conn = self._require(self._writer)
+        self._require(self._writer)
         async with self._lock:
             try:
-                # BEGIN is inside the try: a task cancelled while BEGIN is on its way to the
-                # connection's thread still runs it there, and must roll it back, or every later
-                # write fails with "cannot start a transaction within a transaction".
-                await conn.execute("BEGIN IMMEDIATE")
-                yield conn
+                yield _WriteConnection(self)
             except BaseException:
-                # aiosqlite runs requests in order on one thread, so this rollback comes after a
-                # BEGIN still in flight; with no transaction open it is a no-op. Shielded so a
-                # second cancellation cannot interrupt the rollback itself.
-                await asyncio.shield(conn.rollback())
+                # The writer thread runs requests in order, so this comes after any statement
+                # still on its way there (a cancelled task's statement still runs, or never
+                # starts); with no transaction open it does nothing. Shielded so a second
+                # cancellation cannot interrupt the rollback itself.
+                await asyncio.shield(self._on_writer(_finish, False))
                 raise
             else:
-                await asyncio.shield(conn.commit())
+                await asyncio.shield(self._on_writer(_finish, True))
+
+    def _on_writer(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
+        conn = self._require(self._writer)
+        assert self._write_thread is not None
+        return asyncio.wrap_future(self._write_thread.submit(fn, conn, *args, **kwargs))
 
     async def execute_write(self, sql: str, params: Params = ()) -> int:
         """One statement in its own transaction; returns the number of rows it changed."""
@@ -151,9 +232,18 @@ class Database:
         return rows[0] if rows else None
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
-        async with self._read_lock:
-            async with self._require(self._reader).execute(sql, params) as cursor:
-                return list(await cursor.fetchall())
+        if self._read_threads is None:
+            raise RuntimeError("Database is not connected; call `await db.connect()` first")
+        cursor = await asyncio.wrap_future(self._read_threads.submit(self._read, sql, params))
+        return cursor._rows
+
+    def _read(self, sql: str, params: Params) -> _Cursor:
+        """In a reader thread, on that thread's own connection (opened on its first read)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+            self._read_conns.append(conn)
+        return _run(conn, sql, params)
 
     async def fetchval(self, sql: str, params: Params = ()) -> Any:
         row = await self.fetchone(sql, params)
@@ -173,16 +263,10 @@ class Database:
         return [r["name"] for r in rows]
 
     @staticmethod
-    def _require(conn: aiosqlite.Connection | None) -> aiosqlite.Connection:
+    def _require(conn: sqlite3.Connection | None) -> sqlite3.Connection:
         if conn is None:
             raise RuntimeError("Database is not connected; call `await db.connect()` first")
         return conn
-
-
-async def _pragma(conn: aiosqlite.Connection, pragma: str) -> None:
-    # A statement left un-stepped keeps its lock: always drain and close the cursor.
-    async with conn.execute(f"PRAGMA {pragma}") as cursor:
-        await cursor.fetchall()
 
 
 def placeholders(values: Iterable[Any]) -> str:
