@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import sqlite3
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from agents.affordability import budget_warnings
 from agents.config import Settings
@@ -107,7 +109,11 @@ async def check_online(settings: Settings) -> list[Finding]:
                       base_url=settings.telegram_api_base_url)
             async with bot:
                 me = await bot.get_me()
-            out.append(Finding("ok", f"Telegram getMe: @{me.username} (id {me.id})"))
+                out.append(Finding("ok", f"Telegram getMe: @{me.username} (id {me.id})"))
+                info = await bot.get_webhook_info()
+            out += webhook_findings(settings, info.url or "", pending=info.pending_update_count,
+                                    error_at=info.last_error_date,
+                                    error=info.last_error_message)
         except TelegramError as exc:
             out.append(Finding("error", "Telegram getMe failed", str(exc)))
         except Exception as exc:  # network errors of any kind
@@ -131,6 +137,148 @@ async def check_online(settings: Settings) -> list[Finding]:
     return out
 
 
+# ---------------------------------------------------------------------- the database (issue 16)
+
+async def check_database(settings: Settings) -> list[Finding]:
+    """The database keel would open: can it be reached, is its schema this keel's (no migration
+    pending, none from a newer keel) and — on PostgreSQL, where `keel serve` and `keel worker` run —
+    are procrastinate's tables there, with the queue and the workers' heartbeats."""
+    from storage.db import Database
+    from storage.pg import DatabaseUnavailable, PostgresDatabase, is_postgres_url
+
+    target = settings.database_target
+    db: Database
+    if is_postgres_url(target):
+        db = PostgresDatabase(str(target), pool_min=1, pool_max=1)
+        try:
+            await db.connect()
+        except DatabaseUnavailable as exc:
+            return [Finding("error", "cannot connect to the database", str(exc))]
+        where = f"PostgreSQL at {db}"
+    else:
+        path = settings.db_path
+        if data_dir_problem(settings.data_dir) is not None:
+            return []  # said above, with its fix
+        if not path.exists():
+            return [Finding("ok", f"no database yet at {path.resolve()} "
+                            "(`keel run` or `keel db migrate` creates it)")]
+        db = Database(path)
+        where = f"SQLite at {path.resolve()}"
+    try:
+        if not isinstance(db, PostgresDatabase):
+            await db.connect()
+        tables = await db.table_names()
+        out = [Finding("ok", f"database: {where}")]
+        out.append(await _schema_finding(db, tables))
+        if isinstance(db, PostgresDatabase):
+            out += await _job_findings(db, tables)
+        return out
+    except sqlite3.DatabaseError as exc:
+        return [Finding("error", f"cannot read the database: {where}",
+                        f"{exc}; restore it from a backup, or move it away to start afresh.")]
+    finally:
+        await db.close()
+
+
+async def _schema_finding(db: Any, tables: list[str]) -> Finding:
+    from storage.migrations import MIGRATIONS
+
+    known = [m.name for m in MIGRATIONS]
+    applied = ({r["name"] for r in await db.fetchall("SELECT name FROM schema_migrations")}
+               if "schema_migrations" in tables else set())
+    newer = sorted(applied - set(known))
+    if newer:
+        return Finding("error", f"the database was migrated by a newer keel: {', '.join(newer)}",
+                       "This keel does not know those changes to its tables. Deploy the keel "
+                       "that made them (every process on the same version).")
+    pending = [name for name in known if name not in applied]
+    if pending:
+        return Finding("warn", f"{len(pending)} schema migration(s) pending: {', '.join(pending)}",
+                       "`keel db migrate` applies them (every keel process also does at start; "
+                       "run it once before starting several processes of a new version).")
+    return Finding("ok", f"schema up to date ({len(known)} migrations, the last {known[-1]})")
+
+
+async def _job_findings(db: Any, tables: list[str]) -> list[Finding]:
+    from bot.workers import QUEUE, STALLED_S
+
+    if "procrastinate_jobs" not in tables:
+        return [Finding("warn", "procrastinate's tables are missing (needed by keel serve and "
+                        "keel worker)",
+                        "`keel db migrate` creates them, as does the first `keel serve` or "
+                        "`keel worker` to start. A single `keel run` does not use them.")]
+    rows = await db.fetchall("SELECT CAST(status AS TEXT) AS status, COUNT(*) AS n"
+                             " FROM procrastinate_jobs WHERE queue_name = ? GROUP BY status",
+                             (QUEUE,))
+    jobs = {r["status"]: int(r["n"]) for r in rows}
+    alive = int(await db.fetchval(
+        "SELECT COUNT(*) FROM procrastinate_workers"
+        " WHERE last_heartbeat > now() - make_interval(secs => ?)", (STALLED_S,)) or 0)
+    line = (f"jobs: {jobs.get('todo', 0)} waiting, {jobs.get('doing', 0)} running, "
+            f"{jobs.get('failed', 0)} failed; workers alive: {alive}")
+    if jobs.get("todo", 0) and not alive:
+        return [Finding("warn", line + " — nobody is taking the waiting jobs",
+                        "Start `keel worker` (docs/deploy.md: systemctl start keel-worker@1).")]
+    return [Finding("ok", line)]
+
+
+# ---------------------------------------------------------------------- the webhook (issue 16)
+
+def webhook_findings(settings: Settings, registered: str, *, pending: int,
+                     error_at: datetime | None = None, error: str | None = None,
+                     now: datetime | None = None) -> list[Finding]:
+    """What getWebhookInfo says, against what keel is configured to do."""
+    configured = settings.webhook_url or ""
+    shown = _hide(registered, settings.secrets())
+    out: list[Finding] = []
+    if configured and registered == configured:
+        out.append(Finding("ok", f"webhook registered at {shown}"))
+    elif configured and not registered:
+        out.append(Finding("warn", "no webhook is registered with Telegram",
+                           "`keel serve` (or `keel run`) registers KEEL_WEBHOOK_URL when it "
+                           "starts; until then Telegram keeps the updates (for up to 24 hours)."))
+    elif configured:
+        out.append(Finding("error", f"Telegram sends updates to {shown}, not to KEEL_WEBHOOK_URL "
+                           f"({_hide(configured, settings.secrets())})",
+                           "Another deployment registered its URL with this bot token, or "
+                           "KEEL_WEBHOOK_URL changed since keel last started. Stop the other one; "
+                           "starting `keel serve` registers KEEL_WEBHOOK_URL again."))
+    elif registered:
+        out.append(Finding("warn", f"a webhook is registered ({shown}) but KEEL_WEBHOOK_URL is "
+                           "not set",
+                           "Telegram refuses long polling while it is; `keel run` removes it at "
+                           "start (the pending updates are kept). Set KEEL_WEBHOOK_URL to keep "
+                           "it."))
+    else:
+        out.append(Finding("ok", "no webhook registered (long polling)"))
+    out.append(Finding("ok", f"Telegram holds {pending} pending update(s)"))
+    if error:
+        age = ""
+        if error_at is not None:
+            seconds = int(((now or datetime.now(UTC)) - error_at).total_seconds())
+            age = f" {_duration(max(seconds, 0))} ago"
+        out.append(Finding("warn", f"Telegram's last delivery to the webhook failed{age}: "
+                           f"{_hide(error, settings.secrets())}",
+                           "Telegram retries with growing pauses. Check that the URL reaches keel: "
+                           "the TLS proxy forwards to KEEL_WEBHOOK_LISTEN, and GET /healthz there "
+                           "answers 200."))
+    return out
+
+
+def _hide(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _duration(seconds: int) -> str:
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h"
+
+
 def render(findings: list[Finding]) -> str:
     marks = {"ok": "ok   ", "warn": "warn ", "error": "FAIL "}
     lines = []
@@ -144,6 +292,9 @@ def render(findings: list[Finding]) -> str:
 def run_doctor(settings: Settings, *, online: bool,
                env_problems: list[Problem] | None = None) -> int:
     findings = check(settings, env_problems)
+    if not any(p.what.startswith(("KEEL_DATABASE_URL", "KEEL_DATA_DIR"))
+               for p in env_problems or []):
+        findings += asyncio.run(check_database(settings))
     if online:
         findings += asyncio.run(check_online(settings))
     print(render(findings))

@@ -188,7 +188,7 @@ async def _copy_all(snapshot: aiosqlite.Connection, conn: psycopg.AsyncConnectio
         report.tables.append(copied)
         if progress is not None:
             progress(copied)
-    report.identities = await _continue_identities(conn)
+    report.identities = await _continue_identities(conn, tables)
 
 
 async def _copy_table(snapshot: aiosqlite.Connection, conn: psycopg.AsyncConnection[Any],
@@ -207,16 +207,17 @@ async def _copy_table(snapshot: aiosqlite.Connection, conn: psycopg.AsyncConnect
     return rows
 
 
-async def _continue_identities(conn: psycopg.AsyncConnection[Any]) -> dict[str, int]:
-    """Set every identity column's sequence past the copied ids; ``table.column`` → max id."""
+async def _continue_identities(conn: psycopg.AsyncConnection[Any],
+                               tables: list[str]) -> dict[str, int]:
+    """Set the copied tables' identity sequences past the copied ids; ``table.column`` → max id
+    (other tables in the schema, procrastinate's, are not keel's to touch)."""
     out: dict[str, int] = {}
     cursor = await conn.execute(
         "SELECT table_name, column_name FROM information_schema.columns"
         " WHERE table_schema = current_schema() AND is_identity = 'YES'"
         " ORDER BY table_name, column_name")
     for table, column in await cursor.fetchall():
-        if table == _BOOKKEEPING or not (str(table).isidentifier() and
-                                         str(column).isidentifier()):
+        if table not in tables or not str(column).isidentifier():
             continue
         top = await _scalar(conn, pgsql.SQL("SELECT MAX({}) FROM {}").format(
             pgsql.Identifier(column), pgsql.Identifier(table)))
