@@ -44,10 +44,14 @@ system = "Answer in one line."
 """
 
 
-async def _shape(name: str, chats: int, per_chat: int, latency: float, workdir: Path,
-                 pg_url: str | None, workers: int) -> dict[str, Any]:
+def _prepare(workdir: Path) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "keel.toml").write_text(KEEL_TOML, "utf-8")
+
+
+async def _shape(name: str, chats: int, per_chat: int, latency: float, workdir: Path,
+                 pg_url: str | None, workers: int) -> dict[str, Any]:
+    _prepare(workdir)
     schema = f"keel_bench_{uuid.uuid4().hex[:12]}"
     url = None
     if pg_url is not None:
