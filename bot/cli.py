@@ -59,14 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("doctor", help="check the configuration and say how to fix it",
                        description="Check tokens, keys, the data directory, the time zone, "
-                       "keel.toml and model prices. Exit 1 when something must be fixed.")
+                       "keel.toml, model prices and the database (reached, schema up to date; on "
+                       "PostgreSQL the workers' job tables). Exit 1 when something must be fixed.")
     p.add_argument("--online", action="store_true",
-                   help="also call Telegram getMe and Anthropic's model list")
+                   help="also call Telegram getMe and getWebhookInfo, and Anthropic's model list")
     p.set_defaults(handler=_cmd_doctor)
 
     db = sub.add_parser("db", help="database maintenance").add_subparsers(
         dest="db_command", metavar="SUBCOMMAND", required=True)
-    p = db.add_parser("migrate", help="apply pending schema migrations (safe to repeat)")
+    p = db.add_parser("migrate", help="apply pending schema migrations (safe to repeat)",
+                      description="Apply pending schema migrations; on PostgreSQL also create "
+                      "the workers' job tables (procrastinate's). Safe to repeat, and to run while "
+                      "other processes start: run it once before starting a new version.")
     p.set_defaults(handler=_cmd_db_migrate)
     p = db.add_parser("stats", help="rows per table, database and WAL size, trace files",
                       description="What keel stores: row counts per table, the database file and "
@@ -218,15 +222,24 @@ def _cmd_db_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
     db = database_for(settings)
 
-    async def go() -> list[str]:
+    async def go() -> tuple[list[str], str]:
         await db.connect()
         try:
-            return await migrate(db)
+            applied = await migrate(db)
+            if db.dialect != "postgresql":
+                return applied, ""
+            from bot.workers import ensure_job_schema
+
+            had = "procrastinate_jobs" in await db.table_names()
+            await ensure_job_schema(str(settings.database_target))  # keel serve / keel worker's
+            return applied, f"job tables (procrastinate): {'present' if had else 'created'}"
         finally:
             await db.close()
 
-    applied = asyncio.run(go())
+    applied, jobs = asyncio.run(go())
     print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
+    if jobs:
+        print(jobs)
     print(f"database: {settings.db_path.resolve() if db.dialect == 'sqlite' else db}")
     return EXIT_OK
 

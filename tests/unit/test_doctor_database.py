@@ -108,3 +108,22 @@ def test_keel_doctor_says_in_one_finding_that_postgresql_cannot_be_reached(
     assert code == 1 and "Traceback" not in text and "hunter2secret" not in text
     assert "FAIL  cannot connect to the database" in text
     assert "cannot connect to PostgreSQL at postgresql://keel:***@127.0.0.1:9/keel" in text
+
+
+def test_keel_db_migrate_prepares_postgresql_for_workers_and_doctor_agrees(
+        postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+
+    url = f"{postgres_url}?options=-csearch_path%3D{pg_schema}"
+    monkeypatch.setattr(cli, "configure_logging", lambda *a, **k: None)
+    monkeypatch.setenv("KEEL_DATABASE_URL", url)
+    assert cli.main(["db", "migrate"]) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("applied: 0001_initial") and "job tables (procrastinate): created" in first
+    findings = asyncio.run(check_database(load_settings()))
+    assert [f.level for f in findings] == ["ok", "ok", "ok"], findings
+
+    assert cli.main(["db", "migrate"]) == 0  # once more: nothing to do
+    again = capsys.readouterr().out
+    assert again.startswith("database is up to date\njob tables (procrastinate): present\n")
