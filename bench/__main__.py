@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import budget_caps, concurrency, overhead, startup, token_economics, trace_open
+from bench import budget_caps, concurrency, overhead, startup, token_economics, trace_open, workers
 from bench.machine import machine_info
 from bench.report import table
 from bench.stage import Stage
 from bench.stats import median, ratio
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ALL = ("startup", "overhead", "concurrency", "tokens", "budget", "traces")
+ALL = ("startup", "overhead", "concurrency", "tokens", "budget", "traces", "workers")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +60,9 @@ class Plan:
     trace_stored: tuple[int, ...] = (10, 30_000)
     """Traces stored when opening one is timed."""
     trace_opens: int = 200
+    workers_chats: int = 50
+    """Chats in the scale-out burst (keel run on SQLite beside serve + 1 and 2 workers)."""
+    workers_per_chat: int = 4
 
 
 FULL = Plan(mode="full", startup_repeats=5, overhead_latency_s=0.2, overhead_chats=10,
@@ -71,7 +74,7 @@ QUICK = Plan(mode="quick", startup_repeats=1, overhead_latency_s=0.2, overhead_c
              concurrency_sizes=(1, 100), concurrency_repeats={1: 1, 100: 1},
              token_turns=(20,), token_seeds=(1,), budget_runs=50, idle_settle_s=1.0, startup_warm=False,
              give_up_idle_s=4.0,
-             time_limit_s=55)
+             time_limit_s=55, workers_chats=10, workers_per_chat=2)
 AFTER_LIVE_S = 30.0
 """Time kept for the in-process sections that run after the live bot (tokens, budget)."""
 
@@ -243,6 +246,9 @@ async def run(plan: Plan, only: set[str], profile: Path | None = None) -> dict[s
     if "traces" in only:
         await _section(results, "traces", lambda: trace_open.measure(list(plan.trace_stored),
                                                                      plan.trace_opens))
+    if "workers" in only:
+        await _section(results, "workers", lambda: workers.measure(
+            chats=plan.workers_chats, per_chat=plan.workers_per_chat))
     results["memory"] = _memory(results)
     results["duration_s"] = round(time.monotonic() - started, 1)
     results["notes"] = _notes(results, plan)

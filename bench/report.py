@@ -129,9 +129,23 @@ def _budget_rows(r: dict[str, Any]) -> list[list[str]]:
     ]
 
 
+def _workers_rows(r: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    shapes = r.get("shapes", [])
+    base = shapes[0] if shapes else None
+    for shape in shapes:
+        rows.append([f"Scale-out: {shape['messages']} messages, {shape['shape']}",
+                     f"{_s(shape['wall_s'])} ({shape['messages_per_s']} msg/s)",
+                     f"{base['shape']}: {_s(base['wall_s'])}" if base else "",
+                     _x(shape.get("wall_vs_single_process"))])
+    if "postgres" in r:
+        rows.append(["Scale-out: PostgreSQL", r["postgres"], "", ""])
+    return rows
+
+
 SECTIONS = (("overhead", _overhead_rows), ("concurrency", _concurrency_rows),
             ("memory", None), ("startup", _startup_rows), ("tokens", _token_rows),
-            ("budget", _budget_rows))
+            ("budget", _budget_rows), ("workers", _workers_rows))
 
 
 def table(results: dict[str, Any]) -> str:
