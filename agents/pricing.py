@@ -160,3 +160,26 @@ def worst_case_cost(price: Price, *, input_tokens: int, max_tokens: int,
                     ttl: CacheTtl = "1h") -> float:
     """The most a call can cost: every input token at the dearest rate its TTL allows, full output."""
     return (input_tokens * dearest_input_rate(price, ttl) + max_tokens * price.output) / PER_MILLION
+
+
+def ttl_pays(price: Price, *, chance: float, rewrite_tokens: float, written_tokens: float) -> bool:
+    """Whether writing ``written_tokens`` at the 1-hour rate instead of the 5-minute one costs
+    less than what it saves: with probability ``chance`` the entry is needed after a 5-minute one
+    expired, and ``rewrite_tokens`` are read instead of written again."""
+    dearer = written_tokens * (price.cache_write_1h - price.cache_write_5m)
+    saved = chance * rewrite_tokens * (price.cache_write_5m - price.cache_read)
+    return saved > dearer
+
+
+def input_rate_bound(price: Price, ttl: CacheTtl, *, input_tokens: int,
+                     one_hour_tokens: int = 0) -> float:
+    """USD per million input tokens that bounds a request's input cost: tokens up to its last
+    1-hour breakpoint (``one_hour_tokens``, an upper bound) at the dearest rate, the rest at the
+    dearest rate a 5-minute breakpoint allows. ``ttl`` is ``request_cache_ttl`` of the request."""
+    if ttl != "1h" or input_tokens <= 0:
+        return dearest_input_rate(price, ttl)
+    hour = min(max(one_hour_tokens, 0), input_tokens)
+    if hour == 0:  # a 1-hour marker the bound could not place: all of it at the dearest rate
+        return dearest_input_rate(price, "1h")
+    return (hour * dearest_input_rate(price, "1h")
+            + (input_tokens - hour) * dearest_input_rate(price, "5m")) / input_tokens

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from agents import approvals
+from agents.caching import CachePlan
 from agents.executor import Hooks, execute
 from agents.executor.plan import execute_plan, resume_plan
 from agents.pricing import Price, PriceTable
@@ -238,6 +239,7 @@ async def _segment(seg: Segment, previous: RunResult | None, on: _Setting) -> Ru
             run.session_anchor = SessionAnchor(tokens=int(kept["tokens"]),
                                                messages=int(kept["messages"]),
                                                digest=str(kept["digest"]))
+        run.cache_plan = CachePlan.from_dict(inputs.get("cache_plan"))  # its TTLs, as marked
     else:
         state = previous.state if previous is not None else None
         if state is None:

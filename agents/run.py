@@ -10,6 +10,7 @@ from typing import Any, Literal, assert_never
 from pydantic import BaseModel
 
 from agents.budget import BudgetMeter
+from agents.caching import CachePlan
 from agents.pricing import Price, Usage
 from agents.spec import AgentSpec, Limits
 from agents.tools.contract import EscalationRequest
@@ -85,6 +86,8 @@ class Run:
     """The last call's max_tokens was cut to fit the budget."""
     session_anchor: SessionAnchor | None = None
     """The exact input size the session kept from its last turn (see storage.session_counts)."""
+    cache_plan: CachePlan | None = None
+    """The TTL of its cache writes and why (``agents.caching.plan_cache``); None: 5 minutes."""
 
     def __post_init__(self) -> None:
         self.budget = BudgetMeter(self.limits.budget_usd)

@@ -19,6 +19,7 @@ from agents import approvals, reflexion
 from agents.affordability import Affordability
 from agents.attachments import AttachmentClient
 from agents.budget import LedgerGate
+from agents.caching import CacheForecast, CachePlan, plan_cache
 from agents.config import KeelFile, Settings
 from agents.config_check import (
     CheckedConfig,
@@ -97,6 +98,8 @@ class RunRequest:
     covers routing and any wait before the run."""
     session_anchor: SessionAnchor | None = None
     """The exact input size the session kept from its last turn (tightens the first reservation)."""
+    cache_forecast: CacheForecast | None = None
+    """The session's rhythm, from which the run's cache TTLs are chosen (``plan_cache``)."""
     parent_trace_id: str | None = None
     """The run that fanned this one out (``research``): its trace links this run's."""
 
@@ -279,6 +282,8 @@ class Runtime:
         if request.started is not None:
             run.started = request.started
         run.session_anchor = request.session_anchor
+        if request.cache_forecast is not None:  # issue 13: 1-hour writes only where they pay
+            run.cache_plan = plan_cache(price, request.cache_forecast)
         # issue 13: every call held against the daily caps (and its schedule's)
         self.attach_ledger(run, schedule=request.schedule)
         await self.runs.start(run_id=run.id, trace_id=run.trace_id, agent=spec.name,
@@ -292,7 +297,10 @@ class Runtime:
                    thread_id=request.thread_id, session_id=request.session_id,
                    limits=_limits_dict(limits), tools=list(spec.tools),
                    history_messages=request.new_from, replay=self._replay_inputs(
-                       spec, price, limits, request),
+                       spec, price, limits, request, run.cache_plan),
+                   **({"cache": {**run.cache_plan.as_dict(),
+                                 "forecast": request.cache_forecast.as_dict()}}
+                      if run.cache_plan and request.cache_forecast else {}),
                    **({"parent_trace_id": request.parent_trace_id}
                       if request.parent_trace_id else {}))
         if request.route is not None:
@@ -433,7 +441,7 @@ class Runtime:
         return result
 
     def _replay_inputs(self, spec: AgentSpec, price: Any, limits: Limits,
-                       request: RunRequest) -> dict[str, Any]:
+                       request: RunRequest, cache: CachePlan | None = None) -> dict[str, Any]:
         """What ``keel trace replay`` needs besides the recorded calls: the prices the budget
         was reserved at (max_tokens and thinking budgets follow from them), whether the model
         call cap was left to its default (plan runs widen it), the router's exact cost, the
@@ -447,6 +455,8 @@ class Runtime:
         if anchor is not None:  # the first call's input bound starts from it
             inputs["session_anchor"] = {"tokens": anchor.tokens, "messages": anchor.messages,
                                         "digest": anchor.digest}
+        if cache is not None:  # the TTLs its requests were marked (and reserved) with
+            inputs["cache_plan"] = cache.as_dict()
         if spec.pattern == "plan_execute":
             planner = self.settings.planner_model
             inputs.update(planner_model=planner,

@@ -1,6 +1,16 @@
 """Sessions: a conversation's history per agent, loaded per message, appended per turn, compacted
 rarely.
 
+Compaction keeps a *stable head* (``agents.caching``): the first turn when it is small, and the
+summaries of earlier compactions, byte for byte; the oldest turns after it are summarised into
+one more summary placed right after the head. The cached prefix up to the head's end survives
+the compaction, so only the new summary and the turns kept after it are written again. When the
+summaries grow past ``SUMMARY_HEAD_FRACTION`` of the compaction target they are folded into one
+(a full rewrite, rare).
+
+Each session also keeps the gaps between its recent turns (in memory, seeded from its runs after
+a restart): they choose the TTL of the next run's cache writes (``agents.caching.plan_cache``).
+
 A *turn* starts with a person's message and ends with the agent's answer; every turn in stored
 history is resolved (runs that stop early leave a closed transcript), so compaction can always cut
 at a turn boundary and never in the middle of a tool loop.
@@ -9,9 +19,13 @@ at a turn boundary and never in the middle of a tool loop.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
+from agents.caching import SUMMARY_TAG, CacheForecast, first_turn_pinned, pin_limit
 from agents.executor.loop import OnProgress
 from agents.history import to_messages
 from agents.router import RouteDecision
@@ -28,6 +42,10 @@ DEFAULT_COMPACT_TO_FRACTION = 0.4
 """Compact down to this fraction of KEEL_COMPACT_AT_TOKENS, so compaction (and the cache break
 it causes) stays rare."""
 KEEP_RECENT_TURNS = 2
+SUMMARY_HEAD_FRACTION = 0.25
+"""The head's summaries are folded into one when they would pass this fraction of the target."""
+GAPS_KEPT = 8
+"""Gaps between turns a session's cache forecast looks at."""
 
 COMPACTOR = AgentSpec(
     name="_compactor",
@@ -58,8 +76,12 @@ class Sessions:
         *,
         compact_at_tokens: int | None = None,
         compact_to_fraction: float = DEFAULT_COMPACT_TO_FRACTION,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.runtime = runtime
+        self.clock = clock or time.time
+        """Seconds; when turns start (the bench passes the fake API's cache clock)."""
+        self._starts: dict[int, list[float]] = {}
         self.compact_at_tokens = compact_at_tokens or runtime.settings.compact_at_tokens
         self.compact_to_fraction = compact_to_fraction
         self.repo = runtime.conversations
@@ -96,7 +118,8 @@ class Sessions:
             agent=agent, messages=[*messages, task], new_from=len(messages),
             kind="chat" if kind == "chat" else "cli", user_id=user_id, chat_id=chat_id,
             thread_id=thread_id, session_id=session_id, route=route, request_key=request_key,
-            started=started, session_anchor=await self.counts.anchor(session_id),
+            started=started, session_anchor=(anchor := await self.counts.anchor(session_id)),
+            cache_forecast=await self._forecast(session_id, history, anchor),
         )
 
         async def commit(conn: Any, result: RunResult) -> None:
@@ -113,6 +136,41 @@ class Sessions:
         if compact if compact is not None else on_commit is None:
             compacted = await self.maybe_compact(session_id, user_id=user_id)
         return TurnResult(result=result, session_id=session_id, agent=agent, compacted=compacted)
+
+    async def _forecast(self, session_id: int, history: list[StoredMessage],
+                        anchor: Any) -> CacheForecast:
+        """The session's rhythm as this turn starts: gaps between its recent turns, its size."""
+        now = self.clock()
+        starts = self._starts.get(session_id)
+        if starts is None:
+            starts = await self._seed_starts(session_id)
+        starts = [*starts, now][-(GAPS_KEPT + 1):]
+        self._starts[session_id] = starts
+        gaps = tuple(b - a for a, b in zip(starts, starts[1:], strict=False) if b >= a)
+        total = sum(m.tokens for m in history)
+        turns = split_turns(history)
+        head, _ = stable_head(history, compact_at_tokens=self.compact_at_tokens, continued=True)
+        return CacheForecast(
+            gaps_s=gaps, context_tokens=anchor.tokens if anchor is not None else total,
+            head_tokens=sum(m.tokens for m in head), turn_tokens=total / len(turns) if turns else 0.0,
+            compact_at_tokens=self.compact_at_tokens, history_tokens=total)
+
+    async def _seed_starts(self, session_id: int) -> list[float]:
+        """When the session's last turns started, from its runs (after a restart, or on another
+        worker); only on the wall clock."""
+        if self.clock is not time.time:
+            return []
+        rows = await self.runtime.db.fetchall(
+            "SELECT started_at FROM runs WHERE session_id = ? ORDER BY started_at DESC LIMIT ?",
+            (session_id, GAPS_KEPT))
+        out: list[float] = []
+        for row in rows:
+            try:
+                out.append(datetime.fromisoformat(str(row["started_at"]).replace("Z", "+00:00"))
+                           .timestamp())
+            except ValueError:
+                continue
+        return sorted(out)
 
     async def record(self, session_id: int, result: RunResult) -> None:
         """Append a finished run's transcript and its usage to the session."""
@@ -141,11 +199,14 @@ class Sessions:
     # ------------------------------------------------------------------ compaction
 
     async def maybe_compact(self, session_id: int, *, user_id: int | None) -> bool:
+        """Summarise the oldest turns after the stable head once the history passes
+        ``compact_at_tokens``, down to ``compact_to_fraction`` of it (the head counted)."""
         history = await self.repo.history(session_id)
         total = sum(m.tokens for m in history)
         if total <= self.compact_at_tokens:
             return False
-        turns = split_turns(history)
+        head, rest = stable_head(history, compact_at_tokens=self.compact_at_tokens)
+        turns = split_turns(rest)
         if len(turns) <= KEEP_RECENT_TURNS:
             return False
         target = self.compact_at_tokens * self.compact_to_fraction
@@ -158,13 +219,16 @@ class Sessions:
             remaining -= sum(m.tokens for m in turn)
         if not chosen:
             return False
+        summaries = [m for m in head if m.kind == "summary"]
+        if sum(m.tokens for m in summaries) > target * SUMMARY_HEAD_FRACTION:
+            chosen = [*summaries, *chosen]  # fold them into one: the rare full rewrite
         summary = await self._summarise(chosen, user_id=user_id)
         if summary is None:
             log.warning("session %s: summarising failed; dropping %d old messages", session_id,
                         len(chosen))
             await self.repo.compact(session_id, [m.id for m in chosen], None, 0)
         else:
-            block = [{"type": "text", "text": f"[Summary of the earlier conversation]\n{summary}"}]
+            block = [{"type": "text", "text": f"{SUMMARY_TAG}\n{summary}"}]
             await self.repo.compact(session_id, [m.id for m in chosen], block, estimate(block))
         return True
 
@@ -192,6 +256,23 @@ def parked(result: RunResult) -> bool:
     transcript joins the history only when it ends for good."""
     return result.status == "waiting_human" or (
         result.status == "budget_exceeded" and result.state is not None)
+
+
+def stable_head(history: list[StoredMessage], *, compact_at_tokens: int | None = None,
+                continued: bool = False) -> tuple[list[StoredMessage], list[StoredMessage]]:
+    """History split into the head compaction keeps byte for byte — the first turn when
+    ``first_turn_pinned`` (the same test the cache breakpoint uses) and followed by another
+    (``continued``: a new turn is about to follow the history), then the summaries after it —
+    and the rest."""
+    i = 0
+    turns = split_turns(history)
+    followed = len(turns) > 1 or (continued and bool(history) and history[-1].role == "assistant")
+    if turns and turns[0][0].kind != "summary" and followed \
+            and first_turn_pinned(to_messages(turns[0]), pin_limit(compact_at_tokens)):
+        i = len(turns[0])
+    while i < len(history) and history[i].kind == "summary":
+        i += 1
+    return history[:i], history[i:]
 
 
 def _is_turn_start(m: StoredMessage) -> bool:

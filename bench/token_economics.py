@@ -102,7 +102,7 @@ async def _keel(conv: Conversation, workdir: Path, min_cache: int | None = None)
             KEEL_DAILY_BUDGET_USD="100000", KEEL_DAILY_BUDGET_USD_PER_USER="100000")
         runtime = await Runtime.open(settings)
         try:
-            sessions = Sessions(runtime)
+            sessions = Sessions(runtime, clock=fake.now)  # keel sees the gaps the cache sees
             compactions = 0
             for question, gap in zip(conv.questions, conv.gaps, strict=True):
                 conversation = await runtime.conversations.get_or_create(CHAT_ID, None)

@@ -17,10 +17,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, runtime_checkable
 
 from agents.budget import BudgetHalt, Reservation
+from agents.caching import one_hour_bound
 from agents.errors import ModelCallError
 from agents.executor.prepare import Prefix, build_request
 from agents.model.types import ModelClient, ModelRequest, ModelResponse, OnText
-from agents.pricing import Usage, dearest_input_rate, request_cache_ttl
+from agents.pricing import Usage, input_rate_bound, request_cache_ttl
 from agents.run import Run
 from agents.tokens import bound, messages_digest
 from storage.ledger import Hold
@@ -101,8 +102,10 @@ async def call_model(
     recorded by the hold's settlement, in the same transaction)."""
     wanted = run.limits.max_tokens
     draft = build_request(run, prefix, messages, max_tokens=wanted, thinking=thinking)
-    rate = dearest_input_rate(run.price, request_cache_ttl(draft.to_api()))
+    body = draft.to_api()
+    ttl, hour = request_cache_ttl(body), one_hour_bound(body)
     input_bound = anchor.bound(prefix, messages)
+    rate = input_rate_bound(run.price, ttl, input_tokens=input_bound, one_hour_tokens=hour)
     counted = False
     try:
         reservation = run.budget.reserve(run.price, input_tokens=input_bound, max_tokens=wanted,
@@ -114,6 +117,7 @@ async def call_model(
         exact = await _count(client, draft)
         if exact is not None and exact < input_bound:
             input_bound, counted = exact, True
+            rate = input_rate_bound(run.price, ttl, input_tokens=input_bound, one_hour_tokens=hour)
             reservation = None
     if reservation is None:
         reservation = run.budget.reserve(run.price, input_tokens=input_bound, max_tokens=wanted,

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from agents.caching import system_blocks, tools_without_markers, with_moving_breakpoint
+from agents.caching import system_blocks, tools_without_markers, with_breakpoints, with_ttl
 from agents.model.types import ModelRequest
 from agents.run import Run
 from agents.tokens import estimate, request_bound
@@ -51,9 +51,9 @@ def build_request(
     return ModelRequest(
         model=run.model,
         max_tokens=max_tokens,
-        system=prefix.system,
+        system=with_ttl(prefix.system, run.cache_plan.head) if run.cache_plan else prefix.system,
         tools=prefix.tools,
-        messages=with_moving_breakpoint(messages) if prefix.cached else list(messages),
+        messages=with_breakpoints(messages, run.cache_plan) if prefix.cached else list(messages),
         thinking=thinking,
         tool_choice=tool_choice,
     )
