@@ -229,13 +229,15 @@ def _starts_with_summary(message: dict[str, Any]) -> bool:
 def with_breakpoints(messages: list[dict[str, Any]], plan: CachePlan | None = None
                      ) -> list[dict[str, Any]]:
     """A copy of ``messages`` with a breakpoint at the end of the stable head (when it ends
-    before the last message) and one on the last cacheable block of the last message."""
+    before the last block) and one on the last cacheable block of the last message."""
     if not messages:
         return []
     plan = plan or DEFAULT_PLAN
     out = list(messages)
     head = head_end(messages, plan.pin_tokens)
-    if head is not None and head[0] < len(messages) - 1:
+    last = messages[-1].get("content")
+    if head is not None and (head[0] < len(messages) - 1
+                             or (isinstance(last, list) and head[1] < len(last) - 1)):
         out[head[0]] = _marked(out[head[0]], head[1], plan.head)
     out[-1] = _marked(out[-1], None, plan.tail)
     return out
