@@ -12,7 +12,8 @@ fake reports. Billed input-token equivalents = input + 1.25 x 5-minute cache wri
 cache writes + 0.1 x cache reads.
 
 Between turns the fake's cache clock moves 20-120 s (a person reading and typing), inside the
-5-minute cache lifetime.
+5-minute cache lifetime; keel's Sessions read the same clock, so the gaps it plans cache TTLs by are
+the ones the cache sees.
 """
 
 from __future__ import annotations
