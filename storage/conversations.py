@@ -55,6 +55,13 @@ class ConversationRepository:
 
     async def get_or_create(self, chat_id: int, thread_id: int | None) -> Conversation:
         thread = thread_id or NO_THREAD
+        # a conversation is created once and read on every message: a read first, and a write
+        # transaction (which waits its turn behind every other write) only the first time
+        row = await self.db.fetchone(
+            "SELECT * FROM conversations WHERE chat_id = ? AND thread_id = ?", (chat_id, thread)
+        )
+        if row is not None:
+            return _conversation(row)
         now = now_iso()
         await self.db.execute_write(
             "INSERT INTO conversations (chat_id, thread_id, created_at, updated_at)"
@@ -83,6 +90,11 @@ class ConversationRepository:
 
     async def live_session(self, conversation_id: int, agent: str) -> int:
         """The live session's id for (conversation, agent), created on first use."""
+        live = await self.db.fetchval(
+            "SELECT id FROM sessions WHERE conversation_id = ? AND agent = ?"
+            " AND archived_at IS NULL", (conversation_id, agent))
+        if live is not None:  # read first: a write transaction only to create it
+            return int(live)
         async with self.db.write() as conn:
             cursor = await conn.execute(
                 "SELECT id FROM sessions WHERE conversation_id = ? AND agent = ?"

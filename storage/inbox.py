@@ -65,6 +65,8 @@ class Inbox:
 
     async def settle(self, update_id: int) -> None:
         """An update no run took (a command, a button, a message not for keel) is done."""
+        if await self.status(update_id) != "received":
+            return  # a run took it (it never goes back to received): no write transaction
         await self.db.execute_write(
             "UPDATE inbox SET status = 'done', done_at = ? WHERE update_id = ?"
             " AND status = 'received'", (now_iso(), update_id))

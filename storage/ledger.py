@@ -122,15 +122,14 @@ class Ledger:
         sched = schedule or ""
         async with self.db.write() as conn:
             lefts: list[tuple[float, str, float]] = []
-            if caps.total_usd is not None:
-                used = await _used(conn, day, "all", ())
-                lefts.append((caps.total_usd - used, "everyone", caps.total_usd))
-            if caps.per_user_usd is not None and user_id is not None:
-                used = await _used(conn, day, "user", (uid,))
-                lefts.append((caps.per_user_usd - used, f"user {uid}", caps.per_user_usd))
-            if caps.per_schedule_usd is not None and schedule:
-                used = await _used(conn, day, "schedule", (sched,))
-                lefts.append((caps.per_schedule_usd - used, f"schedule {sched!r}",
+            scopes = _scopes(caps, user_id, schedule)
+            used = await _used(conn, day, scopes, uid, sched)
+            if "all" in used and caps.total_usd is not None:
+                lefts.append((caps.total_usd - used["all"], "everyone", caps.total_usd))
+            if "user" in used and caps.per_user_usd is not None:
+                lefts.append((caps.per_user_usd - used["user"], f"user {uid}", caps.per_user_usd))
+            if "schedule" in used and caps.per_schedule_usd is not None:
+                lefts.append((caps.per_schedule_usd - used["schedule"], f"schedule {sched!r}",
                               caps.per_schedule_usd))
             amount = want_usd
             if lefts:
@@ -226,6 +225,13 @@ class Ledger:
                             reserved_usd=sum(held_users.values()), cap_usd=caps.total_usd)
         return CostReport(day=day, overall=overall, users=users, schedules=schedules)
 
+    async def used(self, caps: DailyCaps, *, user_id: int | None, schedule: str | None,
+                   day: str | None = None) -> dict[Scope, float]:
+        """Spent plus held today in each scope that has a cap (``"all"``, the user's, the
+        schedule's), in one read: the fast refusal before a run starts."""
+        return await _used(self.db, day or today(), _scopes(caps, user_id, schedule),
+                           user_id or SYSTEM_USER, schedule or "")
+
     async def held(self, *, run_id: str | None = None) -> float:
         """USD held now (by ``run_id``, or by everyone)."""
         if run_id is None:
@@ -238,27 +244,50 @@ class Ledger:
 
 Scope = Literal["all", "user", "schedule"]
 
-# Spent + held on a day within a scope. Constant SQL per scope, parameters only.
-_USED_SQL: dict[Scope, tuple[str, str]] = {
-    "all": ("SELECT COALESCE(SUM(cost_usd), 0) FROM usage_ledger WHERE day = ?",
-            "SELECT COALESCE(SUM(amount_usd), 0) FROM budget_holds WHERE day = ?"),
-    "user": ("SELECT COALESCE(SUM(cost_usd), 0) FROM usage_ledger WHERE day = ? AND user_id = ?",
-             "SELECT COALESCE(SUM(amount_usd), 0) FROM budget_holds WHERE day = ? AND user_id = ?"),
-    "schedule": (
-        "SELECT COALESCE(SUM(cost_usd), 0) FROM schedule_spend WHERE day = ? AND schedule = ?",
-        "SELECT COALESCE(SUM(amount_usd), 0) FROM budget_holds WHERE day = ? AND schedule = ?"),
+# Spent + held on a day within a scope, as one scalar subquery each. Constant SQL per scope,
+# parameters only; the scopes asked together are read in one statement (one round trip).
+_USED_SQL: dict[Scope, str] = {
+    "all": "(SELECT COALESCE(SUM(cost_usd), 0) FROM usage_ledger WHERE day = ?)"
+           " + (SELECT COALESCE(SUM(amount_usd), 0) FROM budget_holds WHERE day = ?)",
+    "user": "(SELECT COALESCE(SUM(cost_usd), 0) FROM usage_ledger WHERE day = ? AND user_id = ?)"
+            " + (SELECT COALESCE(SUM(amount_usd), 0) FROM budget_holds"
+            " WHERE day = ? AND user_id = ?)",
+    "schedule": "(SELECT COALESCE(SUM(cost_usd), 0) FROM schedule_spend"
+                " WHERE day = ? AND schedule = ?)"
+                " + (SELECT COALESCE(SUM(amount_usd), 0) FROM budget_holds"
+                " WHERE day = ? AND schedule = ?)",
 }
 
 
-async def _used(conn: WriteConnection, day: str, scope: Scope,
-                params: tuple[object, ...]) -> float:
-    """Spent plus held on ``day`` within a scope, read inside the write transaction."""
-    total = 0.0
-    for sql in _USED_SQL[scope]:
-        async with conn.execute(sql, (day, *params)) as cursor:
+def _scopes(caps: DailyCaps, user_id: int | None, schedule: str | None) -> list[Scope]:
+    """The scopes whose caps apply to a run of ``user_id`` / ``schedule``."""
+    scopes: list[Scope] = []
+    if caps.total_usd is not None:
+        scopes.append("all")
+    if caps.per_user_usd is not None and user_id is not None:
+        scopes.append("user")
+    if caps.per_schedule_usd is not None and schedule:
+        scopes.append("schedule")
+    return scopes
+
+
+async def _used(source: WriteConnection | Database, day: str, scopes: list[Scope], user_id: int,
+                schedule: str) -> dict[Scope, float]:
+    """Spent plus held on ``day`` in each of ``scopes``, in one statement: inside a write
+    transaction (``source`` a WriteConnection) or as a plain read (a Database)."""
+    if not scopes:
+        return {}
+    sql = "SELECT " + ", ".join(_USED_SQL[scope] for scope in scopes)
+    params: list[object] = []
+    for scope in scopes:
+        key: tuple[object, ...] = {"all": (), "user": (user_id,), "schedule": (schedule,)}[scope]
+        params += [day, *key, day, *key]
+    if isinstance(source, Database):
+        row = await source.fetchone(sql, params)
+    else:
+        async with source.execute(sql, params) as cursor:
             row = await cursor.fetchone()
-        total += float(row[0] if row else 0.0)
-    return total
+    return {scope: float(row[i] if row else 0.0) for i, scope in enumerate(scopes)}
 
 
 async def _spend(conn: WriteConnection, day: str, user_id: int, agent: str, schedule: str,
