@@ -200,16 +200,20 @@ class Runtime:
         """Refuse to start a run when a daily cap has nothing left (spent + held). Only a fast
         refusal: what bounds the day is each call's hold (``attach_ledger``)."""
         caps = self.daily_caps(schedule)
-        used = await self.ledger.used(caps, user_id=user_id, schedule=schedule)  # one read
-        if "user" in used and caps.per_user_usd is not None \
-                and used["user"] >= caps.per_user_usd:
-            raise DailyCapExceeded(f"user {user_id}", used["user"], caps.per_user_usd)
-        if "schedule" in used and caps.per_schedule_usd is not None \
-                and used["schedule"] >= caps.per_schedule_usd:
-            raise DailyCapExceeded(f"schedule {schedule!r}", used["schedule"],
-                                   caps.per_schedule_usd)
-        if "all" in used and caps.total_usd is not None and used["all"] >= caps.total_usd:
-            raise DailyCapExceeded("all users", used["all"], caps.total_usd)
+        report = await self.ledger.report(caps)
+        used = {uid: line.spent_usd + line.reserved_usd for uid, line in report.users.items()}
+        if user_id is not None and caps.per_user_usd is not None:
+            if used.get(user_id, 0.0) >= caps.per_user_usd:
+                raise DailyCapExceeded(f"user {user_id}", used.get(user_id, 0.0),
+                                       caps.per_user_usd)
+        if schedule and caps.per_schedule_usd is not None:
+            line = report.schedules.get(schedule)
+            sched_used = line.spent_usd + line.reserved_usd if line else 0.0
+            if sched_used >= caps.per_schedule_usd:
+                raise DailyCapExceeded(f"schedule {schedule!r}", sched_used, caps.per_schedule_usd)
+        total = report.overall.spent_usd + report.overall.reserved_usd
+        if caps.total_usd is not None and total >= caps.total_usd:
+            raise DailyCapExceeded("all users", total, caps.total_usd)
 
     @functools.cached_property
     def ledger(self) -> Ledger:
@@ -246,12 +250,18 @@ class Runtime:
         person and per schedule (schedule lines use KEEL_DAILY_BUDGET_USD_PER_SCHEDULE as cap)."""
         return await self.ledger.report(self.daily_caps())
 
-    async def release_stale_holds(self) -> float:
-        """At start-up, before any run: clear the holds crashed runs left, charged as spent
-        (a call in flight at the crash may have been billed). Returns the USD."""
+    async def release_stale_holds(self, *, older_than_s: float = 0.0) -> float:
+        """At start-up, before any run: clear the holds crashed runs left (taken more than
+        ``older_than_s`` ago), charged as spent (a call in flight at the crash may have been
+        billed). Holds of runs still working in another live process stay. Returns the USD."""
+        from datetime import UTC, datetime, timedelta
+
+        from storage.db import iso
+
         gone = {r.id for r in await self.runs.abandoned()}
         live = [r.id for r in await self.runs.running() if r.id not in gone]
-        return await self.ledger.release_stale(keep_runs=live)
+        before = iso(datetime.now(UTC) - timedelta(seconds=older_than_s))
+        return await self.ledger.release_stale(before=before, keep_runs=live)
 
     async def run(
         self,
@@ -595,13 +605,13 @@ class Runtime:
 
         records = [r for r in await self.runs.running()
                    if r.request_key == request_key and r.owner != this_process()]
-        if records:
-            for record in records:
-                await self.ledger.release_run(record.id, charge=True)
         return await self._close_runs(records, "interrupted: its worker stopped")
 
     async def _close_runs(self, records: list[Any], detail: str) -> int:
+        """End runs whose process is gone: a run_end in the trace, status failed, and their
+        budget holds charged as spent (a call in flight may have been billed)."""
         for record in records:
+            await self.ledger.release_run(record.id, charge=True)
             try:
                 trace = self.traces.writer(trace_id=record.trace_id, run_id=record.id,
                                            day=day_of(record.started_at))

@@ -44,6 +44,8 @@ HEARTBEAT_S = float(os.environ.get("KEEL_WORKER_HEARTBEAT_S", "5"))
 STALLED_S = float(os.environ.get("KEEL_WORKER_STALLED_S", "30"))
 """A worker silent this long is presumed dead; its running jobs are run again elsewhere."""
 LEADER_RETRY_S = 5.0
+FETCH_POLL_S = 1.0
+"""A worker with nothing to do looks for jobs this often even without a notification."""
 _LOCK_CLASS = 0x6B65656C  # "keel", as storage/pg.py's write lock
 
 
@@ -209,9 +211,13 @@ async def recover_role(app: Any, keel: Any, role: str) -> tuple[int, int]:
     if role == "ingress":
         return 0, 0
     runtime = keel.runtime
-    charged = await runtime.release_stale_holds()
+    # Not every hold taken before now, as one process does at start: other workers' runs hold
+    # money right now. Holds of closed runs go with them (close_interrupted); a hold older than
+    # any run can last belongs to no live run.
+    charged = await runtime.release_stale_holds(
+        older_than_s=2 * runtime.settings.run_timeout_s + 60)
     if charged:
-        log.warning("budget holds of interrupted runs charged as spent: $%.4f", charged)
+        log.warning("budget holds left by stopped processes charged as spent: $%.4f", charged)
     interrupted = await runtime.close_interrupted()
     if interrupted:
         log.warning("%d run(s) of a stopped process on this host were closed", interrupted)
@@ -311,7 +317,19 @@ async def serve_worker(settings: Settings, stop: asyncio.Event, *, concurrency: 
         # an earlier attempt's run (a worker that died with it) ends as interrupted; this one
         # answers under the same request key, so its side effects are not repeated
         await keel.runtime.close_request_runs(f"tg:{update_id}")
-        await dispatch(update)
+        try:
+            await dispatch(update)
+        finally:
+            if lock_of(update) is not None:
+                await wake_fetchers(jobs)
+
+    async def wake_fetchers(app_: Any) -> None:
+        """procrastinate wakes idle workers only when a job is inserted; the conversation's
+        next message, waiting behind this job's lock, would otherwise wait for the next poll."""
+        with contextlib.suppress(Exception):
+            await app_.connector.execute_query_async(
+                "SELECT pg_notify(%(channel)s, %(payload)s)", channel=f"procrastinate_queue_v1#{QUEUE}",
+                payload='{"type": "job_inserted", "job_id": 0}')
 
     async def lead() -> None:
         await start_scheduler(app)
@@ -328,6 +346,7 @@ async def serve_worker(settings: Settings, stop: asyncio.Event, *, concurrency: 
             queues=[QUEUE], concurrency=concurrency, name=worker_name(), wait=True,
             install_signal_handlers=False, update_heartbeat_interval=HEARTBEAT_S,
             stalled_worker_timeout=STALLED_S, shutdown_graceful_timeout=10.0,
+            fetch_job_polling_interval=FETCH_POLL_S,
             delete_jobs="successful"), name="keel-worker")
         retrying = asyncio.create_task(retry_stalled(jobs), name="keel-stalled-jobs")
         leadership.start()
