@@ -131,7 +131,9 @@ async def new(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 async def cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Cancel the run working in this conversation."""
     keel = _keel(context)
-    if keel.cancel(_key(update)):
+    key = _key(update)
+    # with workers the run may be in another process: it is asked through the database
+    if keel.cancel(key) or await keel.runtime.runs.request_cancel(key[0], key[1] or None):
         await _reply(update, context, "Cancelling the running run…")
     else:
         await _reply(update, context, "Nothing is running here.")

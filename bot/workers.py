@@ -46,6 +46,8 @@ STALLED_S = float(os.environ.get("KEEL_WORKER_STALLED_S", "30"))
 LEADER_RETRY_S = 5.0
 FETCH_POLL_S = 1.0
 """A worker with nothing to do looks for jobs this often even without a notification."""
+CANCEL_POLL_S = 0.5
+"""How often a worker looks for /cancel requests another process stored for its runs."""
 _LOCK_CLASS = 0x6B65656C  # "keel", as storage/pg.py's write lock
 
 
@@ -187,6 +189,20 @@ async def retry_stalled(app: Any, *, every_s: float = HEARTBEAT_S,
             raise
         except Exception:
             log.exception("looking for stalled jobs failed; trying again")
+
+
+async def cancel_requested(runtime: Any, *, every_s: float = CANCEL_POLL_S) -> None:
+    """Cancel this process's runs that /cancel asked for in another process."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            for run_id in await runtime.runs.cancel_requests():
+                if runtime.cancel(run_id):
+                    log.info("run %s cancelled on request from another process", run_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("looking for cancel requests failed; trying again")
 
 
 def worker_name() -> str:
@@ -349,16 +365,18 @@ async def serve_worker(settings: Settings, stop: asyncio.Event, *, concurrency: 
             fetch_job_polling_interval=FETCH_POLL_S,
             delete_jobs="successful"), name="keel-worker")
         retrying = asyncio.create_task(retry_stalled(jobs), name="keel-stalled-jobs")
+        cancelling = asyncio.create_task(cancel_requested(keel.runtime), name="keel-cancels")
         leadership.start()
         log.info("keel worker %s is up (concurrency %d)", worker_name(), concurrency)
         asked = asyncio.create_task(stop.wait())
         await asyncio.wait({worker, asked}, return_when=asyncio.FIRST_COMPLETED)
         asked.cancel()
         retrying.cancel()
+        cancelling.cancel()
         await leadership.stop()
         if not worker.done():
             worker.cancel()  # procrastinate finishes running jobs within its graceful timeout
-        await asyncio.gather(worker, retrying, return_exceptions=True)
+        await asyncio.gather(worker, retrying, cancelling, return_exceptions=True)
     await stop_app(app)
     return 0
 

@@ -424,6 +424,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        "0014_run_cancel",
+        """
+        -- /cancel handled by another process than the one running the run (workers): the
+        -- request is stored here and the run's own process cancels it (bot/workers.py).
+        ALTER TABLE runs ADD COLUMN cancel_requested TEXT;
+        """,
+    ),
 )
 # In number order whatever the order they were appended in (work on several migrations lands in
 # any order); applied by name, so a database that has a later one still gets an earlier one.

@@ -36,6 +36,7 @@ class RunRecord:
     ended_at: str | None
     request_key: str | None = None
     owner: str | None = None
+    cancel_requested: str | None = None
     """The process working on it while ``running`` (storage/owner.py)."""
 
 
@@ -129,6 +130,21 @@ class RunRepository:
     async def running(self) -> list[RunRecord]:
         """Runs marked running: at start-up, those a dead process left behind."""
         return await self.with_status("running")
+
+    async def request_cancel(self, chat_id: int, thread_id: int | None) -> int:
+        """Ask whichever process runs this conversation's run to cancel it; returns how many
+        running runs were asked."""
+        return await self.db.execute_write(
+            "UPDATE runs SET cancel_requested = ? WHERE chat_id = ? AND COALESCE(thread_id, 0) = ?"
+            " AND status = 'running' AND cancel_requested IS NULL",
+            (now_iso(), chat_id, thread_id or 0))
+
+    async def cancel_requests(self) -> list[str]:
+        """Runs of this process another process was asked to cancel."""
+        rows = await self.db.fetchall(
+            "SELECT id FROM runs WHERE status = 'running' AND cancel_requested IS NOT NULL"
+            " AND owner = ?", (this_process(),))
+        return [str(r["id"]) for r in rows]
 
     async def abandoned(self) -> list[RunRecord]:
         """Runs marked running whose process is gone (at start-up: what a crash left)."""

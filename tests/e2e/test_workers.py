@@ -217,3 +217,58 @@ async def test_a_question_asked_on_one_worker_is_answered_on_another(
     finally:
         codes = await deployment.stop_all()
     assert codes["worker-2"] == 0 and codes["ingress"] == 0, deployment.log()
+
+
+async def test_cancel_handled_by_another_worker_stops_the_run(
+        fake_telegram: FakeTelegram, fake_anthropic: FakeAnthropic, tmp_path: Path,
+        postgres_url: str, pg_schema: str) -> None:
+    # The run works on worker-1; worker-1 is paused while /cancel is deferred, so worker-2 takes
+    # the /cancel job: it can only ask through the database, and worker-1 cancels its own run.
+    asked = asyncio.Event()
+    never = asyncio.Event()
+
+    async def respond(req: RecordedRequest) -> Reply:
+        if is_router(req):
+            return reply(tool_use("route", {"agent": "assistant"}))
+        asked.set()
+        await never.wait()  # the model never answers: only /cancel ends the run
+        raise AssertionError("unreachable")
+
+    fake_anthropic.responder = respond
+    url = f"{postgres_url}?options=-csearch_path%3D{pg_schema}"
+    alice = fake_telegram.user("Alice", id=FIRST_USER)
+    chat = fake_telegram.private_chat(alice)
+    deployment = Deployment(fake_telegram, fake_anthropic, tmp_path, url)
+    deployment.env.pop("KEEL_CONFIG")
+    try:
+        await deployment.start("worker-1", "worker")
+        await deployment.start("ingress", "serve")
+        await fake_telegram.wait_for(lambda: fake_telegram.calls("getUpdates"), timeout=60)
+        fake_telegram.inject_text(chat, "think about it for a long time")
+        await asyncio.wait_for(asked.wait(), 60)
+        await deployment.start("worker-2", "worker")
+        with contextlib.closing(psycopg.connect(url)) as conn:  # worker-2 is up and fetching
+            for _ in range(600):
+                if conn.execute("SELECT COUNT(*) FROM procrastinate_workers").fetchone()[0] >= 2:
+                    break
+                await asyncio.sleep(0.05)
+        deployment.processes["worker-1"].send_signal(signal.SIGSTOP)
+        try:
+            fake_telegram.inject_text(chat, "/cancel")
+            await fake_telegram.wait_for(
+                lambda: any(m["text"].startswith("Cancelling") for m in fake_telegram.sent(chat.id)),
+                timeout=30)
+        finally:
+            deployment.processes["worker-1"].send_signal(signal.SIGCONT)
+        final = await fake_telegram.wait_for(
+            lambda: next((m for m in fake_telegram.sent(chat.id)
+                          if "cancel" in m["text"].lower() and not m["text"].startswith(
+                              "Cancelling")), None), timeout=30)
+        assert final is not None
+        with contextlib.closing(psycopg.connect(url)) as conn:
+            [(status,)] = conn.execute("SELECT status FROM runs").fetchall()
+        assert status == "cancelled"
+    finally:
+        never.set()
+        codes = await deployment.stop_all()
+    assert codes["worker-1"] == 0 and codes["worker-2"] == 0, deployment.log()
