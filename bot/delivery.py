@@ -300,8 +300,9 @@ class Outbox:
                 return None
             try:
                 return await self._deliver(item)
-            finally:
+            except BaseException:
                 await asyncio.shield(self.repo.release(item_id))
+                raise  # (a delivered row's lease was cleared with its status, in one write)
 
     async def _deliver(self, item: OutboxItem) -> Delivered:
         ids = list(item.message_ids)
@@ -316,6 +317,7 @@ class Outbox:
         if item.kind == "document":
             document = await self._document(item)
             chunks = (render(item.markdown) or [Chunk(text="")])[:1]  # the caption
+        finished = False
         for index in range(len(ids), len(chunks)):
             last = index == len(chunks) - 1
             try:
@@ -342,8 +344,10 @@ class Outbox:
                 # treats it as possibly delivered
                 raise
             ids.append(message_id)
-            await self.repo.accepted(item.id, ids)
-        await self.repo.sent(item.id)
+            await self.repo.accepted(item.id, ids, finished=last)
+            finished = last
+        if not finished:  # the last chunk was unconfirmed (or there was nothing left to send)
+            await self.repo.sent(item.id)
         if self.after_delivery is not None:
             try:
                 await self.after_delivery(item, ids)

@@ -125,8 +125,16 @@ class OutboxRepository:
             "UPDATE outbox SET inflight_chunk = ?, attempts = attempts + 1, leased_until = ?"
             " WHERE id = ?", (chunk, iso(datetime.now(UTC) + timedelta(seconds=LEASE_S)), item_id))
 
-    async def accepted(self, item_id: int, message_ids: list[int]) -> None:
-        """Telegram accepted the chunk in flight; ``message_ids`` are all accepted so far."""
+    async def accepted(self, item_id: int, message_ids: list[int], *,
+                       finished: bool = False) -> None:
+        """Telegram accepted the chunk in flight; ``message_ids`` are all accepted so far. With
+        ``finished`` (it was the last chunk) the row is ``sent`` in the same write."""
+        if finished:
+            await self.db.execute_write(
+                "UPDATE outbox SET telegram_message_ids = ?, status = 'sent', sent_at = ?,"
+                " inflight_chunk = NULL, leased_by = NULL, leased_until = NULL WHERE id = ?",
+                (json.dumps(message_ids), now_iso(), item_id))
+            return
         await self.db.execute_write(
             "UPDATE outbox SET telegram_message_ids = ?, inflight_chunk = NULL WHERE id = ?",
             (json.dumps(message_ids), item_id))
