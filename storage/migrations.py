@@ -432,6 +432,35 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE runs ADD COLUMN cancel_requested TEXT;
         """,
     ),
+    Migration(
+        "0013_ratings",
+        """
+        -- 👍 / 👎 under an agent's answer (bot/ratings.py): each answer's button key, bound to
+        -- its run, chat, outbox row (the message it went out on) and the person who asked.
+        CREATE TABLE rating_offers (
+            key         TEXT PRIMARY KEY,
+            run_id      TEXT NOT NULL,
+            trace_id    TEXT NOT NULL,
+            agent       TEXT NOT NULL,
+            chat_id     INTEGER NOT NULL,
+            outbox_id   INTEGER NOT NULL,
+            user_id     INTEGER,
+            created_at  TEXT NOT NULL
+        );
+        -- One row per rated run (a second press changes it); `keel eval --from-ratings` turns
+        -- them into golden-task candidates.
+        CREATE TABLE ratings (
+            run_id      TEXT PRIMARY KEY,
+            trace_id    TEXT NOT NULL,
+            agent       TEXT NOT NULL,
+            user_id     INTEGER NOT NULL,
+            rating      TEXT NOT NULL CHECK (rating IN ('up', 'down')),
+            note        TEXT,
+            rated_at    TEXT NOT NULL
+        );
+        CREATE INDEX ratings_by_time ON ratings (rated_at);
+        """,
+    ),
 )
 # In number order whatever the order they were appended in (work on several migrations lands in
 # any order); applied by name, so a database that has a later one still gets an earlier one.

@@ -14,6 +14,7 @@ EXPECTED_TABLES = {
     "people", "stranger_replies",
     "files", "send_buckets",
     "memory_facts", "memory_buttons", "doc_files", "doc_chunks", "doc_terms",
+    "rating_offers", "ratings",
 }
 
 
