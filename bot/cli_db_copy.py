@@ -49,8 +49,8 @@ def cmd_db_copy(args: argparse.Namespace, settings: Settings) -> int:
         print("keel: --batch-size must be at least 1", file=sys.stderr)
         return EXIT_USAGE
     source: Path = args.source or settings.db_path
-    print(f"from: {source.resolve()}")
-    print(f"to:   {redact(target)}")
+    print(f"from: {source.resolve()}", flush=True)
+    print(f"to:   {redact(target)}", flush=True)
 
     def copied(table: TableCopied) -> None:
         print(f"  {table.name:<24} {table.rows:>10,} rows", flush=True)
