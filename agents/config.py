@@ -28,7 +28,13 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from agents.errors import ConfigError, MissingSettingError
-from agents.patterns_config import GraderConfig, InjectDocsConfig, ResearchConfig, RetrievalConfig
+from agents.patterns_config import (
+    STEP_CHECK_NAME,
+    GraderConfig,
+    InjectDocsConfig,
+    ResearchConfig,
+    RetrievalConfig,
+)
 from agents.pricing import Price, PriceTable
 
 DEFAULT_TELEGRAM_API_BASE_URL = "https://api.telegram.org/bot"
@@ -138,6 +144,11 @@ class Settings(BaseSettings):
         None, validation_alias="KEEL_TRANSCRIBER_COMMAND",
         description="A local program (and arguments) given an audio file's path as its last "
                     "argument; it prints the text. Nothing is downloaded by keel.",
+    )
+    ratings: bool = Field(
+        False, validation_alias="KEEL_RATINGS",
+        description="👍 / 👎 buttons under agents' answers (keel.toml `ratings`, globally or per "
+                    "agent, overrides it); rated runs export with `keel eval --from-ratings`.",
     )
 
     @field_validator("allowed_user_ids", mode="before")
@@ -333,8 +344,14 @@ class AgentConfig(BaseModel):
     """Documents retrieved once for a fixed query and placed in the cached prefix."""
     grader: GraderConfig | None = None
     """A check of each answer: one retry with its feedback, then a person decides."""
+    graders: dict[str, GraderConfig] = Field(default_factory=dict)
+    """Checks of tool results, by tool name (over the tool's own declaration): same rule."""
+    step_graders: dict[str, GraderConfig] = Field(default_factory=dict)
+    """Named checks the planner may attach to a plan step's output: same rule."""
     research: ResearchConfig | None = None
     """Settings of the ``research`` tool's child runs (fan-out of sub-questions)."""
+    ratings: bool | None = None
+    """👍 / 👎 buttons under this agent's answers (default: keel.toml's ``ratings``)."""
 
     @field_validator("tools", "approve", "no_approval")
     @classmethod
@@ -346,6 +363,19 @@ class AgentConfig(BaseModel):
         both = sorted(set(self.approve) & set(self.no_approval))
         if both:
             raise ValueError(f"tool(s) {both} are in both `approve` and `no_approval`")
+        return self
+
+    @model_validator(mode="after")
+    def _graders_name_what_they_check(self) -> AgentConfig:
+        self.graders = dict(zip(_mcp_refs(list(self.graders)), self.graders.values(),
+                                strict=True))
+        stray = sorted(set(self.graders) - set(self.tools))
+        if stray:
+            raise ValueError(f"`graders` names tool(s) {stray} that are not in this agent's "
+                             "`tools`")
+        bad = sorted(n for n in self.step_graders if not re.match(STEP_CHECK_NAME, n))
+        if bad:
+            raise ValueError(f"step grader name(s) {bad} must match {STEP_CHECK_NAME}")
         return self
 
 
@@ -470,6 +500,8 @@ class KeelFile(BaseModel):
     """The owner's documents for ``search_docs`` and injected retrieval (``keel index``)."""
     mcp: list[McpServerConfig] = Field(default_factory=list)
     """MCP tool servers; an agent allows one of their tools as ``"mcp:SERVER/TOOL"``."""
+    ratings: bool | None = None
+    """👍 / 👎 buttons under every agent's answers (default: KEEL_RATINGS, off)."""
 
 
 def load_keel_file(path: Path | None) -> KeelFile:

@@ -13,6 +13,15 @@ Kept apart from agents/config.py, which only names them::
     kind = "required"               # parses | json_schema | required | predicate | rubric
     fields = ["order_id", "amount"]
 
+    [agents.extract.graders.lookup_order]   # each result of that tool graded (same rule)
+    kind = "required"
+    fields = ["order_id", "status"]
+
+    [agents.briefing.step_graders.prices]   # a check the planner may attach to a plan step
+    kind = "json_schema"
+    schema = { type = "array", items = { type = "object", required = ["sku", "price"] } }
+    about = "the step's answer is a JSON list of {sku, price}"
+
     [agents.researcher.research]    # the research tool fans sub-questions out to child runs
     agent = "assistant"
     max_branches = 5
@@ -52,7 +61,9 @@ class InjectDocsConfig(BaseModel):
 
 
 class GraderConfig(BaseModel):
-    """How an agent's answer (the last step's, for plan runs) is checked."""
+    """How an answer is checked: an agent's answer (the last step's, for plan runs), a tool's
+    results (``graders``, or the tool's own declaration) or a plan step's output (``step_graders``,
+    attached by the planner)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -70,6 +81,9 @@ class GraderConfig(BaseModel):
     """kind = "rubric": the grading model (default KEEL_ROUTER_MODEL)."""
     max_tokens: int = Field(300, ge=50, le=2000)
     """kind = "rubric": the grader's answer length."""
+    about: str | None = Field(None, max_length=300)
+    """For a step grader: what it checks, in the words the planner reads when it decides which
+    step's output to check with it (default: its kind)."""
 
     @model_validator(mode="after")
     def _complete(self) -> GraderConfig:
@@ -82,6 +96,10 @@ class GraderConfig(BaseModel):
         if self.predicate is not None and ":" not in self.predicate:
             raise ValueError("grader predicate must be 'module:function'")
         return self
+
+
+STEP_CHECK_NAME = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+"""How a step grader is named (the planner writes the name into the step)."""
 
 
 class ResearchConfig(BaseModel):

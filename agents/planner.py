@@ -11,6 +11,7 @@ planner's price, traced as ``model_request`` / ``model_response``, counted in ``
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections.abc import Iterator
@@ -18,7 +19,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from agents.executor.call import InputAnchor, OnUsage, call_model
 from agents.executor.prepare import Prefix
@@ -89,6 +98,8 @@ class StepDraft(BaseModel):
 
     instruction: str = Field(min_length=1, max_length=2000)
     produces: str = Field(min_length=1, max_length=600)
+    check: str | None = Field(None, max_length=64)
+    """One of the agent's step graders, offered in the plan tool when it has any."""
 
 
 class PlanDraft(BaseModel):
@@ -109,6 +120,15 @@ class PlanStep(BaseModel):
     """What the executor does in this step."""
     produces: str
     """What the step must hand on (its answer), e.g. "the three headlines with their links"."""
+    check: str | None = None
+    """The step grader its answer must pass (agents/reflexion.py), if the planner chose one."""
+
+    @model_serializer(mode="wrap")
+    def _without_no_check(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        if out.get("check") is None:  # plans without checks keep the shape they always had
+            out.pop("check", None)
+        return out
 
 
 class Plan(BaseModel):
@@ -135,7 +155,7 @@ class Plan(BaseModel):
 
 
 def _numbered_steps(drafts: list[StepDraft], *, first: int) -> list[PlanStep]:
-    return [PlanStep(id=first + i, instruction=d.instruction, produces=d.produces)
+    return [PlanStep(id=first + i, instruction=d.instruction, produces=d.produces, check=d.check)
             for i, d in enumerate(drafts)]
 
 
@@ -195,13 +215,30 @@ Tools the executor can use:
 {tools}"""
 
 
-def planner_prefix(executor_system: str, tool_schemas: list[dict[str, Any]]) -> Prefix:
-    """The planner's byte-stable prefix for one agent: its instructions and ``submit_plan``."""
+_CHECKS = """
+
+Checks a step's answer can be given (optional `check` of a step: its answer must pass it, or \
+the step is retried once and then a person decides):
+{checks}
+Give a step the check that fits what it `produces`; leave it out where none fits."""
+
+
+def planner_prefix(executor_system: str, tool_schemas: list[dict[str, Any]],
+                   checks: dict[str, str] | None = None) -> Prefix:
+    """The planner's byte-stable prefix for one agent: its instructions and ``submit_plan``
+    (with a ``check`` per step when the agent has step graders: name → what it checks)."""
     tools = "\n".join(f"- {t['name']}: {_first_line(t.get('description', ''))}"
                       for t in tool_schemas) or "- (none: the executor can only write)"
     system = _PLANNER_SYSTEM.format(max_steps=MAX_PLAN_STEPS, executor=executor_system.strip()
                                     or "(none)", tools=tools)
-    return Prefix.build(system, [SUBMIT_PLAN_TOOL])
+    if not checks:
+        return Prefix.build(system, [SUBMIT_PLAN_TOOL])
+    system += _CHECKS.format(checks="\n".join(f"- {n}: {about}" for n, about in checks.items()))
+    tool = copy.deepcopy(SUBMIT_PLAN_TOOL)
+    tool["input_schema"]["properties"]["steps"]["items"]["properties"]["check"] = {
+        "type": "string", "enum": list(checks),
+        "description": "The check this step's answer must pass (optional)."}
+    return Prefix.build(system, [tool])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -274,7 +311,7 @@ class Reading:
     error: str | None
 
 
-def read_plan(response: ModelResponse) -> Reading:
+def read_plan(response: ModelResponse, checks: frozenset[str] = frozenset()) -> Reading:
     """The validated ``submit_plan`` input of ``response``, or what is wrong with the answer."""
     calls = [b for b in response.tool_uses if b.get("name") == SUBMIT_PLAN]
     if response.stop_reason == "max_tokens":
@@ -282,12 +319,17 @@ def read_plan(response: ModelResponse) -> Reading:
     if not calls:
         return Reading(None, f"the answer did not call `{SUBMIT_PLAN}`")
     try:
-        return Reading(PlanDraft.model_validate(calls[0].get("input") or {}), None)
+        draft = PlanDraft.model_validate(calls[0].get("input") or {})
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()
         )
         return Reading(None, f"the plan is not valid: {problems}")
+    unknown = [f"steps.{i}.check: {s.check!r} is not one of {sorted(checks)}"
+               for i, s in enumerate(draft.steps) if s.check is not None and s.check not in checks]
+    if unknown:
+        return Reading(None, f"the plan is not valid: {'; '.join(unknown)}")
+    return Reading(draft, None)
 
 
 def repair_message(response: ModelResponse, error: str) -> dict[str, Any]:
@@ -315,6 +357,8 @@ class Planner:
     price: Price
     prefix: Prefix
     thinking_budget: int = PLANNER_THINKING_BUDGET
+    checks: frozenset[str] = frozenset()
+    """The step graders a plan may name (any other name is repaired like an invalid plan)."""
 
 
 async def make_plan(
@@ -338,7 +382,7 @@ async def make_plan(
                                        on_usage)
         if response.stop_reason == "refusal":
             raise PlanningFailed("the planner declined to plan this task")
-        reading = read_plan(response)
+        reading = read_plan(response, planner.checks)
         if reading.draft is not None:
             return reading.draft, attempt
         error = reading.error or "no plan"

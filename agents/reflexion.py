@@ -4,7 +4,19 @@ grader's feedback; after a second failure a person decides, shown both attempts.
 Never the whole agent in a loop: the grader sees one answer, the retry is one more turn of the
 same run (same budget, deadline and trace), and there are at most two graded attempts.
 
-Graders (``[agents.X.grader]`` in keel.toml, ``agents.patterns_config.GraderConfig``):
+Three things can be graded, each with the same rule (one retry with the grader's feedback,
+then a person decides, shown both attempts):
+
+  an agent's answer   ``[agents.X.grader]``; for plan runs the last step's answer
+  a tool's results    ``[agents.X.graders.TOOL]`` or the tool's own ``grader=`` declaration: a
+                      result that fails reaches the model with the feedback appended after it
+                      (``RESULT_MARK``), and the model decides whether to call the tool again;
+                      the next result of that tool that fails too parks the run for a person,
+                      on that tool call (``ToolGraders``). A passing result starts the count over.
+  a plan step         ``[agents.X.step_graders.NAME]``: checks the planner may attach to a step
+                      (``check`` in its plan); the step's answer is graded like an agent's
+
+Graders (``agents.patterns_config.GraderConfig``):
 
   parses       the answer is JSON (a ```json fence around it is accepted)
   json_schema  the answer's JSON satisfies a schema (types, required, properties, items, enum,
@@ -14,12 +26,14 @@ Graders (``[agents.X.grader]`` in keel.toml, ``agents.patterns_config.GraderConf
   rubric       a cheap model grades against a rubric: one call, reserved in the run's budget and
                held in the daily ledger like any call, traced as model_request/model_response
 
-Each grading is traced as a ``grade`` event (attempt, kind, passed, feedback). The attempt count
-lives in the messages themselves — each retry adds a feedback message with ``FEEDBACK_MARK`` —
+Each grading is traced as a ``grade`` event (attempt, kind, passed, feedback; ``tool`` and
+``tool_use_id`` for a tool's result, ``step`` and ``check`` for a plan step's; replay compares
+them). The attempt count lives in the messages themselves — each retry adds a feedback message with ``FEEDBACK_MARK`` —
 so a resumed or replayed run counts the same. After the second failure the run parks as
 ``waiting_human`` on an escalation whose ``tool_use_id`` is ``GRADE_ESCALATION_ID``; the
 person's answer (``answer_for_person``) is added as a text block, and the answer that follows
-it is not graded again: the person has decided.
+it is not graded again: the person has decided. A tool result a person reviewed keeps its
+content, with their answer in place of the review note (``answered``).
 """
 
 from __future__ import annotations
@@ -28,21 +42,26 @@ import importlib
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from agents.budget import BudgetHalt
 from agents.executor.call import InputAnchor, OnUsage, call_model
-from agents.executor.loop import GRADE_ESCALATION_ID
+from agents.executor.loop import GRADE_ESCALATION_ID, Hooks
 from agents.executor.prepare import Prefix
 from agents.model.types import ModelClient
 from agents.patterns_config import GraderConfig
 from agents.planner import calling_as
 from agents.pricing import Price
 from agents.run import Run
-from agents.tools.contract import EscalationRequest
+from agents.tools.contract import EscalationRequest, ToolOutcome
 
 FEEDBACK_MARK = "[keel] Your answer did not pass its check"
 PERSON_MARK = "[keel] A person reviewed both attempts"
+RESULT_MARK = "\n\n[keel] This result did not pass its check"
+"""Starts the note appended to a tool result that failed its grader."""
+REVIEW_NOTE = "A person is reviewing both results; wait for their answer."
+_RESULT_NOTE = re.compile(re.escape(RESULT_MARK) + r" \(attempt (\d+) of \d+\): ([^\n]*)")
 MAX_ATTEMPTS = 2
 _SHOWN = 1500
 RUBRIC_SYSTEM = (
@@ -68,6 +87,9 @@ class Grader:
     model: str | None = None
     price: Price | None = None
     predicate: Callable[[str], Any] | None = None
+    scope: dict[str, Any] = field(default_factory=dict)
+    """What is graded besides the answer's own run (``step``/``check`` of a plan step): added
+    to the ``grade`` events and named in the feedback and the escalation."""
 
     @classmethod
     def build(cls, config: GraderConfig, *, default_model: str,
@@ -192,13 +214,14 @@ async def review(run: Run, client: ModelClient, grader: Grader, answer: str,
     """Grade ``answer`` (already appended to ``messages``) and say what comes next."""
     feedback, decided = attempts_so_far(messages, new_from)
     if decided:
-        run.trace.emit("grade", attempt=len(feedback) + 1, kind=grader.config.kind,
-                       passed=True, skipped="a person decided")
+        run.trace.emit("grade", **grader.scope, attempt=len(feedback) + 1,
+                       kind=grader.config.kind, passed=True, skipped="a person decided")
         return Review("accept")
     attempt = len(feedback) + 1
     grade = await grader.grade(run, client, answer, task_text(messages, new_from), on_usage)
-    run.trace.emit("grade", attempt=attempt, kind=grader.config.kind, passed=grade.passed,
-                   feedback=grade.feedback or None, spent_usd=round(run.budget.spent_usd, 8))
+    run.trace.emit("grade", **grader.scope, attempt=attempt, kind=grader.config.kind,
+                   passed=grade.passed, feedback=grade.feedback or None,
+                   spent_usd=round(run.budget.spent_usd, 8))
     if grade.passed:
         return Review("accept")
     if attempt < MAX_ATTEMPTS:
@@ -211,12 +234,17 @@ async def review(run: Run, client: ModelClient, grader: Grader, answer: str,
         [f"Attempt {i}:\n{clip(a, _SHOWN)}" for i, a in enumerate(answers, start=1)]
         + [f"What the check found:\n{f.removeprefix(FEEDBACK_MARK)}" for f in feedback]
         + [f"Second check: {grade.feedback}"])
+    step = grader.scope.get("step")
+    what = f"Step {step}'s answer" if step is not None else "The answer"
     request = EscalationRequest(
-        reason="The answer failed its check twice. Which should be sent, or what is right?",
-        context=clip(context, 1990), options=("Send attempt 2", "Send attempt 1"))
+        reason=f"{what} failed its check twice. Which should be "
+               f"{'used' if step is not None else 'sent'}, or what is right?",
+        context=clip(context, 1990),
+        options=("Use attempt 2", "Use attempt 1") if step is not None
+        else ("Send attempt 2", "Send attempt 1"))
     return Review("escalate", escalation=request,
-                  detail=f"the answer failed its {grader.config.kind} check twice: "
-                         f"{grade.feedback}", parked=escalation_messages(messages))
+                  detail=f"{what[0].lower()}{what[1:]} failed its {grader.config.kind} check "
+                         f"twice: {grade.feedback}", parked=escalation_messages(messages))
 
 
 def escalation_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -342,11 +370,172 @@ def answered(messages: list[dict[str, Any]], tool_use_id: str, answer: str,
     """The parked messages of a graded-out run with the person's answer added; None when the
     escalation is another kind (a tool's question, answered in its tool_result)."""
     if tool_use_id != GRADE_ESCALATION_ID:
-        return None
+        return _answered_result(messages, tool_use_id, answer, answered_by)
     out = [dict(m) for m in messages]
     last = out[-1]
     out[-1] = {**last, "content": [*last["content"], answer_for_person(answer, answered_by)]}
     return out
+
+
+def _answered_result(messages: list[dict[str, Any]], tool_use_id: str, answer: str,
+                     answered_by: str | None) -> list[dict[str, Any]] | None:
+    """A tool result that failed its grader twice, with the person's answer in place of the
+    review note (the result itself stays, so the model can use it if the person says so)."""
+    if not messages or not isinstance(messages[-1].get("content"), list):
+        return None
+    last = messages[-1]
+    blocks = list(last["content"])
+    for i, block in enumerate(blocks):
+        content = block.get("content") if isinstance(block, dict) else None
+        if (block.get("type") == "tool_result" and block.get("tool_use_id") == tool_use_id
+                and isinstance(content, str) and content.endswith(REVIEW_NOTE)):
+            who = f" ({answered_by})" if answered_by else ""
+            text = (f"{content.removesuffix(REVIEW_NOTE)}{PERSON_MARK}{who} and answered: "
+                    f"{answer}\nGo on accordingly.")
+            blocks[i] = {**block, "content": text}
+            return [*messages[:-1], {**last, "content": blocks}]
+    return None
+
+
+# ------------------------------------------------------------------ tool results
+
+
+def raw_result(content: str) -> str:
+    """A tool result without the grader's note (what the tool itself returned)."""
+    return content.split(RESULT_MARK, 1)[0]
+
+
+def failed_results(messages: list[dict[str, Any]], new_from: int,
+                   names: set[str]) -> dict[str, list[tuple[str, str]]]:
+    """For each graded tool, its results in this run that failed their check since its last
+    result that passed (or that a person reviewed): (result, feedback), oldest first."""
+    called: dict[str, str] = {}
+    failed: dict[str, list[tuple[str, str]]] = {}
+    for message in messages[new_from:]:
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for block in content:
+            if not isinstance(block, dict):
+                continue
+            if block.get("type") == "tool_use":
+                called[str(block.get("id"))] = str(block.get("name"))
+                continue
+            name = called.get(str(block.get("tool_use_id")))
+            if block.get("type") != "tool_result" or name not in names or block.get("is_error"):
+                continue
+            assert name is not None
+            text = block.get("content")
+            text = text if isinstance(text, str) else ""
+            note = _RESULT_NOTE.search(text)
+            if note is None or PERSON_MARK in text:
+                failed[name] = []
+            else:
+                failed.setdefault(name, []).append((raw_result(text), note.group(2)))
+    return failed
+
+
+@dataclass(frozen=True)
+class ToolGraders:
+    """An agent's graders of tool results, by tool name (``Hooks.tool_graders``)."""
+
+    graders: dict[str, Grader]
+
+    async def review(self, run: Run, client: ModelClient, tool_uses: list[dict[str, Any]],
+                     outcomes: list[ToolOutcome], messages: list[dict[str, Any]], new_from: int,
+                     on_usage: OnUsage | None) -> list[ToolOutcome]:
+        """Grade this turn's results (``messages`` ends with the turn that asked for them): a
+        failing one gets the feedback appended, the second failure in a row an escalation."""
+        failed = failed_results(messages, new_from, set(self.graders))
+        out = []
+        for block, outcome in zip(tool_uses, outcomes, strict=True):
+            name = str(block["name"])
+            grader = self.graders.get(name)
+            if grader is None or outcome.is_error or outcome.escalation is not None:
+                out.append(outcome)  # an error is the model's to read; a question waits
+                continue
+            out.append(await self._one(run, client, grader, block, outcome,
+                                       failed.setdefault(name, []), on_usage))
+        return out
+
+    async def _one(self, run: Run, client: ModelClient, grader: Grader, block: dict[str, Any],
+                   outcome: ToolOutcome, earlier: list[tuple[str, str]],
+                   on_usage: OnUsage | None) -> ToolOutcome:
+        name, args = str(block["name"]), json.dumps(block.get("input") or {}, ensure_ascii=False,
+                                                    sort_keys=True)
+        attempt = len(earlier) + 1
+        where = {"tool": name, "tool_use_id": block.get("id")}
+        task = f"The tool `{name}` was called with {args}. Grade the result it returned."
+        try:
+            grade = await grader.grade(run, client, outcome.content, task, on_usage)
+        except BudgetHalt:  # the next model call halts the run; the result goes as it is
+            run.trace.emit("grade", **where, attempt=attempt, kind=grader.config.kind,
+                           passed=None, skipped="no budget left for the grader")
+            return outcome
+        feedback = " ".join(grade.feedback.split()) or "the result did not pass the check"
+        run.trace.emit("grade", **where, attempt=attempt, kind=grader.config.kind,
+                       passed=grade.passed, feedback=None if grade.passed else feedback,
+                       spent_usd=round(run.budget.spent_usd, 8))
+        if grade.passed:
+            earlier.clear()
+            return outcome
+        note = f"{RESULT_MARK} (attempt {attempt} of {MAX_ATTEMPTS}): {feedback}\n"
+        if attempt < MAX_ATTEMPTS:
+            earlier.append((outcome.content, feedback))
+            return replace(outcome, content=(
+                f"{outcome.content}{note}If you need this result, call {name} again so that "
+                "it fixes exactly that."))
+        results = [*(r for r, _ in earlier), outcome.content]
+        per = max(200, (1500 - len(args)) // len(results))
+        context = "\n\n".join(
+            [f"{name} was called with {clip(args, 300)}"]
+            + [f"Result {i}:\n{clip(r, per)}" for i, r in enumerate(results, start=1)]
+            + [f"What the check found:\n{f}" for _, f in earlier]
+            + [f"Second check: {feedback}"])
+        request = EscalationRequest(
+            reason=f"The result of {name} failed its check twice. Which should the agent use, "
+                   "or what is right?",
+            context=clip(context, 1990), options=("Use result 2", "Use result 1"))
+        earlier.clear()
+        return replace(outcome, content=f"{outcome.content}{note}{REVIEW_NOTE}",
+                       escalation=request)
+
+
+# ------------------------------------------------------------------ replay
+
+
+def graders_for_replay(tools: dict[str, Grader], steps: dict[str, Grader]) -> dict[str, Any]:
+    """What a run's ``run_start`` records so its replay grades its tool results and plan steps
+    alike: each grader's settings (a rubric's with the model it used) and each rubric model's
+    price (its replayed calls reserve what the run's did)."""
+    configs: dict[str, dict[str, Any]] = {"tools": {}, "steps": {}}
+    prices: dict[str, Any] = {}
+    for key, graders in (("tools", tools), ("steps", steps)):
+        for name, grader in graders.items():
+            config = grader.config
+            if grader.model is not None and grader.price is not None:
+                config = config.model_copy(update={"model": grader.model})
+                prices[grader.model] = grader.price.model_dump()
+            configs[key][name] = config.model_dump(by_alias=True, exclude_none=True)
+    return {"configs": configs, "prices": prices}
+
+
+def replay_hooks(inputs: dict[str, Any], prices: dict[str, Price]) -> Hooks:
+    """The graders a traced run used, from its ``run_start`` replay inputs (``prices`` gains the
+    rubric models' recorded prices, so their replayed calls reserve what the run's did)."""
+    grader = replay_grader(inputs, prices)
+    recorded = inputs.get("graders") or {}
+    for model, price in (recorded.get("prices") or {}).items():
+        prices[str(model)] = Price.model_validate(price)
+
+    def built(key: str) -> dict[str, Grader]:
+        return {name: Grader.build(GraderConfig.model_validate(config), default_model="",
+                                   price_of=prices.__getitem__)
+                for name, config in (recorded.get("configs", {}).get(key) or {}).items()}
+
+    tools = built("tools")
+    return Hooks(grader=grader, tool_graders=ToolGraders(tools) if tools else None,
+                 step_graders=built("steps"))
 
 
 def replay_grader(inputs: dict[str, Any], prices: dict[str, Price]) -> Grader | None:

@@ -34,7 +34,7 @@ from agents.caching import CachePlan
 from agents.executor import Hooks, execute
 from agents.executor.plan import execute_plan, resume_plan
 from agents.pricing import Price, PriceTable
-from agents.reflexion import replay_grader
+from agents.reflexion import raw_result, replay_hooks
 from agents.replay_recording import (
     Diverged,
     MemoryIdempotency,
@@ -154,13 +154,15 @@ async def replay(events: list[dict[str, Any]], *, prices: PriceTable | None = No
     for body in bodies:
         for message in body["messages"]:
             for block in message["content"] if isinstance(message["content"], list) else []:
-                if block.get("type") == "tool_result":
-                    replayer.sent_results[str(block.get("tool_use_id"))] = block.get("content")
+                if block.get("type") == "tool_result":  # as the tool returned it, before any
+                    content = block.get("content")     # grader's note (agents/reflexion.py)
+                    replayer.sent_results[str(block.get("tool_use_id"))] = (
+                        raw_result(content) if isinstance(content, str) else content)
 
     spec, schemas = _agent(segments[0], start, inputs, pattern)
     # a fan-out charged the parent what its children spent (agents/research.py)
     catalog = ChargingCatalog(ReplayCatalog(schemas, replayer), events, lambda: replayer.run)
-    hooks = Hooks(grader=replay_grader(inputs, replayer.prices))
+    hooks = replay_hooks(inputs, replayer.prices)
     model = ReplayModel(replayer)
     route_line, route_divergence = _route(segments[0], start)
 
@@ -191,10 +193,13 @@ async def replay(events: list[dict[str, Any]], *, prices: PriceTable | None = No
                 reports.append(_segment_report(seg, replayed, output, detail))
         finally:
             trace.close()
+        grades = _grade_difference(events, TraceStore(Path(scratch)).read(trace.trace_id))
 
     replayed_bodies = [r.to_api() for r in replayer.requests]
     divergence, diff = _first_divergence(route_divergence, bodies, replayed_bodies, stopped,
                                          reports, notes)
+    if divergence is None and grades is not None:
+        divergence, diff = grades
     return ReplayReport(
         trace_id=str(start.get("trace_id")), run_id=start.get("run_id"), agent=start.get("agent"),
         pattern=pattern, recorded_requests=len(bodies), replayed_requests=len(replayed_bodies),
@@ -434,6 +439,29 @@ def _first_divergence(route: str | None, recorded: list[dict[str, Any]],
             return f"segment {i} ({s.label}) output differs", [
                 f"recorded: {_shown(s.recorded_output)}", f"replayed: {_shown(s.replayed_output)}"]
     return None, []
+
+
+_GRADE_KEYS = ("step", "check", "tool", "tool_use_id", "attempt", "kind", "passed", "feedback",
+               "skipped")
+
+
+def _grade_difference(recorded: list[dict[str, Any]],
+                      replayed: list[dict[str, Any]]) -> tuple[str, list[str]] | None:
+    """The first ``grade`` event the replay judged otherwise than the trace says (a grader
+    changed since, or a trace edited after the fact); None when every grade agrees."""
+    def grades(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: e.get(k) for k in _GRADE_KEYS if e.get(k) is not None}
+                for e in events if e.get("type") == "grade"]
+
+    a, b = grades(recorded), grades(replayed)
+    for i, (x, y) in enumerate(zip(a, b, strict=False), start=1):
+        if x != y:
+            key = next(k for k in _GRADE_KEYS if x.get(k) != y.get(k))
+            return f"grade {i} differs at {key}", [f"recorded: {_shown(x)}",
+                                                   f"replayed: {_shown(y)}"]
+    if len(a) != len(b):
+        return f"recorded {len(a)} grade(s), the replay made {len(b)}", []
+    return None
 
 
 def _without_markers(value: Any) -> Any:

@@ -31,7 +31,7 @@ from agents.run import PendingEscalation, Run, RunResult, RunStatus
 from agents.tools.contract import EscalationRequest, ToolCatalog, ToolContext
 
 if TYPE_CHECKING:  # reflexion calls the model through this package's call step
-    from agents.reflexion import Grader
+    from agents.reflexion import Grader, ToolGraders
 
 # Progress for a person watching: ("tool", name) before a tool runs, ("text", piece) as the answer
 # streams. Failures here never touch the run.
@@ -44,6 +44,10 @@ class Hooks:
     on_progress: OnProgress | None = None
     grader: Grader | None = None
     """Grades each final answer: one retry with its feedback, then a person (agents/reflexion)."""
+    tool_graders: ToolGraders | None = None
+    """Grades the results of some tools the same way; the model decides the retry."""
+    step_graders: dict[str, Grader] = field(default_factory=dict)
+    """Checks the planner may attach to a plan step (agents/executor/plan.py), by name."""
 
 
 @dataclass
@@ -215,6 +219,12 @@ async def run_loop(
             for block in turn.tool_uses:
                 await _safe(hooks.on_progress("tool", block["name"]))
         outcomes = await run_tools(catalog, tool_ctx, turn.tool_uses)
+        if hooks.tool_graders is not None:
+            calls = run.model_calls
+            outcomes = await hooks.tool_graders.review(run, model, turn.tool_uses, outcomes,
+                                                       messages, new_from, hooks.on_usage)
+            if run.model_calls != calls:
+                sent_before = 0  # a rubric call came between: trace the next request whole
         messages.append(results_message(turn.tool_uses, outcomes, extra))
         escalations = [(b, o) for b, o in zip(turn.tool_uses, outcomes, strict=True) if o.escalation]
         if escalations:

@@ -16,6 +16,12 @@ Run-wide limits (budget, steps, model calls, time, cancellation) end the run wit
 The final output is the last step's answer: the planner is told the last step produces the answer
 for the person, which costs nothing extra (a synthesis call would re-read every result).
 
+A step may carry a check (one of the agent's ``step_graders``, which the planner is offered and
+names in the step's ``check``): its answer is graded like an agent's final answer — one retry
+with the grader's feedback, then the run parks for a person shown both attempts, and the
+person's answer ends the step (agents/reflexion.py). The last step without a check of its own is
+graded by the agent's ``grader``, if it has one.
+
 A step that escalates parks the run as ``waiting_human`` with the loop's usual state (its
 messages, ``tool_use_id``, limits, meter, counters) plus the plan's: ``pattern``, ``plan``,
 ``step_index``, ``results``, ``replans``, ``base_messages``, ``call_allowance``. ``resume_plan``
@@ -28,13 +34,14 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, assert_never
 
 from agents.budget import BudgetHalt
 from agents.executor.loop import Hooks, Outcome, bounded, result_of, run_loop
 from agents.executor.prepare import Prefix
 from agents.executor.resolve import close_transcript
 from agents.model.types import ModelClient
+from agents.patterns_config import GraderConfig
 from agents.planner import (
     Failure,
     Plan,
@@ -50,6 +57,9 @@ from agents.planner import (
 from agents.pricing import Price
 from agents.run import Run, RunResult
 from agents.tools.contract import ToolCatalog, ToolContext
+
+if TYPE_CHECKING:
+    from agents.reflexion import Grader
 
 MAX_REPLANS = 2
 STEP_FAILED = "STEP_FAILED"
@@ -167,8 +177,10 @@ async def _run(
 ) -> RunResult:
     schemas = catalog.schemas()
     prefix = Prefix.build(run.agent.system, schemas)
+    checks = {name: check_about(g.config) for name, g in hooks.step_graders.items()}
     planner = Planner(model=planner_model, price=planner_price,
-                      prefix=planner_prefix(run.agent.system, schemas))
+                      prefix=planner_prefix(run.agent.system, schemas, checks),
+                      checks=frozenset(checks))
     for p in (planner.prefix, prefix):
         run.trace.emit("prefix", sha256=p.sha256, model=planner_model if p is planner.prefix
                        else run.model, system=p.system, tools=p.tools, tokens_estimate=p.tokens)
@@ -211,13 +223,16 @@ async def _walk(
             messages, parked = parked, None
             run.trace.emit("step_start", step=step.id, resumed=True)
         else:
-            messages = _step_messages(walk, step.id, is_last)
+            check = hooks.step_graders.get(step.check) if step.check else None
+            messages = _step_messages(walk, step.id, is_last, check_about(check.config)
+                                      if check is not None else None)
             run.trace.emit("step_start", step=step.id, instruction=step.instruction,
-                           produces=step.produces)
+                           produces=step.produces, **({"check": step.check} if step.check
+                                                      else {}))
         # Only the answer the person gets must match the agent's declared output type.
         agent = run.agent if is_last else replace(run.agent, output_type=None)
-        # ... and only that answer is graded (agents/reflexion.py).
-        step_hooks = hooks if is_last else replace(hooks, grader=None)
+        # A step is graded by its own check; the last step without one by the agent's grader.
+        step_hooks = replace(hooks, grader=_step_grader(hooks, step.id, step.check, is_last))
         with _swapped_agent(run, agent):
             outcome = await run_loop(run, model, catalog, tool_ctx, prefix, messages, step_hooks,
                                   walk.new_from)
@@ -289,7 +304,35 @@ async def _plan(run: Run, model: ModelClient, planner: Planner, walk: _Walk, hoo
     return None
 
 
-def _step_messages(walk: _Walk, step_id: int, is_last: bool) -> list[dict[str, Any]]:
+def _step_grader(hooks: Hooks, step_id: int, check: str | None,
+                 is_last: bool) -> Grader | None:
+    grader = hooks.step_graders.get(check) if check else None
+    if grader is not None:
+        return replace(grader, scope={"step": step_id, "check": check})
+    return hooks.grader if is_last else None
+
+
+def check_about(config: GraderConfig) -> str:
+    """What a step grader checks, in the planner's and the step's words."""
+    if config.about:
+        return config.about
+    match config.kind:
+        case "parses":
+            return "the answer is valid JSON"
+        case "json_schema":
+            return "the answer is JSON matching a schema"
+        case "required":
+            return f"the answer is JSON with {', '.join(config.fields)} present and non-null"
+        case "predicate":
+            return "the answer passes a custom check"
+        case "rubric":
+            return clip(config.rubric or "a rubric", 200)
+        case _:
+            assert_never(config.kind)
+
+
+def _step_messages(walk: _Walk, step_id: int, is_last: bool,
+                   check: str | None = None) -> list[dict[str, Any]]:
     """The run's messages with this step's brief added to the task: the plan, what earlier steps
     produced, and what this step must do and hand on."""
     plan = walk.plan
@@ -304,6 +347,8 @@ def _step_messages(walk: _Walk, step_id: int, is_last: bool) -> list[dict[str, A
         lines += [f"--- step {r.step_id}:\n{clip(r.output)}" for r in walk.results]
     lines += ["", f"Now do step {step.id} only: {step.instruction}",
               f"Your answer must be: {step.produces}."]
+    if check is not None:
+        lines.append(f"Your answer is checked: {check}.")
     if is_last:
         lines.append("This is the last step: your answer is what the person receives.")
     else:

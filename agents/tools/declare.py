@@ -29,6 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from agents.patterns_config import GraderConfig
 from agents.tools.contract import ToolFunction
 from agents.tools.policy import RateLimit, RateLimiter, RetryPolicy
 from agents.tools.schema import narrow_schema
@@ -71,6 +72,7 @@ class Tool:
         deprecated_after: date | None = None,
         replaced_by: str | None = None,
         needs_approval: bool = False,
+        grader: GraderConfig | dict[str, Any] | None = None,
     ) -> None:
         if not TOOL_NAME.match(name):
             raise ValueError(f"tool name {name!r} must match {TOOL_NAME.pattern}")
@@ -97,6 +99,8 @@ class Tool:
         self.deprecated_after = deprecated_after
         self.replaced_by = replaced_by
         self.needs_approval = needs_approval
+        self.grader = (GraderConfig.model_validate(grader) if isinstance(grader, dict)
+                       else grader)
         self._declared_description = description.strip()
         self.description = _with_notes(description.strip(), side_effects, idempotent)
         self.input_schema = narrow_schema(self.args_model)
@@ -128,7 +132,8 @@ class Tool:
                       args_model=self.args_model, version=self.version, timeout_s=self.timeout_s,
                       retry=self.retry, side_effects=self.side_effects, idempotent=self.idempotent,
                       rate_limit=self.rate_limit, deprecated_after=self.deprecated_after,
-                      replaced_by=self.replaced_by, needs_approval=self.needs_approval)
+                      replaced_by=self.replaced_by, needs_approval=self.needs_approval,
+                      grader=self.grader)
         return Tool(**{**fields, **changes})
 
     def retired(self, today: date) -> bool:
@@ -152,6 +157,7 @@ def tool(
     replaced_by: str | None = None,
     args_model: type[BaseModel] | None = None,
     needs_approval: bool = False,
+    grader: GraderConfig | dict[str, Any] | None = None,
 ) -> Callable[[ToolFunction], Tool]:
     """Turn an async function into a ``Tool``.
 
@@ -163,6 +169,10 @@ def tool(
     ``needs_approval=True``: before each call runs, the run parks and an approver is asked, with
     the exact arguments shown (Approve runs it, Deny comes back to the model as an error result).
     keel.toml can require it for more tools per agent (``approve``) or waive it (``no_approval``).
+    ``grader`` checks each result (a ``GraderConfig`` or its fields, e.g. ``{"kind": "parses"}``):
+    a result that fails reaches the model with the check's feedback appended, so it may call the
+    tool again; a second failure in a row parks the run for a person, shown both results
+    (agents/reflexion.py). keel.toml's ``graders`` sets or overrides it per agent.
     """
 
     def decorate(fn: ToolFunction) -> Tool:
@@ -180,6 +190,7 @@ def tool(
             deprecated_after=deprecated_after,
             replaced_by=replaced_by,
             needs_approval=needs_approval,
+            grader=grader,
         )
 
     return decorate
