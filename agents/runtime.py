@@ -319,7 +319,7 @@ class Runtime:
         self._track(run)
         catalog = self.registry.catalog(list(spec.tools))
         hooks = Hooks(on_usage=self._record_usage, on_progress=on_progress,
-                      grader=self.patterns.grader(spec))
+                      **self.patterns.graders(spec))
         try:
             match spec.pattern:
                 case "react":
@@ -429,7 +429,7 @@ class Runtime:
         self._track(run)
         catalog = self.registry.catalog(list(run.agent.tools))
         hooks = Hooks(on_usage=self._record_usage, on_progress=on_progress,
-                      grader=self.patterns.grader(run.agent))
+                      **self.patterns.graders(run.agent))
         try:
             if state.get("pattern") == "plan_execute":
                 planner = self.settings.planner_model
