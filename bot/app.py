@@ -29,7 +29,7 @@ from agents.config import Settings
 from agents.runtime import Runtime
 from agents.schedule import Scheduler, jobs_from_config
 from agents.scheduled import ScheduledRunner
-from bot import memory_view
+from bot import memory_view, ratings
 from bot import reload as config_reload
 from bot.access import gated, startup_hint
 from bot.commands import COMMANDS, bot_commands
@@ -101,7 +101,7 @@ async def _post_init(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
     app.bot_data["runtime"] = runtime
     keel = KeelBot(runtime, app.bot)
     app.bot_data["keel"] = keel
-    app.bot_data["on_button"] = memory_view.chain(memory_view.on_button,
+    app.bot_data["on_button"] = memory_view.chain(memory_view.on_button, ratings.on_button,
                                                   keel.escalations.on_button)
     role = app.bot_data.get("role", "all")  # "all" (keel run), "ingress" or "worker" (workers.py)
     if app.job_queue is not None and role != "ingress":

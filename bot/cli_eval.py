@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import sys
+from datetime import date
 from pathlib import Path
 
 from agents.config import Settings, load_keel_file
@@ -26,6 +27,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "API key, the same output every time. Exit 0 when every task passes, 1 when one fails, "
         "2 on bad usage or configuration.",
         epilog="Examples: keel eval · keel eval support --json · keel eval --record 3f2a9c1e · "
+        "keel eval --from-ratings --rating down --since 2026-11-01 · "
         "keel eval --live --budget-usd 0.50 · keel eval --compare claude-haiku-4-5 "
         "claude-sonnet-4-6 --budget-usd 1")
     p.add_argument("agent", nargs="?", metavar="AGENT", help="only this agent's golden set")
@@ -36,7 +38,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="write the traced run as a golden task of its agent")
     p.add_argument("--name", help="with --record: the task's file name (default recorded-<id>)")
     p.add_argument("--force", action="store_true",
-                   help="with --record: replace an existing golden task of that name")
+                   help="with --record or --from-ratings: replace an existing golden task")
+    p.add_argument("--from-ratings", action="store_true",
+                   help="write the runs people rated 👍/👎 in Telegram as golden-task candidates "
+                   "(rated-<up|down>-<date>-<trace>.toml, to review)")
+    p.add_argument("--rating", choices=("up", "down", "any"), default="any",
+                   help="with --from-ratings: only runs rated so (default any)")
+    p.add_argument("--since", metavar="DATE",
+                   help="with --from-ratings: only ratings given on or after DATE (YYYY-MM-DD, UTC)")
+    p.add_argument("--agent", dest="rated_agent", metavar="NAME",
+                   help="with --from-ratings: only this agent's runs")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="with --from-ratings: write under DIR/<agent>/ (default: the golden sets "
+                   "folder)")
     p.add_argument("--update-snapshots", action="store_true",
                    help="write each task's snapshot file (expect.snapshot) from this run's answer")
     p.add_argument("--live", action="store_true",
@@ -57,6 +71,8 @@ def _eval(args: argparse.Namespace, settings: Settings) -> int:
     # one INFO line per run is for the bot's console; here the table says it all
     logging.getLogger("agents.runtime").setLevel(logging.WARNING)
     try:
+        if args.from_ratings:
+            return asyncio.run(_from_ratings(args, settings))
         if args.record:
             return _record(args, settings)
         if args.budget_usd is not None and args.budget_usd <= 0:
@@ -119,6 +135,57 @@ async def _compare(args: argparse.Namespace, settings: Settings) -> int:
 
 def _safe(model: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in model)
+
+
+async def _from_ratings(args: argparse.Namespace, settings: Settings) -> int:
+    from agents.evals.candidates import LABELS, export
+    from storage.connect import open_database
+    from storage.ratings import RatingRepository
+    from storage.traces import TraceStore
+
+    clash = [flag for flag, on in (("--record", args.record), ("--compare", args.compare),
+                                   ("--live", args.live), ("--update-snapshots",
+                                                           args.update_snapshots)) if on]
+    if clash:
+        print(f"keel: --from-ratings does not go with {clash[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.agent and args.rated_agent and args.agent != args.rated_agent:
+        print(f"keel: two agents given ({args.agent!r} and --agent {args.rated_agent!r})",
+              file=sys.stderr)
+        return EXIT_USAGE
+    since = None
+    if args.since is not None:
+        try:
+            since = date.fromisoformat(args.since).isoformat()
+        except ValueError:
+            print(f"keel: --since {args.since!r} is not a date; give YYYY-MM-DD", file=sys.stderr)
+            return EXIT_USAGE
+    root = args.out if args.out is not None else _root(args, settings)
+    db = await open_database(settings)
+    try:
+        rated = await RatingRepository(db).rated(
+            rating=None if args.rating == "any" else args.rating, since=since,
+            agent=args.rated_agent or args.agent)
+    finally:
+        await db.close()
+    done = export(rated, TraceStore(settings.traces_dir).read, Path(root), force=args.force)
+    if args.json:
+        print(json.dumps(done.as_json(), ensure_ascii=False))
+    elif not rated:
+        print("No rated runs match (ratings are off unless `ratings = true` in keel.toml or "
+              "KEEL_RATINGS=true).")
+    else:
+        for w in done.written:
+            print(f"wrote {w['path']} ({LABELS[w['rating']]} by user {w['user_id']}, "
+                  f"{w['rated_at'][:16].replace('T', ' ')})")
+        for s in done.skipped:
+            print(f"skipped trace {s['trace_id'][:8]}: {s['path']} exists (--force replaces it)")
+        for f in done.failed:
+            print(f"failed trace {f['trace_id'][:8]} (run {f['run_id'][:8]}): {f['reason']}")
+        print(f"{len(done.written)} candidate(s) written, {len(done.skipped)} already there, "
+              f"{len(done.failed)} failed. Review them, then: keel eval"
+              + (f" --dir {root}" if args.out is not None else ""))
+    return EXIT_FAILED if done.failed else EXIT_OK
 
 
 def _record(args: argparse.Namespace, settings: Settings) -> int:

@@ -27,6 +27,7 @@ from agents.run import RunResult, describe, new_id
 from agents.runtime import OnCommit, Runtime
 from agents.sessions import Sessions
 from agents.tools.send_file import files_sent
+from bot import ratings
 from bot.access import Access, Role
 from bot.delivery import ChunkSender, Outbox, OutboxNotifier
 from bot.events import IncomingMessage
@@ -272,10 +273,13 @@ class KeelBot:
                     items.append(await self.outbox.put(
                         conn, chat_id=chat_id, thread_id=thread_id, reply_to=None,
                         markdown=file.get("caption") or "", run_id=result.run_id, file=file))
+                rating = ratings.offer(self.runtime, result, asker)  # 👍/👎 when turned on
                 items.append(await self.outbox.put(
                     conn, chat_id=chat_id, thread_id=thread_id, reply_to=reply_to,
                     markdown=answer_text(result), inbox_update_id=update_id,
-                    run_id=result.run_id))
+                    run_id=result.run_id, buttons=rating.buttons if rating else None))
+                if rating is not None:
+                    await rating.store(conn, outbox_id=items[-1], chat_id=chat_id)
                 if result.status == "budget_exceeded" and result.state is not None:
                     items.append(await self.escalations.ask_budget_in(
                         conn, result, chat_id=chat_id, thread_id=thread_id))
