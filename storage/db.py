@@ -120,6 +120,28 @@ def _run(conn: sqlite3.Connection, sql: str, params: Params, *, begin: bool = Fa
         cursor.close()
 
 
+def _run_batch(conn: sqlite3.Connection,
+               statements: list[tuple[str, Params]]) -> list[int | Exception]:
+    """Single statements of several callers in one transaction, each in its own savepoint: a
+    rowcount for each, or the error that undid it alone."""
+    results: list[int | Exception] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for sql, params in statements:
+            conn.execute("SAVEPOINT one")
+            try:
+                results.append(_run(conn, sql, params).rowcount)
+            except Exception as exc:
+                conn.execute("ROLLBACK TO one")
+                results.append(exc)
+            conn.execute("RELEASE one")
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    return results
+
+
 def _finish(conn: sqlite3.Connection, commit: bool) -> None:
     if conn.in_transaction:
         if commit:
@@ -154,6 +176,8 @@ class Database:
         self._read_conns: list[sqlite3.Connection] = []
         self._local = threading.local()
         self._lock = asyncio.Lock()
+        self._queued: list[tuple[str, Params, asyncio.Future[int]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, path: Path | str, *, migrate: bool = True) -> Self:
@@ -220,10 +244,52 @@ class Database:
         return asyncio.wrap_future(self._write_thread.submit(fn, conn, *args, **kwargs))
 
     async def execute_write(self, sql: str, params: Params = ()) -> int:
-        """One statement in its own transaction; returns the number of rows it changed."""
-        async with self.write() as conn:
-            cursor = await conn.execute(sql, params)
-            return cursor.rowcount
+        """One statement, committed before this returns; returns the number of rows it changed.
+
+        On SQLite, single statements that are waiting together are committed together (group
+        commit): one turn of the write lock and one hop to the writer thread for all of them,
+        each statement in its own savepoint, so one that fails is undone alone and raises to
+        its caller only. A statement whose caller was cancelled before its batch left is not
+        run."""
+        if self.dialect != "sqlite":
+            async with self.write() as conn:
+                cursor = await conn.execute(sql, params)
+                return cursor.rowcount
+        self._require(self._writer)
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queued.append((sql, params, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="keel-db-group-commit")
+        return await done
+
+    async def _flush(self) -> None:
+        """Commit the statements queued so far in one transaction, then let the lock go (a
+        ``write()`` waiting for it is not starved); statements queued meanwhile get another
+        turn."""
+        while self._queued:
+            async with self._lock:
+                batch = [item for item in self._queued if not item[2].cancelled()]
+                self._queued = []
+                if not batch:
+                    continue
+                try:
+                    results = await asyncio.shield(self._on_writer(
+                        _run_batch, [(sql, params) for sql, params, _ in batch]))
+                except BaseException as exc:  # the commit itself failed: nothing was written
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc if isinstance(exc, Exception)
+                                                 else RuntimeError("write interrupted"))
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+            for (_, _, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
 
     # ------------------------------------------------------------ reads
 

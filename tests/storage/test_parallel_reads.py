@@ -69,3 +69,40 @@ async def test_a_statement_and_the_transaction_it_opens_roll_back_together(
         assert await db.execute_write("UPDATE conversations SET current_agent = 'x'") == 0
     finally:
         await db.close()
+
+
+INSERT = ("INSERT INTO conversations (chat_id, thread_id, created_at, updated_at)"
+          " VALUES (?, 0, 'x', 'x')")
+
+
+async def test_single_statements_waiting_together_commit_together_and_fail_alone(
+        tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "keel.sqlite3")
+    try:
+        await db.execute_write(INSERT, (1,))
+        # chat 1 exists already: that insert breaks UNIQUE (chat_id, thread_id); the rest stand
+        results = await asyncio.gather(*(db.execute_write(INSERT, (chat,))
+                                         for chat in (2, 3, 1, 4)), return_exceptions=True)
+        assert results[:2] == [1, 1] and results[3] == 1
+        assert isinstance(results[2], sqlite3.IntegrityError)
+        rows = await db.fetchall("SELECT chat_id FROM conversations ORDER BY chat_id")
+        assert [r["chat_id"] for r in rows] == [1, 2, 3, 4]
+    finally:
+        await db.close()
+
+
+async def test_a_statement_whose_caller_gave_up_before_it_left_is_not_run(
+        tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "keel.sqlite3")
+    try:
+        async with db.write() as conn:  # the door is busy: the statements below queue
+            await conn.execute(INSERT, (1,))
+            kept = asyncio.create_task(db.execute_write(INSERT, (2,)))
+            dropped = asyncio.create_task(db.execute_write(INSERT, (3,)))
+            await asyncio.sleep(0)
+            dropped.cancel()
+        assert await kept == 1
+        rows = await db.fetchall("SELECT chat_id FROM conversations ORDER BY chat_id")
+        assert [r["chat_id"] for r in rows] == [1, 2]
+    finally:
+        await db.close()
