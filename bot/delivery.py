@@ -125,6 +125,16 @@ class _Bucket:
                     return
                 await asyncio.sleep((1 - self.tokens) / self.fill)
 
+    def try_take(self, *, keep: float) -> bool:
+        """Take a token now only if more than ``keep`` stay afterwards; never waits."""
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.fill)
+        self.at = now
+        if self.tokens - 1 < keep:
+            return False
+        self.tokens -= 1
+        return True
+
 
 class ChunkSender:
     """One chunk to Telegram under the policy above: a message id, or a typed DeliveryError."""
@@ -160,6 +170,18 @@ class ChunkSender:
             assert self._shared is not None
             bucket = self._shared_buckets[name] = self._shared(name, rate, per)
         return bucket
+
+    def try_cosmetic(self, chat_id: int) -> bool:
+        """May a cosmetic message (a streamed preview or its edit) go to ``chat_id`` now? It
+        takes a slot of the same budgets answers use, only while half of them stay free, and
+        never waits: under load previews are shed first and answers keep the rate."""
+        if chat_id < 0:
+            bucket = self._groups.get(chat_id)
+            if bucket is None:
+                bucket = self._groups[chat_id] = _Bucket(*GROUP_RATE)
+            if not bucket.try_take(keep=GROUP_RATE[0] / 2):
+                return False
+        return self._global.try_take(keep=self._global.capacity / 2)
 
     async def send(self, chat_id: int, chunk: Chunk, *, thread_id: int | None,
                    reply_to: int | None, markup: InlineKeyboardMarkup | None,

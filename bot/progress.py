@@ -1,4 +1,15 @@
-"""Progress while a run works: the typing action, and in private chats a live draft preview."""
+"""Progress while a run works: the typing action, in private chats a live draft preview, and in
+groups and forum topics (where drafts are not available) one preview message edited as the
+answer streams in.
+
+In a group every message and every edit counts against Telegram's 20 a minute for that group,
+which the answers need too. So the preview is cosmetic traffic: each send or edit asks the
+sender's budget (``ChunkSender.try_cosmetic``), which says yes only while half of the group's
+budget stays free for answers, and never waits — under load the edits are shed first, and a
+429 on one stops this run's preview at once. The answer itself always comes through the outbox
+(complete, chunked, once); the preview is deleted just before it is sent, so the answer takes
+its place at the end of the chat or topic.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +18,41 @@ import contextlib
 import logging
 import time
 from types import TracebackType
+from typing import Protocol
 
-from telegram import Bot
+from telegram import Bot, LinkPreviewOptions
 from telegram.constants import ChatAction
-from telegram.error import TelegramError
+from telegram.error import BadRequest, RetryAfter, TelegramError
 
 log = logging.getLogger(__name__)
 
 TYPING_EVERY_S = 4.5  # Telegram shows "typing…" for about 5 seconds
 DRAFT_EVERY_S = 1.5  # stay well inside the 1 message/s per chat flood limit
 DRAFT_PREVIEW_CHARS = 1000
+GROUP_FIRST_PREVIEW_S = 2.0
+"""A group preview appears only for an answer still streaming after this long: a quick answer
+arrives whole, without a preview flickering before it."""
+GROUP_EDIT_EVERY_S = 3.0
+"""Least time between two edits of a group preview (20 a minute is one every 3 s)."""
+GROUP_MIN_NEW_CHARS = 40
+"""A group preview is edited only when at least this much text was added."""
+GROUP_PREVIEW_CHARS = 3800
+"""The preview shows the answer's beginning up to this; the outbox sends it whole and split."""
+TYPING_MARK = " …"
+
+
+class CosmeticBudget(Protocol):
+    def try_cosmetic(self, chat_id: int) -> bool:
+        """True (and a slot taken) when a cosmetic message may go to the chat now."""
+        ...
 
 
 class Progress:
     """``async with Progress(bot, chat, thread, private=...) as p: ... await p("tool", name)``."""
 
     def __init__(self, bot: Bot, chat_id: int, thread_id: int | None, *, private: bool,
-                 draft_id: int, quiet: bool = False) -> None:
+                 draft_id: int, quiet: bool = False,
+                 budget: CosmeticBudget | None = None) -> None:
         self.bot = bot
         self.chat_id = chat_id
         self.thread_id = thread_id
@@ -35,6 +64,14 @@ class Progress:
         self._last_draft = 0.0
         self._drafts_ok = private and not quiet
         self._quiet = quiet
+        self._budget = budget
+        # a group preview: only with a budget to ask, so it never competes with answers blindly
+        self._preview_ok = not private and not quiet and budget is not None
+        self.preview_id: int | None = None
+        self._shown = ""
+        self._last_edit = 0.0
+        self._started = time.monotonic()
+        self._editing = asyncio.Lock()
 
     async def __aenter__(self) -> Progress:
         if not self._quiet:
@@ -47,6 +84,8 @@ class Progress:
             self._typing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._typing
+        self._preview_ok = False
+        await self._remove_preview()
 
     async def __call__(self, kind: str, value: str) -> None:
         if kind == "tool":
@@ -54,6 +93,7 @@ class Progress:
         elif kind == "text":
             self._text += value
         await self._draft()
+        await self._preview()
 
     async def _keep_typing(self) -> None:
         while True:
@@ -80,3 +120,59 @@ class Progress:
         except TelegramError as exc:
             log.debug("drafts unavailable in chat %s: %s", self.chat_id, exc)
             self._drafts_ok = False  # one failure: stop trying in this run
+
+    # ------------------------------------------------------------------ groups and topics
+
+    async def _preview(self) -> None:
+        """Send or edit the group preview when enough new text came and enough time passed,
+        and the budget allows; otherwise skip (the next piece of text tries again)."""
+        if not self._preview_ok or self._editing.locked():
+            return
+        text = self._text.strip()
+        if len(text) < GROUP_MIN_NEW_CHARS or len(self._shown) >= GROUP_PREVIEW_CHARS:
+            return
+        if len(text) - len(self._shown) < GROUP_MIN_NEW_CHARS:
+            return
+        now = time.monotonic()
+        if now - self._last_edit < GROUP_EDIT_EVERY_S or (
+                self.preview_id is None and now - self._started < GROUP_FIRST_PREVIEW_S):
+            return
+        assert self._budget is not None
+        if not self._budget.try_cosmetic(self.chat_id):
+            return  # shed: the answers need the group's budget more
+        shown = text[:GROUP_PREVIEW_CHARS]
+        async with self._editing:
+            self._last_edit = time.monotonic()
+            try:
+                if self.preview_id is None:
+                    message = await self.bot.send_message(
+                        self.chat_id, shown + TYPING_MARK, message_thread_id=self.thread_id,
+                        link_preview_options=LinkPreviewOptions(is_disabled=True))
+                    self.preview_id = message.message_id
+                else:
+                    await self.bot.edit_message_text(
+                        shown + TYPING_MARK, chat_id=self.chat_id, message_id=self.preview_id,
+                        link_preview_options=LinkPreviewOptions(is_disabled=True))
+                self._shown = shown
+            except RetryAfter as exc:
+                log.info("group %s is at its rate limit: no more preview edits in this run "
+                         "(%s)", self.chat_id, exc)
+                self._preview_ok = False
+            except BadRequest as exc:
+                if "not modified" not in str(exc).lower():
+                    log.debug("preview edit refused in chat %s: %s", self.chat_id, exc)
+                    self._preview_ok = False
+            except TelegramError as exc:
+                log.debug("preview failed in chat %s: %s", self.chat_id, exc)
+                self._preview_ok = False
+
+    async def _remove_preview(self) -> None:
+        """The answer replaces the preview: delete it before the outbox sends the answer."""
+        if self.preview_id is None:
+            return
+        async with self._editing:
+            preview, self.preview_id = self.preview_id, None
+            try:
+                await self.bot.delete_message(self.chat_id, preview)
+            except TelegramError as exc:
+                log.debug("could not delete the preview in chat %s: %s", self.chat_id, exc)

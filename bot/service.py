@@ -205,7 +205,7 @@ class KeelBot:
             quiet = len(self.active) > PROGRESS_MAX_ACTIVE_RUNS
             async with Progress(self.bot, message.chat_id, message.thread_id,
                                 private=message.is_private, draft_id=message.message_id,
-                                quiet=quiet) as progress:
+                                quiet=quiet, budget=self.outbox.sender) as progress:
                 if conversation.pinned_agent and conversation.pinned_agent in self.runtime.agents:
                     agent = conversation.pinned_agent
                 else:
