@@ -64,15 +64,21 @@ def _labels(message: dict[str, Any]) -> list[str]:
 async def _ask(w: BotWorld, chat: Any, text: str, **kwargs: Any) -> dict[str, Any]:
     w.telegram.inject_text(chat, text, **kwargs)
     message = await w.telegram.next_bot_message(chat.id, timeout=15)
-    # the answer's outbox row records the message the buttons are on right after Telegram's answer
+    if "reply_markup" in message:
+        await _wait_sent(w, message)
+    return message
+
+
+async def _wait_sent(w: BotWorld, message: dict[str, Any]) -> None:
+    """The answer's outbox row records the message its buttons are on right after Telegram's
+    answer; a press before that is asked to come again."""
     db = w.app.bot_data["runtime"].db
     for _ in range(500):
-        ids = await db.fetchval("SELECT telegram_message_ids FROM outbox WHERE status = 'sent'"
-                                " AND telegram_message_ids LIKE ?", (f"%{message['message_id']}]",))
-        if ids:
-            break
+        if await db.fetchval("SELECT count(*) FROM outbox WHERE status = 'sent'"
+                             " AND telegram_message_ids LIKE ?", (f"%{message['message_id']}]",)):
+            return
         await asyncio.sleep(0.01)
-    return message
+    raise AssertionError(f"message {message['message_id']} is not recorded as sent")
 
 
 async def _press(w: BotWorld, message: dict[str, Any], label: str, user: Any) -> str:
@@ -110,6 +116,15 @@ async def test_buttons_appear_only_under_answers_of_agents_with_ratings_on(
         agents = await w.app.bot_data["runtime"].db.fetchall(
             "SELECT agent FROM runs ORDER BY started_at")
         assert [r["agent"] for r in agents] == ["assistant", "assistant", "quiet"]
+
+        # a long answer goes in two messages: the buttons ride on the last one, and work there
+        w.answer(lambda req: reply("word " * 1000))
+        first = await _ask(w, w.alice_chat, "say a lot")
+        last = await w.telegram.next_bot_message(w.alice_chat.id, timeout=15)
+        assert "reply_markup" not in first and _labels(last) == ["👍", "👎"]
+        await _wait_sent(w, last)
+        assert (await _press(w, last, "👍", w.alice)).startswith("Thanks")
+        assert [r for _, _, r in await _ratings(w)] == ["up"]
 
 
 async def test_only_the_asker_rates_once_and_a_second_press_changes_it(
