@@ -196,9 +196,14 @@ def reconstruct_requests(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             base = int(e.get("messages_base", 0))
             sent = sent[:base] + list(e.get("messages") or [])
             messages = copy.deepcopy(sent)
-            point = e.get("cache_breakpoint")
-            if point and point[1] is not None:
-                messages[point[0]]["content"][point[1]]["cache_control"] = dict(EPHEMERAL)
+            points = e.get("cache_breakpoints")
+            if points is not None:  # every marker with its TTL
+                for i, j, marker in points:
+                    messages[i]["content"][j]["cache_control"] = dict(marker)
+            else:  # traces written before: the moving breakpoint only
+                point = e.get("cache_breakpoint")
+                if point and point[1] is not None:
+                    messages[point[0]]["content"][point[1]]["cache_control"] = dict(EPHEMERAL)
             body: dict[str, Any] = {"model": e["model"], "max_tokens": e["max_tokens"]}
             if prefix.get("system"):
                 body["system"] = prefix["system"]

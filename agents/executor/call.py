@@ -147,6 +147,9 @@ async def call_model(
         messages_base=sent_before,
         messages=messages[sent_before:],
         cache_breakpoint=[last, _breakpoint_block(request.messages[-1])] if messages else None,
+        # every marker in the messages (a stable head's too) with its TTL: the trace holds the
+        # request exactly as it was sent
+        cache_breakpoints=_breakpoints(request.messages),
     )
     try:
         response = await client.create(request, on_text=on_text)
@@ -201,6 +204,12 @@ def _fit_thinking(thinking: dict[str, Any] | None, max_tokens: int) -> dict[str,
     if max_tokens - 1 < MIN_THINKING_BUDGET:
         return None
     return {**thinking, "budget_tokens": max_tokens - 1}
+
+
+def _breakpoints(messages: list[dict[str, Any]]) -> list[list[Any]]:
+    return [[i, j, block["cache_control"]] for i, message in enumerate(messages)
+            for j, block in enumerate(message.get("content") or [])
+            if isinstance(block, dict) and "cache_control" in block]
 
 
 def _breakpoint_block(message: dict[str, Any]) -> int | None:

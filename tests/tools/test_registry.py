@@ -75,9 +75,10 @@ async def test_calling_an_unknown_tool_answers_with_the_available_ones(ctx: Tool
     assert body["suggestion"] == "Use one of the available tools: a, b."
 
 
-def test_builtin_registry_has_the_three_builtins() -> None:
+def test_builtin_registry_has_the_builtins() -> None:
     registry = builtin_registry()
-    assert registry.names() == ["escalate_to_human", "fetch_url", "get_current_time"]
+    assert registry.names() == ["escalate_to_human", "fetch_url", "forget", "get_current_time",
+                                "recall", "remember", "research", "search_docs", "send_file"]
     assert builtin_registry() is not registry
 
 
