@@ -161,13 +161,15 @@ async def _from_ratings(args: argparse.Namespace, settings: Settings) -> int:
             print(f"keel: --since {args.since!r} is not a date; give YYYY-MM-DD", file=sys.stderr)
             return EXIT_USAGE
     root = args.out if args.out is not None else _root(args, settings)
-    db = await open_database(settings)
-    try:
-        rated = await RatingRepository(db).rated(
-            rating=None if args.rating == "any" else args.rating, since=since,
-            agent=args.rated_agent or args.agent)
-    finally:
-        await db.close()
+    rated = []
+    if settings.database_url is not None or settings.db_path.exists():  # none yet: none made
+        db = await open_database(settings)
+        try:
+            rated = await RatingRepository(db).rated(
+                rating=None if args.rating == "any" else args.rating, since=since,
+                agent=args.rated_agent or args.agent)
+        finally:
+            await db.close()
     done = export(rated, TraceStore(settings.traces_dir).read, Path(root), force=args.force)
     if args.json:
         print(json.dumps(done.as_json(), ensure_ascii=False))
