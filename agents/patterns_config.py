@@ -3,7 +3,7 @@
 Kept apart from agents/config.py, which only names them::
 
     [retrieval]
-    corpus = "docs"                 # a folder of .md, .txt (and .pdf with pypdf), beside keel.toml
+    corpus = "docs"                 # a folder of .md, .txt and .pdf files, beside keel.toml
 
     [agents.support.inject_docs]    # narrow agent: retrieved once, placed in the cached prefix
     query = "refunds shipping returns warranty"
@@ -44,8 +44,8 @@ class RetrievalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     corpus: Path
-    """A folder of Markdown, text (and PDF, where pypdf is installed) files; relative paths are
-    taken from keel.toml's folder."""
+    """A folder of Markdown, text and PDF (read page by page with pypdf) files; relative paths
+    are taken from keel.toml's folder."""
     chunk_chars: int = Field(1200, ge=200, le=8000)
     """Most characters of one chunk (cut at headings and blank lines)."""
 
