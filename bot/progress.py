@@ -87,6 +87,11 @@ class Progress:
         self._preview_ok = False
         await self._remove_preview()
 
+    def streams_text(self) -> bool:
+        """Whether streamed answer text is shown now (a private chat's draft, a group's
+        preview); when not, the run asks the model without streaming (agents.model.watched)."""
+        return self._drafts_ok or self._preview_ok
+
     async def __call__(self, kind: str, value: str) -> None:
         if kind == "tool":
             self._status = f"🔧 {value}…"

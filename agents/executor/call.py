@@ -20,7 +20,7 @@ from agents.budget import BudgetHalt, Reservation
 from agents.caching import one_hour_bound
 from agents.errors import ModelCallError
 from agents.executor.prepare import Prefix, build_request
-from agents.model.types import ModelClient, ModelRequest, ModelResponse, OnText
+from agents.model.types import ModelClient, ModelRequest, ModelResponse, OnText, watched
 from agents.pricing import Usage, input_rate_bound, request_cache_ttl
 from agents.run import Run
 from agents.tokens import bound, messages_digest
@@ -152,7 +152,8 @@ async def call_model(
         cache_breakpoints=_breakpoints(request.messages),
     )
     try:
-        response = await client.create(request, on_text=on_text)
+        # streamed only where someone watches the text arrive; a plain call elsewhere
+        response = await client.create(request, on_text=on_text if watched(on_text) else None)
     except ModelCallError as exc:
         if hold is not None and gate is not None:
             # An HTTP error answer is not billed; a lost connection may have been.

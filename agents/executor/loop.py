@@ -279,6 +279,10 @@ def _text_progress(hooks: Hooks) -> Callable[[str], Awaitable[None]] | None:
     async def on_text(piece: str) -> None:
         await _safe(on_progress("text", piece))
 
+    # the model is asked to stream only while the progress shows text (agents.model.watched)
+    streams_text = getattr(on_progress, "streams_text", None)
+    if streams_text is not None:
+        on_text.watched = streams_text  # type: ignore[attr-defined]
     return on_text
 
 

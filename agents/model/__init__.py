@@ -1,5 +1,12 @@
 """The model client seam."""
 
-from agents.model.types import ModelClient, ModelRequest, ModelResponse, OnText, usage_from_api
+from agents.model.types import (
+    ModelClient,
+    ModelRequest,
+    ModelResponse,
+    OnText,
+    usage_from_api,
+    watched,
+)
 
-__all__ = ["ModelClient", "ModelRequest", "ModelResponse", "OnText", "usage_from_api"]
+__all__ = ["ModelClient", "ModelRequest", "ModelResponse", "OnText", "usage_from_api", "watched"]

@@ -17,6 +17,17 @@ from agents.pricing import Usage
 OnText = Callable[[str], Awaitable[None]]
 
 
+def watched(on_text: OnText | None) -> bool:
+    """Whether anyone would see the text as it streams. An ``on_text`` may carry a
+    ``watched()`` method that says so at the moment of each call (a private chat's drafts, a
+    group's preview; neither under load or after drafts failed); without it, it is watched.
+    An unwatched call is sent without streaming: the same answer, parsed far more cheaply."""
+    if on_text is None:
+        return False
+    check = getattr(on_text, "watched", None)
+    return True if check is None else bool(check())
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelRequest:
     model: str
