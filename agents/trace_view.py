@@ -129,7 +129,8 @@ _NOTE_FIELDS = {"route": ("agent", "reason", "cost_usd"),
                 "resume": ("answer", "answered_by", "approval"),
                 "budget_raised": ("extra_usd", "cap_usd", "granted_by"),
                 "plan": ("planner_model", "plan"), "replan": ("from_step", "reason", "plan"),
-                "grade": ("attempt", "kind", "passed", "feedback"),
+                "grade": ("tool", "step", "check", "attempt", "kind", "passed", "feedback",
+                          "skipped"),
                 "fan_out": ("agent", "concurrency", "branch_budget_usd", "branch_timeout_s"),
                 "fan_in": ("charged_usd",)}
 """Events whose payload is long (a router's whole request): only what a person reads."""

@@ -16,6 +16,7 @@ from agents.config import load_settings
 from agents.reflexion import FEEDBACK_MARK, PERSON_MARK, RESULT_MARK
 from agents.replay import replay
 from agents.runtime import RunRequest, Runtime
+from agents.trace_view import render_summary, summarise
 from tests.e2e import graded_tools
 from tests.e2e.conftest import API_KEY
 from tests.fakes.anthropic import FakeAnthropic, RecordedRequest, Reply, reply, tool_use
@@ -89,6 +90,8 @@ async def test_a_tool_result_failing_its_declared_grader_twice_escalates_with_bo
         events = rt.traces.read(result.trace_id)
         assert _grades(events, "tool", "attempt", "passed") == [("lookup_order", 1, False),
                                                                  ("lookup_order", 2, False)]
+        shown = render_summary(summarise(events))  # keel trace show and /trace list them
+        assert 'grade: {"tool": "lookup_order", "attempt": 2, "kind": "required"' in shown
         escalated = next(e for e in events if e["type"] == "escalation")
         calls = [e["id"] for e in events if e["type"] == "tool_call"]
         assert escalated["tool_use_id"] == calls[1]  # parked on the second call itself
