@@ -172,8 +172,16 @@ async def run_loop(
         if turn.kind == "final":
             check = validate_output(turn.text, run.agent.output_type)
             if check.error is None and hooks.grader is not None:
-                review = await hooks.grader.review(run, model, turn.text, messages, new_from,
-                                                   hooks.on_usage)
+                try:
+                    review = await hooks.grader.review(run, model, turn.text, messages,
+                                                       new_from, hooks.on_usage)
+                except BudgetHalt as halt:  # a rubric the budget cannot hold: never sent unchecked
+                    run.trace.emit("budget_halt", spent_usd=round(run.budget.spent_usd, 8),
+                                   cap_usd=run.budget.cap_usd,
+                                   needed_usd=round(halt.needed_usd, 8), scope=halt.scope,
+                                   cap=halt.cap_name, reason="no budget left to check the answer")
+                    return Outcome("budget_exceeded", "no budget left to check the answer: "
+                                   + halt.explain(run.budget, calls=run.model_calls))
                 if review.action == "retry":
                     assert review.feedback_message is not None
                     messages.append(_with_extra(review.feedback_message, extra))
