@@ -373,6 +373,8 @@ class AgentConfig(BaseModel):
         if stray:
             raise ValueError(f"`graders` names tool(s) {stray} that are not in this agent's "
                              "`tools`")
+        if self.step_graders and self.pattern != "plan_execute":
+            raise ValueError('`step_graders` check plan steps: they need pattern = "plan_execute"')
         bad = sorted(n for n in self.step_graders if not re.match(STEP_CHECK_NAME, n))
         if bad:
             raise ValueError(f"step grader name(s) {bad} must match {STEP_CHECK_NAME}")

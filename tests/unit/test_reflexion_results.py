@@ -53,7 +53,10 @@ def test_graders_must_name_the_agents_own_tools_and_step_checks_a_plain_name() -
         AgentConfig(description="d", tools=["lookup"],
                     graders={"fetch_url": {"kind": "parses"}})  # type: ignore[dict-item]
     with pytest.raises(ValidationError, match="step grader name"):
-        AgentConfig(description="d", step_graders={"Has Space": {"kind": "parses"}})  # type: ignore[dict-item]
+        AgentConfig(description="d", pattern="plan_execute",
+                    step_graders={"Has Space": {"kind": "parses"}})  # type: ignore[dict-item]
+    with pytest.raises(ValidationError, match='need pattern = "plan_execute"'):
+        AgentConfig(description="d", step_graders={"json": {"kind": "parses"}})  # type: ignore[dict-item]
 
 
 class _Args(ToolArgs):
