@@ -3,6 +3,7 @@ database backends (SQLite, and PostgreSQL at KEEL_TEST_PG_URL) that storage test
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -41,6 +42,24 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
     secret_scan.before_test(request.node.nodeid)
     yield
     secret_scan.after_test(request.node.nodeid, tmp_path)  # its environment is still set here
+
+
+@pytest.fixture(autouse=True)
+def _isolate_logging() -> Iterator[None]:
+    """A test that runs a CLI command in this process (``bot.cli.main``) reconfigures logging:
+    the root logger's handlers are replaced by one writing to the sys.stderr of that moment,
+    which pytest closes after the test. Every later record then ended in "--- Logging error ---"
+    in another test's output. After each test, handlers writing to a closed stream go, and the
+    secrets watch (tests/secret_scan.py) is put back if the reconfiguration dropped it."""
+    yield
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    for lg in loggers:
+        for handler in list(lg.handlers):
+            stream = getattr(handler, "stream", None)
+            if stream is not None and getattr(stream, "closed", False):
+                lg.removeHandler(handler)
+    secret_scan.watch_logs()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

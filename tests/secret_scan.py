@@ -139,7 +139,15 @@ def install() -> None:
     telegram._keel_secret_scan = True  # type: ignore[attr-defined]
     FakeTelegram.__init__ = telegram  # type: ignore[method-assign]
     FakeAnthropic.__init__ = anthropic  # type: ignore[method-assign]
-    logging.getLogger().addHandler(_LogWatch())
+    watch_logs()
+
+
+def watch_logs() -> None:
+    """Watch keel's log records on the root logger (again, after a test's CLI run replaced the
+    root logger's handlers)."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _LogWatch) for h in root.handlers):
+        root.addHandler(_LogWatch())
 
 
 def before_test(test: str) -> None:
