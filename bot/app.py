@@ -26,6 +26,7 @@ from telegram.ext import (
 
 from agents.affordability import budget_warnings
 from agents.config import Settings
+from agents.model import warm_up
 from agents.runtime import Runtime
 from agents.schedule import Scheduler, jobs_from_config
 from agents.scheduled import ScheduledRunner
@@ -119,7 +120,7 @@ async def _post_init(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
     poller = Poller(app.bot, store=keel.inbox.store,
                     dispatch=app.bot_data.get("dispatch") or _dispatcher(app, keel),
                     order_key=conversation_key, allowed_updates=ALLOWED_UPDATES,
-                    secrets=settings.secrets())
+                    secrets=settings.secrets(), warm_up=lambda: warm_up(runtime.model))
     app.bot_data["poller"] = poller
     keel.dispatch = poller.submit
     if role != "all":  # several processes: each role recovers its own part (bot/workers.py)

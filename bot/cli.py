@@ -18,7 +18,7 @@ from agents.config_check import lenient_settings, load_configuration, require_da
 from agents.errors import ConfigError, MissingSettingError
 from agents.logs import configure_logging
 from bot import cli_db_copy
-from storage.pg import DatabaseUnavailable
+from storage.db import DatabaseUnavailable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -176,9 +176,10 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from telegram.error import Conflict, InvalidToken, TelegramError
 
     from bot.app import run_bot
-    from bot.workers import require_postgres, run_role
 
-    if args.role != "all":
+    if args.role != "all":  # workers need PostgreSQL (and psycopg); `keel run` alone does not
+        from bot.workers import require_postgres, run_role
+
         require_postgres(settings)
     # The check `keel doctor` makes: a bad agent, tool, price or schedule is a configuration
     # error before anything starts, with every problem listed.

@@ -6,10 +6,18 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agents.config import Settings
-from storage.copy import DEFAULT_BATCH, CopyRefused, TableCopied, copy_sqlite_to_postgres
-from storage.pg import is_postgres_url, redact
+from storage.db import is_postgres_url
+
+if TYPE_CHECKING:
+    from storage.copy import TableCopied
+
+# storage.copy (and psycopg with it) is imported by the command only: every other keel command,
+# `keel run` on SQLite above all, starts without it.
+BATCH_HELP_DEFAULT = 1000
+"""storage.copy.DEFAULT_BATCH, for the help text (tests/unit checks they agree)."""
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -29,12 +37,17 @@ def register(db: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="the SQLite file (default: KEEL_DATA_DIR/keel.sqlite3)")
     p.add_argument("--force", action="store_true",
                    help="empty keel's tables in the target first (their rows are lost)")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, metavar="N",
-                   help=f"rows read and written at a time (default {DEFAULT_BATCH})")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help=f"rows read and written at a time (default {BATCH_HELP_DEFAULT})")
     p.set_defaults(handler=cmd_db_copy)
 
 
 def cmd_db_copy(args: argparse.Namespace, settings: Settings) -> int:
+    from storage.copy import DEFAULT_BATCH, CopyRefused, copy_sqlite_to_postgres
+    from storage.pg import redact
+
+    if args.batch_size is None:
+        args.batch_size = DEFAULT_BATCH
     target = args.to or (settings.database_url.get_secret_value() if settings.database_url
                          else "")
     if not target:

@@ -74,8 +74,12 @@ class Poller:
 
     def __init__(self, bot: Bot, *, store: Store, dispatch: Dispatch, order_key: OrderKey,
                  allowed_updates: list[str], timeout: int = POLL_TIMEOUT_S,
-                 conflict_give_up_s: float | None = None, secrets: list[str] | None = None) -> None:
+                 conflict_give_up_s: float | None = None, secrets: list[str] | None = None,
+                 warm_up: Callable[[], None] | None = None) -> None:
         self.bot = bot
+        self._warm_up = warm_up
+        """Called once, with the first update handled: what only updates need (the model
+        client's SDK) starts loading then, not at start-up."""
         self.secrets = [s for s in secrets or [] if s]
         self.store = store
         self.dispatch = dispatch
@@ -157,6 +161,12 @@ class Poller:
 
     def submit(self, update: Update) -> asyncio.Task[None]:
         """Handle a stored update (fresh, or found unfinished at start-up)."""
+        if self._warm_up is not None:
+            warm_up, self._warm_up = self._warm_up, None
+            try:
+                warm_up()
+            except Exception:  # an optimisation only: the first call loads what it needs
+                log.exception("warming up for the first update failed")
         key = self.order_key(update)
         previous = self._tails.get(key) if key is not None else None
         task = asyncio.create_task(self._handle(update, previous),

@@ -6,8 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from storage.db import Database
-from storage.pg import PostgresDatabase, is_postgres_url
+from storage.db import Database, is_postgres_url
 
 
 class DatabaseSettings(Protocol):
@@ -25,6 +24,8 @@ def database_for(settings: DatabaseSettings) -> Database:
 def database_at(target: str | Path) -> Database:
     """A PostgreSQL URL or a SQLite file, not yet connected."""
     if is_postgres_url(target):
+        from storage.pg import PostgresDatabase  # psycopg is loaded only for PostgreSQL
+
         return PostgresDatabase(str(target))
     if isinstance(target, str) and "://" in target:
         raise ValueError(f"not a database keel can use: {target.split('://', 1)[0]!r}"

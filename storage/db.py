@@ -63,6 +63,15 @@ class WriteConnection(Protocol):
     def executemany(self, sql: str, params: Iterable[Params], /) -> CursorResult: ...
 
 
+class DatabaseUnavailable(ConnectionError):
+    """PostgreSQL could not be reached (or refused keel) when the database was opened."""
+
+
+def is_postgres_url(target: object) -> bool:
+    """``KEEL_DATABASE_URL`` names PostgreSQL (checked here, so SQLite never imports psycopg)."""
+    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
+
+
 def now_iso() -> str:
     """UTC now as ISO-8601 with microseconds; stored times compare correctly as text."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

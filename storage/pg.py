@@ -38,7 +38,10 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import RowMaker
 from psycopg_pool import AsyncConnectionPool
 
-from storage.db import Database, Params, Row, WriteConnection
+from storage.db import Database, DatabaseUnavailable, Params, Row, WriteConnection
+from storage.db import (
+    is_postgres_url as is_postgres_url,  # (defined there: SQLite needs no psycopg)
+)
 from storage.dialect import Dialect, pyformat
 
 log = logging.getLogger(__name__)
@@ -49,14 +52,6 @@ CONNECT_TIMEOUT_S = 10
 DEFAULT_POOL_MAX = 10
 
 T = TypeVar("T")
-
-
-class DatabaseUnavailable(ConnectionError):
-    """PostgreSQL could not be reached (or refused keel) when the database was opened."""
-
-
-def is_postgres_url(target: object) -> bool:
-    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
 
 
 def redact(url: str) -> str:

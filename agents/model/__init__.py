@@ -6,7 +6,9 @@ from agents.model.types import (
     ModelResponse,
     OnText,
     usage_from_api,
+    warm_up,
     watched,
 )
 
-__all__ = ["ModelClient", "ModelRequest", "ModelResponse", "OnText", "usage_from_api", "watched"]
+__all__ = ["ModelClient", "ModelRequest", "ModelResponse", "OnText", "usage_from_api", "warm_up",
+           "watched"]

@@ -2,17 +2,25 @@
 
 The SDK retries 408/409/429/5xx and connection errors itself (bounded by ``max_retries``, honouring
 ``retry-after``); what is left after that becomes a ``ModelCallError``.
+
+Importing the SDK takes about a second and 40 MB (thousands of modules of API types), and nothing
+before the first message needs it: keel's start-up does not import it. ``warm_up()`` (called when
+the first update arrives) imports it in a thread, and the first call waits for that import if it
+has not finished, so no call ever goes without it and an idle bot never pays for it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import time
-from typing import Any
-
-import anthropic
+from typing import TYPE_CHECKING, Any
 
 from agents.errors import ModelCallError
 from agents.model.types import ModelRequest, ModelResponse, OnText, usage_from_api
+
+if TYPE_CHECKING:
+    import anthropic
 
 
 class AnthropicModelClient:
@@ -24,18 +32,43 @@ class AnthropicModelClient:
         max_retries: int = 2,
         timeout_s: float = 600.0,
     ) -> None:
-        self._client = anthropic.AsyncAnthropic(
-            api_key=api_key, base_url=base_url, max_retries=max_retries, timeout=timeout_s
-        )
+        self._options: dict[str, Any] = {"api_key": api_key, "base_url": base_url,
+                                         "max_retries": max_retries, "timeout": timeout_s}
+        self._client: anthropic.AsyncAnthropic | None = None
+        self._loading: asyncio.Future[Any] | None = None
+
+    def warm_up(self) -> None:
+        """Start importing the SDK in a thread, if it is not imported yet; returns at once."""
+        if self._loading is None:
+            self._loading = asyncio.ensure_future(
+                asyncio.to_thread(importlib.import_module, "anthropic"))
+
+    async def _ready(self) -> anthropic.AsyncAnthropic:
+        """The SDK client, created on the first call (after the import, waited for here)."""
+        if self._client is None:
+            self.warm_up()
+            assert self._loading is not None
+            await asyncio.shield(self._loading)  # a cancelled call leaves the import running
+            if self._client is None:
+                import anthropic
+
+                self._client = anthropic.AsyncAnthropic(**self._options)
+        return self._client
 
     async def close(self) -> None:
-        await self._client.close()
+        if self._client is not None:
+            await self._client.close()
+        elif self._loading is not None and not self._loading.done():
+            await asyncio.gather(self._loading, return_exceptions=True)
 
     async def count_tokens(self, request: ModelRequest) -> int:
         """The API's input-token count of ``request`` (free; used to tighten budget bounds)."""
         body = {k: v for k, v in request.to_api().items() if k != "max_tokens"}
+        client = await self._ready()
+        import anthropic
+
         try:
-            result = await self._client.messages.count_tokens(**body)
+            result = await client.messages.count_tokens(**body)
         except anthropic.APIStatusError as exc:
             raise ModelCallError(f"count_tokens answered {exc.status_code}: {_error_message(exc)}",
                                  status=exc.status_code) from None
@@ -45,14 +78,18 @@ class AnthropicModelClient:
 
     async def create(self, request: ModelRequest, *, on_text: OnText | None = None) -> ModelResponse:
         body = request.to_api()
+        client = await self._ready()
+        import anthropic
+
         started = time.monotonic()
+
         try:
             if on_text is None:
-                raw = await self._client.messages.with_raw_response.create(**body)
+                raw = await client.messages.with_raw_response.create(**body)
                 message = await raw.parse()
                 request_id = raw.headers.get("request-id")
             else:
-                async with self._client.messages.stream(**body) as stream:
+                async with client.messages.stream(**body) as stream:
                     async for event in stream:
                         if event.type == "text":
                             await on_text(event.text)

@@ -75,6 +75,18 @@ class ModelResponse:
         return [b for b in self.content if b.get("type") == "tool_use"]
 
 
+def warm_up(client: object) -> None:
+    """Let ``client`` start loading what its first call needs, without waiting for it: a client
+    that loads lazily has ``warm_up()``; a wrapper exposes the client it wraps as ``inner``."""
+    seen = 0
+    while client is not None and seen < 8:
+        start = getattr(client, "warm_up", None)
+        if callable(start):
+            start()
+            return
+        client, seen = getattr(client, "inner", None), seen + 1
+
+
 class ModelClient(Protocol):
     async def create(self, request: ModelRequest, *, on_text: OnText | None = None) -> ModelResponse:
         """Send one request; raise ``agents.errors.ModelCallError`` when it cannot be answered."""
