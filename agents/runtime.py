@@ -634,9 +634,11 @@ class Runtime:
         summary = result.as_json()
         summary.pop("run_id"), summary.pop("trace_id")
         run.trace.emit("run_end", **summary)
-        run.trace.close()
 
         async def record() -> None:
+            # the trace is on disk (fsync) before the outcome commits, as before; the fsync
+            # waits in a thread, not on the event loop every other chat needs
+            await asyncio.to_thread(run.trace.close)
             async with self.db.write() as conn:
                 await self.runs.finish(run.id, status=result.status, detail=result.detail,
                                        output=result.output, totals=totals,

@@ -7,6 +7,7 @@ Start-up work (runtime, recovery, commands) happens in ``post_init``; teardown i
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -359,6 +360,9 @@ async def _serve(settings: Settings) -> int:
     log.info("starting (%s) against %s", "webhook" if settings.webhook_url else "long polling",
              settings.telegram_api_base_url)
     await start_app(app)
+    # Fewer, larger young collections: a burst of chats allocates fast, and each collection
+    # stops the loop (issue 15). Full collections follow Python's own rule.
+    gc.set_threshold(20_000, 20, 10)
     poller: Poller = app.bot_data["poller"]
     stopped = asyncio.create_task(poller.stopped.wait())
     asked = asyncio.create_task(stop.wait())
