@@ -140,10 +140,14 @@ def _memory(results: dict[str, Any]) -> dict[str, Any]:
                    key=lambda kv: kv[0])
         in_flight = median(r["bot_rss_kb_all_in_flight"] for r in c["runs"]
                            if r["bot_rss_kb_all_in_flight"])
+        # the SDK loads with the first message (after the idle reading): per session counts
+        # from just before the burst, when it is loaded and every chat is pinned
+        before = median(r.get("bot_rss_kb_before") or live_idle for r in c["runs"])
         out |= {"active_sessions": n, "live_idle_rss_kb": live_idle,
+                "rss_kb_before_burst": before,
                 "rss_kb_all_in_flight": in_flight,
                 "peak_rss_kb": max(r["bot_rss_kb_peak_sampled"] or 0 for r in c["runs"]),
-                "per_session_kb": round((in_flight - live_idle) / n, 1),
+                "per_session_kb": round((in_flight - before) / n, 1),
                 "in_flight_over_idle": ratio(in_flight, live_idle)}
     return out
 
@@ -156,9 +160,14 @@ def _notes(results: dict[str, Any], plan: Plan) -> list[str]:
         "replays the very request bodies the bot sent with `anthropic.AsyncAnthropic` from a "
         "separate process (the floor any bot pays). Concurrency: each chat pins "
         "`/agent assistant` first so one turn = one model call; ideal wall = one model latency.",
-        "Replies under load pass the bot's AIORateLimiter (~30 chat-bound requests/s in total, "
-        "shared by replies and by whatever typing actions and drafts keel sends); that is keel's "
-        "real behaviour and is left on. The fake Telegram's flood control is off.",
+        "Replies under load pass keel's own pacing (bot/delivery.py: a global budget of 30 "
+        "messages/s across chats, 20 a minute per group; a 429 waits in its chat only); typing "
+        "actions and drafts stop above 10 runs at once, and a model call streams only where "
+        "someone watches. That is keel's real behaviour and is left on. The fake Telegram's "
+        "flood control is off. The floor for N replies is N ÷ 30 s plus one model latency.",
+        "The live bot runs under bench/instrumented.py: it records event-loop stalls (a "
+        "callback due every 5 ms; each delay of 10 ms or more is logged, and garbage "
+        "collections of 10 ms or more) and, with --profile, samples the loop's stack.",
         "Token economics run in process (keel's Runtime + Sessions + router against the fake "
         "through the real SDK); the naive baseline sends the same conversation with no cache "
         "breakpoints, the full history every turn, no router. Token counts are the fake's "
@@ -190,7 +199,7 @@ def _notes(results: dict[str, Any], plan: Plan) -> list[str]:
             f"fakes) {median(r['bench_cpu_share'] for r in runs):.2f}; the bot sent "
             f"{median(r['telegram_chat_calls_per_s'] or 0 for r in runs):.0f} chat-bound Telegram "
             "requests/s. Direct SDK: the same calls all started within "
-            f"{c['direct_sdk_all_started_s']:.2f} s.")
+            f"{c.get('direct_sdk_all_started_s', float('nan')):.2f} s.")
     if "overhead" in results:
         notes.append("p99 figures come from "
                      f"{results['overhead']['pinned']['timed_turns']} (pinned) and "

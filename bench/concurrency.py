@@ -63,6 +63,7 @@ async def _one(stage: Stage, chats: list[Any], latency: float,
     samples: list[int] = []
     stop = asyncio.Event()
     sampler = asyncio.create_task(_sample_memory(stage, samples, stop))
+    rss_before = stage.bot.memory_kb().get("VmRSS")
     cpu_bot, cpu_bench = stage.bot.cpu_s(), time.process_time()
     sent: dict[int, float] = {}
     t0 = time.time()
@@ -136,6 +137,7 @@ async def _one(stage: Stage, chats: list[Any], latency: float,
                                             if c.chat_id in replied]),
         "telegram_chat_calls": per_method,
         "telegram_chat_calls_per_s": round(len(tg) / tg_span, 1) if tg_span else None,
+        "bot_rss_kb_before": rss_before,
         "bot_rss_kb_all_in_flight": rss_in_flight,
         "bot_rss_kb_peak_sampled": max(samples) if samples else None,
         "bot_cpu_share": round(cpu_bot / wall, 3),
@@ -213,7 +215,12 @@ async def measure(stage: Stage, *, latency: float, sizes: list[int],
     # the baseline: the last repeat's request bodies, all at once, from one process
     jobs = [{"concurrent": True, "turns": [[b] for b in bodies[n]], "warmup": bodies[n][0]}
             for n in sizes]
-    for n, direct in zip(sizes, await direct_calls(stage.anthropic.base_url, jobs), strict=True):
+    try:
+        directs = await direct_calls(stage.anthropic.base_url, jobs)
+    except RuntimeError as exc:  # the baseline failed (its own connection errors): keel's stand
+        out["direct_sdk_error"] = str(exc)[-500:]
+        return out
+    for n, direct in zip(sizes, directs, strict=True):
         size = out["sizes"][str(n)]
         starts = [t["started"] - direct["t0"] for t in direct["turns"]]
         size["direct_sdk_wall_s"] = round(direct["wall_s"], 3)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import gc
 import json
 import os
 import sys
@@ -29,6 +30,9 @@ from typing import Any
 TICK_S = 0.005
 RECORD_MS = 10.0
 SAMPLE_S = 0.005
+IDLE = "selectors.py:select:"
+"""The innermost frame of a loop waiting for I/O (any line)."""
+MAX_BUSY = 400_000
 
 
 class LagMonitor:
@@ -52,6 +56,23 @@ class LagMonitor:
         self.loop.call_at(self.due, self.tick)
 
 
+class GcTimer:
+    """Garbage collections of 10 ms or more, as ``gc <generation> <epoch seconds> <ms>`` lines in
+    the lag file: a full collection of a large heap stops the loop like any other work."""
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+            return
+        ms = (time.perf_counter() - self.started) * 1000
+        if ms >= RECORD_MS:
+            self.out.write(f"gc {info.get('generation')} {time.time() - ms / 1000:.4f} {ms:.1f}\n")
+
+
 class Sampler(threading.Thread):
     def __init__(self, path: Path) -> None:
         super().__init__(daemon=True, name="bench-sampler")
@@ -59,6 +80,8 @@ class Sampler(threading.Thread):
         self.target = threading.main_thread().ident
         self.stacks: Counter[str] = Counter()
         self.samples = 0
+        self.db: DbCounters | None = None
+        self.busy: list[tuple[float, str]] = []
 
     def run(self) -> None:
         while True:
@@ -67,11 +90,33 @@ class Sampler(threading.Thread):
             if frame is None:
                 continue
             self.samples += 1
-            self.stacks[_stack(frame)] += 1
+            stack = _stack(frame)
+            self.stacks[stack] += 1
+            if IDLE not in stack.rsplit(";", 1)[-1] and len(self.busy) < MAX_BUSY:
+                self.busy.append((time.time(), stack))
 
     def dump(self) -> None:
         data: dict[str, Any] = {"samples": self.samples,
                                 "stacks": dict(self.stacks.most_common(4000))}
+        if self.db is not None:
+            data["db"] = self.db.as_dict()
+        lag_file = os.environ.get("KEEL_BENCH_LAG_FILE")
+        if lag_file:  # where the loop was during its stalls of 50 ms or more
+            windows = []
+            for line in Path(lag_file).read_text().splitlines():
+                first, _, second = line.partition(" ")
+                try:
+                    at, lag = float(first), float(second)
+                except ValueError:
+                    continue
+                if lag >= 50:
+                    windows.append((at, at + lag / 1000))
+            during: Counter[str] = Counter()
+            for at, stack in self.busy:
+                if any(a <= at <= b for a, b in windows):
+                    during[stack] += 1
+            data["stalls"] = len(windows)
+            data["stall_stacks"] = dict(during.most_common(500))
         self.path.write_text(json.dumps(data))
 
 
@@ -84,6 +129,67 @@ def _stack(frame: FrameType | None) -> str:
     return ";".join(reversed(parts))
 
 
+class DbCounters:
+    """Per caller (the first frame outside storage/db.py and contextlib): write transactions, the
+    time they waited for the write lock and held it, and reads. Installed with the profile."""
+
+    def __init__(self) -> None:
+        self.writes: dict[str, list[float]] = {}
+        self.reads: Counter[str] = Counter()
+
+    def install(self) -> None:
+        from storage import db
+
+        counters = self
+        original_fetchall = db.Database.fetchall
+
+        class TimedLock(asyncio.Lock):
+            async def acquire(self) -> bool:
+                caller = _caller()
+                asked = time.monotonic()
+                got = await super().acquire()
+                self._entry = (caller, asked, time.monotonic())
+                return got
+
+            def release(self) -> None:
+                caller, asked, got = self._entry
+                line = counters.writes.setdefault(caller, [0, 0.0, 0.0])
+                line[0] += 1
+                line[1] += got - asked
+                line[2] += time.monotonic() - got
+                super().release()
+
+        original_init = db.Database.__init__
+
+        def init(self: Any, *args: Any, **kwargs: Any) -> None:
+            original_init(self, *args, **kwargs)
+            self._lock = TimedLock()
+
+        async def fetchall(self: Any, sql: str, params: Any = ()) -> Any:
+            counters.reads[_caller()] += 1
+            return await original_fetchall(self, sql, params)
+
+        db.Database.__init__ = init  # type: ignore[method-assign]
+        db.Database.fetchall = fetchall  # type: ignore[method-assign]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"writes": {k: [v[0], round(v[1], 3), round(v[2], 3)]
+                           for k, v in sorted(self.writes.items(), key=lambda kv: -kv[1][0])},
+                "reads": dict(self.reads.most_common())}
+
+
+def _caller() -> str:
+    frame = sys._getframe(2)
+    while frame is not None and (frame.f_code.co_filename.endswith(("storage/db.py",
+                                                                    "contextlib.py", "locks.py",
+                                                                    "bench/instrumented.py"))):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None:
+        return "?"
+    name = frame.f_code.co_filename.rsplit("/", 2)
+    return f"{'/'.join(name[-2:])}:{frame.f_code.co_name}"
+
+
 class _Policy(asyncio.DefaultEventLoopPolicy):
     def new_event_loop(self) -> asyncio.AbstractEventLoop:
         loop = super().new_event_loop()
@@ -91,6 +197,7 @@ class _Policy(asyncio.DefaultEventLoopPolicy):
         if lag_file:
             monitor = LagMonitor(loop, Path(lag_file))
             loop.call_soon(monitor.tick)
+            gc.callbacks.append(GcTimer(monitor.out))
         return loop
 
 
@@ -99,6 +206,8 @@ def main() -> int:
     profile = os.environ.get("KEEL_BENCH_PROFILE")
     if profile:
         sampler = Sampler(Path(profile))
+        sampler.db = DbCounters()
+        sampler.db.install()
         sampler.start()
         atexit.register(sampler.dump)
     from bot.cli import main as keel_main
@@ -115,10 +224,16 @@ def read_lag(path: Path, start: float, end: float) -> dict[str, Any]:
         lines = path.read_text().splitlines()
     except OSError:
         return {"measured": False}
+    gcs: list[float] = []
     for line in lines:
         first, _, second = line.partition(" ")
         if first == "ticks":
             ticking = True
+            continue
+        if first == "gc":
+            _, at_text, ms_text = second.split()
+            if start <= float(at_text) <= end:
+                gcs.append(float(ms_text))
             continue
         try:
             at, lag = float(first), float(second)
@@ -128,7 +243,8 @@ def read_lag(path: Path, start: float, end: float) -> dict[str, Any]:
             stalls.append(lag)
     return {"measured": ticking, "max_ms": round(max(stalls), 1) if stalls else 0.0,
             "over_50ms": sum(1 for s in stalls if s > 50),
-            "over_10ms": len(stalls), "total_stalled_s": round(sum(stalls) / 1000, 3)}
+            "over_10ms": len(stalls), "total_stalled_s": round(sum(stalls) / 1000, 3),
+            "gc_over_10ms": len(gcs), "gc_max_ms": round(max(gcs), 1) if gcs else 0.0}
 
 
 if __name__ == "__main__":

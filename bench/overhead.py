@@ -59,13 +59,17 @@ async def _run_setup(stage: Stage, chats: list[Chat], *, pinned: bool,
         pin_failures = await stage.pin(chats, timeout=60)
     for chat in chats:  # untimed warm-up: first turn of each chat, connections, lazy imports
         await stage.turn(chat, QUESTION)
+    cpu = stage.bot.cpu_s()
     turns = await _timed_turns(stage, chats, rounds)
-    return {"chats": chats, "pin_failures": pin_failures, "turns": turns}
+    cpu_per_turn = (stage.bot.cpu_s() - cpu) / max(len(turns), 1)
+    return {"chats": chats, "pin_failures": pin_failures, "turns": turns,
+            "bot_cpu_ms_per_turn": round(cpu_per_turn * 1000, 2)}
 
 
 def _figures(setup: dict[str, Any], direct: dict[str, Any]) -> dict[str, Any]:
     turns = setup["turns"]
     keel = _keel_figures(turns)
+    keel["bot_cpu_ms_per_turn"] = setup["bot_cpu_ms_per_turn"]
     floor, direct_total = [], []
     for turn, timing in zip(turns, direct["turns"], strict=True):
         latency = sum(c.latency for c in turn["calls"])

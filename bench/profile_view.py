@@ -28,8 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("path", type=Path)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--filter", default="", help="inclusive view: only frames containing this")
+    parser.add_argument("--stalls", action="store_true",
+                        help="only the samples taken while the loop stalled 50 ms or more")
     args = parser.parse_args(argv)
     data = json.loads(args.path.read_text())
+    if args.stalls:
+        print(f"during {data.get('stalls')} loop stalls of 50 ms or more:")
+        data = {"samples": sum(data.get("stall_stacks", {}).values()),
+                "stacks": data.get("stall_stacks", {})}
     total = data["samples"] or 1
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
@@ -42,6 +48,13 @@ def main(argv: list[str] | None = None) -> int:
             if name not in seen and args.filter in name:
                 seen.add(name)
                 inclusive[name] += count
+    if "db" in data:
+        print("write transactions (count, lock wait s, lock held s) by caller:")
+        for caller, (count, wait, held) in data["db"]["writes"].items():
+            print(f"  {count:7d} {wait:9.2f} {held:8.2f}  {caller}")
+        print("reads by caller:")
+        for caller, count in data["db"]["reads"].items():
+            print(f"  {count:7d}  {caller}")
     print(f"{data['samples']} samples")
     print("self:")
     for name, count in own.most_common(args.top):

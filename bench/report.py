@@ -45,7 +45,9 @@ def _overhead_rows(r: dict[str, Any]) -> list[list[str]]:
                      f"{_ms(k['p50'])} / {_ms(k['p99'])}",
                      f"{_ms(b['p50'])} / {_ms(b['p99'])} (direct SDK)",
                      f"{_x(o['overhead_p50_ratio'])} / {_x(o['overhead_p99_ratio'])}; keel adds "
-                     f"{_ms(o['keel_added_p50_s'])} at p50"])
+                     f"{_ms(o['keel_added_p50_s'])} at p50"
+                     + (f"; bot CPU {o['keel']['bot_cpu_ms_per_turn']:.1f} ms a turn"
+                        if "bot_cpu_ms_per_turn" in o["keel"] else "")])
     return rows
 
 
@@ -57,21 +59,72 @@ def _concurrency_rows(r: dict[str, Any]) -> list[list[str]]:
         rows.append([
             f"Concurrency {n} chat(s), {latency:g} s model: wall · turns/s",
             f"{_s(c['wall_s'])} · {c['turns_per_s']:.1f}/s",
-            f"ideal {_s(latency)}; direct SDK {_s(c['direct_sdk_wall_s'])}",
-            f"{_x(c['wall_over_ideal'])} ideal; {_x(c['wall_over_direct_sdk'])} direct",
+            f"ideal {_s(latency)}; direct SDK {_s(c.get('direct_sdk_wall_s'))}",
+            f"{_x(c['wall_over_ideal'])} ideal; {_x(c.get('wall_over_direct_sdk'))} direct",
         ])
         rows.append([
             f"… {n} chat(s): all model calls started · all replies delivered · a chat's model "
             "call waited on another?",
             f"{_s(c['all_model_calls_started_s'])} · {_s(c['all_replies_delivered_s'])} · "
             f"{waited} (peak {c['peak_model_calls_in_flight']} in flight)",
-            f"direct SDK all started {_s(c['direct_sdk_all_started_s'])}", "",
+            f"direct SDK all started {_s(c.get('direct_sdk_all_started_s'))}", "",
         ])
+        if int(n) >= 100 and "floor_s" in c:
+            rows.append([
+                f"… {n} chat(s): every model call started, after the last message · inbox → "
+                "model call p50 / p99",
+                f"{_s(c['all_model_calls_started_after_last_message_s'])} · "
+                f"{_s(c['inbox_to_model_call_p50_s'])} / {_s(c['inbox_to_model_call_p99_s'])}",
+                f"direct SDK all started {_s(c.get('direct_sdk_all_started_s'))}", ""])
+            rows.append([
+                f"… {n} chat(s): replies drained · drain rate (first → last reply)",
+                f"{_s(c['wall_s'])} · {c['drain_replies_per_s']:.1f}/s",
+                f"floor {_s(c['floor_s'])} ({n} ÷ 30/s + one model latency); Telegram ~30/s",
+                f"{_x(c['wall_over_floor'])} floor"])
+            rows.append([
+                f"… {n} chat(s): bot CPU per turn · longest event-loop stall · stalls over 50 ms",
+                f"{c['bot_cpu_ms_per_turn']:.1f} ms · {c['loop_lag_max_ms']:.0f} ms · "
+                f"{c['loop_stalls_over_50ms']}", "", ""])
         lost, pins = sum(c["unanswered_per_repeat"]), len(c["pin_failures"])
         if lost or pins:
             rows.append([f"… {n} chat(s): replies never delivered · `/agent` pins that failed",
                          f"{lost} of {int(n) * c['repeats']} · {pins} of {n}", "should be 0 · 0",
                          "see notes"])
+    return rows
+
+
+def _target_rows(results: dict[str, Any]) -> list[list[str]]:
+    """Issue 15's 'done when', each against what this run measured (n/a: not measured)."""
+    rows: list[list[str]] = []
+
+    def row(what: str, value: str, target: str, met: bool | None) -> None:
+        rows.append([f"Target: {what}", value, target,
+                     "n/a" if met is None else ("met" if met else "NOT met")])
+
+    big = max(((int(k), v) for k, v in results.get("concurrency", {}).get("sizes", {}).items()
+               if "floor_s" in v), default=(0, None))
+    n, c = big
+    if c is not None and n >= 1000:
+        started = c["all_model_calls_started_after_last_message_s"]
+        row(f"{n} chats, every model call started after the last message", _s(started),
+            "≤ 2 s", started <= 2.0)
+        row(f"{n} chats, replies drained (÷ floor)", _x(c["wall_over_floor"]), "≤ 1.15×",
+            c["wall_over_floor"] <= 1.15)
+        row(f"{n} chats, longest event-loop stall", f"{c['loop_lag_max_ms']:.0f} ms", "≤ 50 ms",
+            c["loop_lag_max_ms"] <= 50)
+    o = results.get("overhead", {}).get("pinned")
+    if o is not None:
+        cpu = o["keel"].get("bot_cpu_ms_per_turn")
+        row("CPU per turn, router off", "n/a" if cpu is None else f"{cpu:.1f} ms", "≤ 8 ms",
+            None if cpu is None else cpu <= 8)
+        row("keel's added latency per turn over the direct SDK, p50",
+            _ms(o["keel_added_p50_s"]), "≤ 10 ms", o["keel_added_p50_s"] <= 0.010)
+    st = results.get("startup")
+    if st is not None:
+        first = st["first_getupdates_s"]["cold"]
+        row("start-up to the first getUpdates (cold)", _s(first), "≤ 0.6 s", first <= 0.6)
+        rss = st["idle_rss_kb"]["keel"]
+        row("idle RSS", _mb(rss), "≤ 70 MB", rss <= 70 * 1024)
     return rows
 
 
@@ -84,7 +137,8 @@ def _memory_rows(results: dict[str, Any]) -> list[list[str]]:
         rows.append([f"Memory with {m['active_sessions']} active sessions (all runs in flight) · "
                      "peak", f"{_mb(m.get('rss_kb_all_in_flight'))} · {_mb(m.get('peak_rss_kb'))}",
                      f"same process at idle, before any message: "
-                     f"{_mb(m.get('live_idle_rss_kb'))}",
+                     f"{_mb(m.get('live_idle_rss_kb'))}; before the burst (SDK loaded): "
+                     f"{_mb(m.get('rss_kb_before_burst'))}",
                      f"+{m.get('per_session_kb', 0):.1f} kB per session"])
     return rows
 
@@ -145,7 +199,7 @@ def _workers_rows(r: dict[str, Any]) -> list[list[str]]:
 
 SECTIONS = (("overhead", _overhead_rows), ("concurrency", _concurrency_rows),
             ("memory", None), ("startup", _startup_rows), ("tokens", _token_rows),
-            ("budget", _budget_rows), ("workers", _workers_rows))
+            ("budget", _budget_rows), ("workers", _workers_rows), ("targets", None))
 
 
 def table(results: dict[str, Any]) -> str:
@@ -158,6 +212,8 @@ def table(results: dict[str, Any]) -> str:
     for name, rows in SECTIONS:
         if name == "memory":
             body = _memory_rows(results)
+        elif name == "targets":
+            body = _target_rows(results)
         else:
             missing = _missing(results, name)
             body = [[name, missing, "", ""]] if missing else rows(results[name])  # type: ignore[misc]
