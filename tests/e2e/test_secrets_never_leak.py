@@ -107,7 +107,9 @@ async def test_no_token_or_key_in_logs_traces_or_the_database(
     assert any("scheduled" in line for line in runs), output.decode()[-3000:]
     assert any(" failed: " in line for line in runs), runs
     assert sum(" completed: " in line for line in runs) >= 3, runs
-    assert len(output) > 100_000  # DEBUG: every request, every SQL statement, every update
+    # the run logged at DEBUG (79 such lines when written; SQL statements are no longer
+    # logged since keel drives SQLite itself, so the size of the log is no measure)
+    assert output.count(b" DEBUG ") >= 50, output.decode()[-3000:]
 
     refused_log = tmp_path / "keel-run-refused.log"
     rejected = await keel_run(env(tmp_path, telegram, fake_anthropic, WRONG_TOKEN), tmp_path,
