@@ -110,6 +110,10 @@ def rules(columns: dict[str, set[str]], dialect: Dialect = "sqlite") -> list[Rul
                        f" WHERE er.id = t.run_id AND er.status IN"
                        f" ({_sql_list((*_OPEN_RUN, 'budget_exceeded'))})"
                        f" AND t.status NOT IN ({_sql_list(_FINAL_ESCALATION)}))"),
+        # Button keys: /memory's delete buttons and an answer's 👍/👎. The ratings themselves
+        # stay (they are the owner's samples for `keel eval --from-ratings`).
+        Rule(table="memory_buttons", born="t.created_at", done="t.created_at", deletable="TRUE"),
+        Rule(table="rating_offers", born="t.created_at", done="t.created_at", deletable="TRUE"),
         Rule(table="runs", born="t.started_at", done="COALESCE(t.ended_at, t.started_at)",
              deletable=f"NOT {_run_is_live('t')}"  # noqa: S608
                        " AND NOT EXISTS (SELECT 1 FROM escalations re WHERE re.run_id = t.id)"),

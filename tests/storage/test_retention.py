@@ -152,9 +152,28 @@ async def test_old_finished_rows_go_and_rows_anything_live_needs_stay(db: Databa
     assert await _column(db, "SELECT content FROM messages") == {
         "live-old-turn", "compacted-recent", "recently-archived-session-turn"}
     assert report.deleted == {"inbox": 3, "outbox": 2, "messages": 2, "idempotency_keys": 2,
-                              "schedule_fires": 1, "escalations": 3, "runs": 3}
+                              "schedule_fires": 1, "escalations": 3, "runs": 3,
+                              "memory_buttons": 0, "rating_offers": 0}
     # a second pass finds nothing more
     assert (await prune(db, days=30, pause_s=0)).total == 0
+
+
+async def test_old_button_keys_go_and_ratings_stay(db: Database) -> None:
+    for key, at in (("old", OLD), ("new", RECENT)):
+        await db.execute_write(
+            "INSERT INTO memory_buttons (key, fact_id, user_id, chat_id, created_at)"
+            " VALUES (?, 1, 1, 1, ?)", (f"m-{key}", at))
+        await db.execute_write(
+            "INSERT INTO rating_offers (key, run_id, trace_id, agent, chat_id, outbox_id,"
+            " created_at) VALUES (?, ?, 't', 'a', 1, 1, ?)", (f"r-{key}", f"run-{key}", at))
+        await db.execute_write(
+            "INSERT INTO ratings (run_id, trace_id, agent, user_id, rating, rated_at)"
+            " VALUES (?, 't', 'a', 1, 'up', ?)", (f"run-{key}", at))
+    report = await prune(db, days=30, pause_s=0)
+    assert (report.deleted["memory_buttons"], report.deleted["rating_offers"]) == (1, 1)
+    assert [r["key"] for r in await db.fetchall("SELECT key FROM memory_buttons")] == ["m-new"]
+    assert [r["key"] for r in await db.fetchall("SELECT key FROM rating_offers")] == ["r-new"]
+    assert await db.fetchval("SELECT count(*) FROM ratings") == 2
 
 
 async def test_batches_interleave_with_other_writes(db: Database) -> None:
