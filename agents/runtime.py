@@ -603,8 +603,8 @@ class Runtime:
         holds charged as spent). Returns how many."""
         from storage.owner import this_process
 
-        records = [r for r in await self.runs.running()
-                   if r.request_key == request_key and r.owner != this_process()]
+        records = [r for r in await self.runs.running_for(request_key)
+                   if r.owner != this_process()]
         return await self._close_runs(records, "interrupted: its worker stopped")
 
     async def _close_runs(self, records: list[Any], detail: str) -> int:

@@ -146,6 +146,12 @@ class RunRepository:
             " AND owner = ?", (this_process(),))
         return [str(r["id"]) for r in rows]
 
+    async def running_for(self, request_key: str) -> list[RunRecord]:
+        """Runs of one request marked running (indexed: one lookup per job, not every run)."""
+        rows = await self.db.fetchall(
+            "SELECT * FROM runs WHERE request_key = ? AND status = 'running'", (request_key,))
+        return [_record(r) for r in rows]
+
     async def abandoned(self) -> list[RunRecord]:
         """Runs marked running whose process is gone (at start-up: what a crash left)."""
         return [r for r in await self.running() if not is_alive(r.owner)]
