@@ -19,7 +19,8 @@ PER_BLOCK_OVERHEAD = 8
 
 
 def estimate_text(text: str) -> int:
-    ascii_chars = sum(1 for ch in text if ord(ch) < 128)
+    # (the ASCII characters counted in C: this runs over every request's text, every call)
+    ascii_chars = len(text) if text.isascii() else len(text.encode("ascii", "ignore"))
     other = len(text) - ascii_chars
     # ~3 ASCII characters per token is below the real average (~3.5-4), so this overestimates;
     # other scripts and emoji are counted one token or more per character.

@@ -283,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", help="concurrency sizes, comma-separated (e.g. 1000)")
     parser.add_argument("--repeats", type=int, help="repeats of every concurrency size")
     parser.add_argument("--profile", type=Path, help="the live bot writes a sampling profile of "
-                        "its event loop here at exit (read it with python -m bench.profile_view)")
+                        "its event loop here at exit (read it with python -m bench.profile_view); "
+                        "a name ending in .prof gets cProfile's exact counts instead (pstats)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the results")
     parser.add_argument("--name", help="file name stem (default latest, or quick with --quick)")
     parser.add_argument("--render", action="store_true",

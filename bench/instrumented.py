@@ -212,6 +212,13 @@ def main() -> int:
         atexit.register(sampler.dump)
     from bot.cli import main as keel_main
 
+    cprofile = os.environ.get("KEEL_BENCH_CPROFILE")
+    if cprofile:  # every call counted (slower, but CPU is attributed exactly, GIL or not)
+        import cProfile
+
+        profiler = cProfile.Profile()
+        atexit.register(lambda: profiler.dump_stats(cprofile))
+        return int(profiler.runcall(keel_main, sys.argv[1:]) or 0)
     return keel_main(sys.argv[1:])
 
 

@@ -67,7 +67,9 @@ class Stage:
         self.replies = Replies(self.telegram)
         ids = range(FIRST_USER_ID, FIRST_USER_ID + self.capacity)
         env = {**BOT_ENV, "KEEL_BENCH_LAG_FILE": str(self.lag_file)}
-        if self.profile is not None:
+        if self.profile is not None and self.profile.suffix == ".prof":
+            env["KEEL_BENCH_CPROFILE"] = str(self.profile)  # cProfile's stats (pstats)
+        elif self.profile is not None:
             env["KEEL_BENCH_PROFILE"] = str(self.profile)
         self.bot = BotProcess(self.telegram, self.anthropic, self.workdir, allowed_ids=ids,
                               extra_env=env, module=("bench.instrumented", "run"))
