@@ -63,6 +63,8 @@ async def _one(stage: Stage, chats: list[Any], latency: float,
     samples: list[int] = []
     stop = asyncio.Event()
     sampler = asyncio.create_task(_sample_memory(stage, samples, stop))
+    stage.watch_loop(True)
+    await asyncio.sleep(0.05)  # the first tick is due before the first message
     rss_before = stage.bot.memory_kb().get("VmRSS")
     cpu_bot, cpu_bench = stage.bot.cpu_s(), time.process_time()
     sent: dict[int, float] = {}
@@ -81,6 +83,7 @@ async def _one(stage: Stage, chats: list[Any], latency: float,
     finally:
         stop.set()
         await sampler
+        stage.watch_loop(False)
     replied = {c.id: stage.replies.by_chat[c.id][wanted[c.id] - 1] for c in chats
                if c.id not in missing}
     wall = max(replied.values()) - t0

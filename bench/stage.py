@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import sqlite3
 import sys
 import time
@@ -83,6 +84,11 @@ class Stage:
     def lag_file(self) -> Path:
         """The bot's event-loop stalls (bench.instrumented)."""
         return self.workdir / "loop-lag.log"
+
+    def watch_loop(self, on: bool) -> None:
+        """Start (or stop) the bot's event-loop lag monitor (bench.instrumented)."""
+        assert self.bot.proc is not None
+        self.bot.proc.send_signal(signal.SIGUSR1 if on else signal.SIGUSR2)
 
     async def close(self) -> dict[str, Any]:
         code = await self.bot.stop()
