@@ -97,7 +97,9 @@ class AnthropicModelClient:
         try:
             if on_text is None:
                 raw = await client.messages.with_raw_response.create(**body)
-                message = await raw.parse()
+                # the body as the API sent it: building the SDK's models only to dump them back
+                # to the same dict was most of the client's CPU for a plain call
+                dumped = _without_none(raw.http_response.json())
                 request_id = raw.headers.get("request-id")
             else:
                 async with client.messages.stream(**body) as stream:
@@ -106,6 +108,7 @@ class AnthropicModelClient:
                             await on_text(event.text)
                     message = await stream.get_final_message()
                 request_id = getattr(message, "_request_id", None)
+                dumped = message.model_dump(mode="json", exclude_none=True)
         except anthropic.APIStatusError as exc:
             raise ModelCallError(
                 f"model API answered {exc.status_code}: {_error_message(exc)}",
@@ -116,7 +119,6 @@ class AnthropicModelClient:
             raise ModelCallError(f"model API unreachable: {exc}", retryable=True) from None
         except anthropic.APIError as exc:  # e.g. an error event in the middle of a stream
             raise ModelCallError(f"model API error: {exc}", retryable=True) from None
-        dumped: dict[str, Any] = message.model_dump(mode="json", exclude_none=True)
         return ModelResponse(
             id=dumped.get("id", ""),
             model=dumped.get("model", request.model),
@@ -126,6 +128,15 @@ class AnthropicModelClient:
             request_id=request_id,
             latency_s=time.monotonic() - started,
         )
+
+
+def _without_none(value: Any) -> Any:
+    """JSON with its null fields left out, as the SDK's ``model_dump(exclude_none=True)``."""
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
 
 
 def _error_message(exc: anthropic.APIStatusError) -> str:
