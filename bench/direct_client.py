@@ -46,7 +46,8 @@ async def _turn(client: anthropic.AsyncAnthropic, calls: list[dict[str, Any]]) -
 
 async def run(job: dict[str, Any]) -> dict[str, Any]:
     client = anthropic.AsyncAnthropic(api_key=job["api_key"], base_url=job["base_url"],
-                                      max_retries=0, timeout=600.0)
+                                      max_retries=2, timeout=600.0)  # as keel: a refused
+    # connect under a 1,000-call burst is retried, not the end of the baseline
     try:
         # one untimed call first: connection set-up and lazy imports are not per-turn costs
         if job.get("warmup"):
