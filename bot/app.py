@@ -31,7 +31,7 @@ from agents.model import warm_up
 from agents.runtime import Runtime
 from agents.schedule import Scheduler, jobs_from_config
 from agents.scheduled import ScheduledRunner
-from bot import memory_view, ratings
+from bot import memory_view, ratings, resend
 from bot import reload as config_reload
 from bot.access import gated, startup_hint
 from bot.commands import COMMANDS, bot_commands
@@ -104,7 +104,7 @@ async def _post_init(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
     keel = KeelBot(runtime, app.bot)
     app.bot_data["keel"] = keel
     app.bot_data["on_button"] = memory_view.chain(memory_view.on_button, ratings.on_button,
-                                                  keel.escalations.on_button)
+                                                  resend.on_button, keel.escalations.on_button)
     role = app.bot_data.get("role", "all")  # "all" (keel run), "ingress" or "worker" (workers.py)
     if app.job_queue is not None and role != "ingress":
         app.job_queue.run_repeating(_expire_escalations, interval=60, first=1,

@@ -271,6 +271,8 @@ class Outbox:
         self.sender = sender
         self.after_delivery = after_delivery
         self._chats: dict[int, tuple[asyncio.Lock, int]] = {}
+        self._maybe_lost: set[int] = set()
+        """Rows found with a chunk in flight at start: their chat is told after delivery."""
 
     @contextlib.asynccontextmanager
     async def _chat(self, chat_id: int) -> AsyncIterator[None]:
@@ -321,10 +323,31 @@ class Outbox:
                 log.info("outbox %s is being delivered by another process", item_id)
                 return None
             try:
-                return await self._deliver(item)
+                delivered = await self._deliver(item)
             except BaseException:
                 await asyncio.shield(self.repo.release(item_id))
                 raise  # (a delivered row's lease was cleared with its status, in one write)
+        if item_id in self._maybe_lost:  # after the chat's lock: the notice is a row of its own
+            self._maybe_lost.discard(item_id)
+            await self._tell_maybe_lost(item)
+        return delivered
+
+    async def _tell_maybe_lost(self, item: OutboxItem) -> None:
+        """A reply whose chunk was in flight when the process died may not have arrived, and
+        keel will not resend it unasked (it would show twice if it did arrive). The person is
+        told, with a button that sends it again (bot/resend.py)."""
+        from bot.resend import NOTICE, button_key
+
+        try:
+            async with self.db.write() as conn:
+                notice = await self.repo.put(
+                    conn, chat_id=item.chat_id, thread_id=item.thread_id, reply_to=None,
+                    markdown=NOTICE, buttons=[[OutboxButton(label="Send it again",
+                                                            key=button_key(item.id))]])
+            await self.deliver(notice)
+        except DeliveryError as exc:
+            log.warning("could not tell chat %s that a reply may be missing: %s",
+                        item.chat_id, exc)
 
     async def _deliver(self, item: OutboxItem) -> Delivered:
         ids = list(item.message_ids)
@@ -332,6 +355,8 @@ class Outbox:
             # handed over when the process died: it may have arrived, so it is not resent
             ids.append(0)
             await self.repo.unconfirmed(item.id, ids, "in flight when the bot stopped")
+            if item.kind == "text" and not item.buttons and item.escalation_id is None:
+                self._maybe_lost.add(item.id)
             log.warning("outbox %s: chunk %d was in flight when the bot stopped; not resending it",
                         item.id, len(ids) - 1)
         chunks = render(item.markdown) or [Chunk(text="(empty answer)")]

@@ -461,6 +461,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX ratings_by_time ON ratings (rated_at);
         """,
     ),
+    Migration(
+        "0015_outbox_resend",
+        """
+        -- A reply possibly lost in a crash that the person asked to get again (bot/resend.py):
+        -- the row it was sent again as, so a second press sends nothing.
+        ALTER TABLE outbox ADD COLUMN resent_as INTEGER;
+        """,
+    ),
 )
 # In number order whatever the order they were appended in (work on several migrations lands in
 # any order); applied by name, so a database that has a later one still gets an earlier one.

@@ -93,6 +93,19 @@ class OutboxRepository:
                 "SELECT * FROM outbox WHERE status = 'pending' ORDER BY id")
         return [_item(r) for r in rows]
 
+    async def resend(self, conn: WriteConnection, item_id: int, new_id: int) -> bool:
+        """Mark ``item_id`` as sent again as row ``new_id``, once: False if it already was."""
+        cursor = await conn.execute(
+            "UPDATE outbox SET resent_as = ? WHERE id = ? AND resent_as IS NULL",
+            (new_id, item_id))
+        return cursor.rowcount == 1
+
+    async def notices_for(self, key: str) -> list[OutboxItem]:
+        """Rows carrying a button with data ``key`` (a rare look-up: on a press)."""
+        rows = await self.db.fetchall("SELECT * FROM outbox WHERE payload LIKE ? ORDER BY id",
+                                      (f'%"key": "{key}"%',))
+        return [_item(r) for r in rows]
+
     async def lease(self, item_id: int, *, seconds: float = LEASE_S) -> bool:
         """Take (or renew) the right to deliver a pending row, for ``seconds``. False when another
         live process holds it: with several processes, one row is delivered by one at a time.

@@ -43,6 +43,7 @@ FIRST_USER_ID = 2001
 AGENT = "scribe"
 TOOL = "record_effect"
 TOKEN = re.compile(r"\bT\d+C\d+M\d+\b")
+RESEND_NOTICE = "⚠️ I was restarted while sending you my last message"
 
 QUIET_S = 1.0  # nothing sent or asked for this long: the bot is done
 ANSWER_TIMEOUT_S = 45.0  # the last start must answer everything within this
@@ -106,6 +107,7 @@ class TrialReport:
     effects_lost: list[str] = field(default_factory=list)
     effects_twice: dict[str, int] = field(default_factory=dict)
     tool_calls: int = 0  # calls of the tool, applied or not (informative)
+    resend_presses: int = 0  # "Send it again" pressed where a reply was missing (a person would)
     trace_errors: list[str] = field(default_factory=list)
     torn_last_lines: int = 0  # traces whose last line a kill cut (keel's reader skips it)
     process_errors: list[str] = field(default_factory=list)
@@ -219,6 +221,7 @@ class Trial:
         # with the kill plan's draws in an order that depends on timing, and a seed would not
         # replay the same kills.
         self.pace_rng = random.Random(seed ^ 0xBEA7)
+        self._pressed: set[int] = set()
 
     # ------------------------------------------------------------------ the world
 
@@ -429,11 +432,36 @@ class Trial:
         return all(got[m.token] for m in self.messages)
 
     async def _wait_answered(self) -> bool:
-        try:
-            await self.telegram.wait_for(self._all_answered, timeout=ANSWER_TIMEOUT_S)
-        except TimeoutError:
-            return False
-        return True
+        """Until every message has its reply. A person who was told a reply may be missing
+        (bot/resend.py), and who still lacks an answer once the bot has gone quiet, presses
+        "Send it again" — not before: a reply still on its way is not missing."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ANSWER_TIMEOUT_S
+        while True:
+            try:
+                await self.telegram.wait_for(self._all_answered, timeout=1.0)
+                return True
+            except TimeoutError:
+                pass
+            await asyncio.wait_for(self.wait_quiet(), timeout=max(1.0, deadline - loop.time()))
+            if self._all_answered():
+                return True
+            self._press_resend_where_missing()
+            if loop.time() >= deadline:
+                return False
+
+    def _press_resend_where_missing(self) -> None:
+        got = self._reply_counts()
+        missing = {m.chat_index for m in self.messages if not got[m.token]}
+        for c in missing:
+            chat_id = FIRST_USER_ID + c
+            for sent in self.telegram.sent(chat_id):
+                if sent.get("text", "").startswith(RESEND_NOTICE) and \
+                        sent["message_id"] not in self._pressed and sent.get("reply_markup"):
+                    self._pressed.add(sent["message_id"])
+                    self.report.resend_presses += 1
+                    self.telegram.press_button(sent, text="Send it again",
+                                               user=self.telegram.user(f"P{c}", id=chat_id))
 
     # ------------------------------------------------------------------ the checks
 
@@ -450,7 +478,8 @@ class Trial:
         report.lost = [m.token for m in self.messages if counts[m.token] == 0]
         report.twice = {m.token: counts[m.token] for m in self.messages if counts[m.token] > 1}
         report.others = [s.get("text", "<media>")[:80] for s in self.telegram.sent()
-                         if not TOKEN.search(s.get("text", ""))]
+                         if not TOKEN.search(s.get("text", ""))
+                         and not s.get("text", "").startswith(RESEND_NOTICE)]
         report.unconfirmed = self._unconfirmed_tokens()
         ledger = _lines(self.effects_file)
         done = Counter(line.split("\t")[0] for line in ledger)
@@ -524,7 +553,8 @@ def summarise(reports: list[TrialReport]) -> str:
         f"(extra replies {total(lambda r: sum(n - 1 for n in r.twice.values()))}), "
         f"messages answering nothing {total(lambda r: len(r.others))}; replies recorded "
         f"unconfirmed {total(lambda r: len(r.unconfirmed))}, of which never shown "
-        f"{total(lambda r: len(r.ambiguous_lost))}",
+        f"{total(lambda r: len(r.ambiguous_lost))}; 'Send it again' pressed "
+        f"{total(lambda r: r.resend_presses)}",
         f"  side effects {total(lambda r: r.effects)}: lost "
         f"{total(lambda r: len(r.effects_lost))}, done twice or more "
         f"{total(lambda r: len(r.effects_twice))} (tool calls {total(lambda r: r.tool_calls)})",

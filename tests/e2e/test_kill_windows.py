@@ -261,3 +261,47 @@ async def test_a_run_asked_with_slash_run_and_cut_off_by_a_kill_runs_once_after_
         never.set()
         code = await bot.stop()
     assert code == 0, bot.log()
+
+
+async def test_a_reply_lost_in_flight_at_a_kill_is_offered_again_and_sent_once(
+        fake_telegram: FakeTelegram, fake_anthropic: FakeAnthropic, tmp_path: Path) -> None:
+    # The ambiguous case made certain: Telegram holds the reply's request unprocessed when the
+    # bot is killed, so it is never shown. keel cannot know that and does not resend it by
+    # itself; after the restart it says a reply may be missing, and the person's press sends it
+    # once.
+    alice = fake_telegram.user("Alice", id=ALICE_ID)
+    chat = fake_telegram.private_chat(alice)
+
+    def respond(req: RecordedRequest) -> Reply:
+        if is_router(req):
+            return reply(tool_use("route", {"agent": "assistant"}))
+        return reply("the answer to the locker question")
+
+    fake_anthropic.responder = respond
+    bot = Bot(fake_telegram, fake_anthropic, tmp_path)
+    await bot.start()
+    try:
+        fake_telegram.hang_next("sendMessage")
+        fake_telegram.inject_text(chat, "what is my locker number?")
+        await fake_telegram.wait_for(lambda: fake_telegram.hung, timeout=30)
+        await bot.kill()
+        fake_telegram.release_hung()  # its client is gone: the fake never processes it
+        await asyncio.sleep(0.2)
+        assert fake_telegram.sent(chat.id) == []
+
+        await bot.start()
+        notice = await fake_telegram.next_bot_message(chat.id, timeout=30)
+        assert notice["text"].startswith("⚠️ I was restarted while sending you my last message")
+        await asyncio.sleep(1.0)
+        assert [m["text"] for m in fake_telegram.sent(chat.id)] == [notice["text"]]
+        fake_telegram.press_button(notice, text="Send it again", user=alice)
+        answer = await fake_telegram.next_bot_message(chat.id, timeout=30)
+        assert answer["text"] == "the answer to the locker question"
+        fake_telegram.press_button(notice, text="Send it again", user=alice)
+        await asyncio.sleep(1.0)
+        texts = [m["text"] for m in fake_telegram.sent(chat.id)]
+        assert texts.count("the answer to the locker question") == 1, texts
+        assert len(fake_anthropic.requests) == 2  # router + agent: the turn was not run again
+    finally:
+        code = await bot.stop()
+    assert code == 0, bot.log()
