@@ -200,20 +200,16 @@ class Runtime:
         """Refuse to start a run when a daily cap has nothing left (spent + held). Only a fast
         refusal: what bounds the day is each call's hold (``attach_ledger``)."""
         caps = self.daily_caps(schedule)
-        report = await self.ledger.report(caps)
-        used = {uid: line.spent_usd + line.reserved_usd for uid, line in report.users.items()}
-        if user_id is not None and caps.per_user_usd is not None:
-            if used.get(user_id, 0.0) >= caps.per_user_usd:
-                raise DailyCapExceeded(f"user {user_id}", used.get(user_id, 0.0),
-                                       caps.per_user_usd)
-        if schedule and caps.per_schedule_usd is not None:
-            line = report.schedules.get(schedule)
-            sched_used = line.spent_usd + line.reserved_usd if line else 0.0
-            if sched_used >= caps.per_schedule_usd:
-                raise DailyCapExceeded(f"schedule {schedule!r}", sched_used, caps.per_schedule_usd)
-        total = report.overall.spent_usd + report.overall.reserved_usd
-        if caps.total_usd is not None and total >= caps.total_usd:
-            raise DailyCapExceeded("all users", total, caps.total_usd)
+        used = await self.ledger.used(caps, user_id=user_id, schedule=schedule)  # one read
+        if "user" in used and caps.per_user_usd is not None \
+                and used["user"] >= caps.per_user_usd:
+            raise DailyCapExceeded(f"user {user_id}", used["user"], caps.per_user_usd)
+        if "schedule" in used and caps.per_schedule_usd is not None \
+                and used["schedule"] >= caps.per_schedule_usd:
+            raise DailyCapExceeded(f"schedule {schedule!r}", used["schedule"],
+                                   caps.per_schedule_usd)
+        if "all" in used and caps.total_usd is not None and used["all"] >= caps.total_usd:
+            raise DailyCapExceeded("all users", used["all"], caps.total_usd)
 
     @functools.cached_property
     def ledger(self) -> Ledger:
