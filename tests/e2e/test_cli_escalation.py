@@ -79,7 +79,7 @@ async def test_an_unanswered_cli_question_expires_and_its_trace_says_cancelled(
         db.execute("UPDATE escalations SET expires_at = '2000-01-01T00:00:00.000000Z'")
     code, _, err = await _keel(fake_anthropic, data, "escalation", "answer",
                                parked["escalation"]["id"], "Approve")
-    assert code == 1 and "expired" in err
+    assert code == 1 and "expired" in err, err
     with _db(data) as db:
         assert db.execute("SELECT status, status_detail FROM runs").fetchall() == [
             ("cancelled", "the question to a human expired unanswered")]
