@@ -285,7 +285,6 @@ async def start_app(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
     if settings.webhook_url:
         await _start_webhook(app, settings)
     else:
-        await _leave_webhook(app)
         poller.start()
 
 
@@ -314,20 +313,6 @@ async def _start_webhook(app: Application[Any, Any, Any, Any, Any, Any],
                               max_connections=settings.webhook_max_connections,
                               drop_pending_updates=False)
     log.info("receiving updates by webhook at %s (listening on %s:%d)", url, host, server.port)
-
-
-async def _leave_webhook(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
-    """Long polling cannot start while a webhook is set (409): remove it, keeping the updates
-    Telegram holds for it."""
-    try:
-        info = await app.bot.get_webhook_info()
-    except TelegramError as exc:
-        log.warning("could not ask Telegram about a webhook (%s); polling anyway", exc)
-        return
-    if info.url:
-        log.warning("a webhook was set for this bot; keel polls now, so it removed it "
-                    "(updates waiting for it are kept). Set KEEL_WEBHOOK_URL to use a webhook.")
-        await app.bot.delete_webhook(drop_pending_updates=False)
 
 
 async def stop_app(app: Application[Any, Any, Any, Any, Any, Any], *,

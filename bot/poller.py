@@ -11,13 +11,21 @@ or in the inbox (finished by recovery).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from telegram import Bot, Update
-from telegram.error import Conflict, Forbidden, InvalidToken, NetworkError, TimedOut
+from telegram.error import (
+    Conflict,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    TelegramError,
+    TimedOut,
+)
 
 from storage.inbox import InboxItem
 
@@ -117,6 +125,7 @@ class Poller:
         offset: int | None = None
         failures = 0
         conflict_since: float | None = None
+        webhook_removed = False
         try:
             while True:
                 try:
@@ -128,6 +137,17 @@ class Poller:
                     self.fatal = exc
                     return
                 except Conflict as exc:
+                    if "webhook" in str(exc).lower() and not webhook_removed:
+                        # a webhook left set (a webhook deployment went back to polling): remove
+                        # it, keeping the updates Telegram holds, and ask again at once. Only
+                        # here, not at every start: polling starts without the extra round trip.
+                        webhook_removed = True
+                        with contextlib.suppress(TelegramError):  # else: the 409 path below
+                            await self.bot.delete_webhook(drop_pending_updates=False)
+                            log.warning("a webhook was set for this bot; keel polls, so it "
+                                        "removed it (updates waiting for it are kept). Set "
+                                        "KEEL_WEBHOOK_URL to use a webhook.")
+                            continue
                     failures += 1
                     now = asyncio.get_running_loop().time()
                     if conflict_since is None:  # one line for the whole episode, not one a poll

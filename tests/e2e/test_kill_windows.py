@@ -85,6 +85,15 @@ class Bot:
         return conn
 
 
+def _briefer_toml(workdir: Path, chat_id: int, cron: str) -> None:
+    """keel.toml with one agent and one schedule "brief" posting into ``chat_id``."""
+    (workdir / "keel.toml").write_text(
+        'default_agent = "briefer"\n'
+        '[agents.briefer]\ndescription = "Writes the briefing."\nsystem = "Brief the person."\n'
+        f'[[schedules]]\nname = "brief"\nagent = "briefer"\ncron = "{cron}"\n'
+        f'timezone = "UTC"\nchat_id = {chat_id}\ntask = "Brief me."\n', "utf-8")
+
+
 async def _until(bot: Bot, sql: str, timeout: float = 20.0) -> None:  # noqa: ASYNC109
     """Poll the bot's database until ``sql`` returns a row."""
     loop = asyncio.get_running_loop()
@@ -102,12 +111,8 @@ async def test_a_briefing_killed_after_its_run_and_before_delivery_is_delivered_
         fake_telegram: FakeTelegram, fake_anthropic: FakeAnthropic, tmp_path: Path) -> None:
     alice = fake_telegram.user("Alice", id=ALICE_ID)
     chat = fake_telegram.private_chat(alice)
-    (tmp_path / "keel.toml").write_text(
-        'default_agent = "briefer"\n'
-        '[agents.briefer]\ndescription = "Writes the briefing."\nsystem = "Brief the person."\n'
-        # every minute: the start-up's catch-up fires at once, so the test needs no clock
-        '[[schedules]]\nname = "brief"\nagent = "briefer"\ncron = "* * * * *"\n'
-        f'timezone = "UTC"\nchat_id = {chat.id}\ntask = "Brief me."\n', "utf-8")
+    # every minute: the start-up's catch-up fires at once, so the test needs no clock
+    _briefer_toml(tmp_path, chat.id, "* * * * *")
 
     def respond(req: RecordedRequest) -> Reply:
         match = WHEN.search(req.last_user_text)
@@ -226,11 +231,7 @@ async def test_a_run_asked_with_slash_run_and_cut_off_by_a_kill_runs_once_after_
     # update was already marked done). It is now a stored claim keyed by the update.
     alice = fake_telegram.user("Alice", id=ALICE_ID)
     chat = fake_telegram.private_chat(alice)
-    (tmp_path / "keel.toml").write_text(
-        'default_agent = "briefer"\n'
-        '[agents.briefer]\ndescription = "Writes the briefing."\nsystem = "Brief the person."\n'
-        '[[schedules]]\nname = "brief"\nagent = "briefer"\ncron = "0 3 1 1 *"\n'
-        f'timezone = "UTC"\nchat_id = {chat.id}\ntask = "Brief me."\n', "utf-8")
+    _briefer_toml(tmp_path, chat.id, "0 3 1 1 *")  # never due: only /run starts it
     asked = asyncio.Event()
     never = asyncio.Event()
     generation = {"n": 1}
