@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import random
 import time
@@ -335,19 +336,34 @@ class Outbox:
     async def _tell_maybe_lost(self, item: OutboxItem) -> None:
         """A reply whose chunk was in flight when the process died may not have arrived, and
         keel will not resend it unasked (it would show twice if it did arrive). The person is
-        told, with a button that sends it again (bot/resend.py)."""
+        told, with a button that sends it again (bot/resend.py). The notice answers the same
+        message the reply answered, so the person can tell which reply it is about."""
         from bot.resend import NOTICE, button_key
 
         try:
+            answered = item.reply_to or await self._message_answered(item)
             async with self.db.write() as conn:
                 notice = await self.repo.put(
-                    conn, chat_id=item.chat_id, thread_id=item.thread_id, reply_to=None,
-                    markdown=NOTICE, buttons=[[OutboxButton(label="Send it again",
+                    conn, chat_id=item.chat_id, thread_id=item.thread_id,
+                    reply_to=answered, markdown=NOTICE, buttons=[[OutboxButton(label="Send it again",
                                                             key=button_key(item.id))]])
             await self.deliver(notice)
         except DeliveryError as exc:
             log.warning("could not tell chat %s that a reply may be missing: %s",
                         item.chat_id, exc)
+
+    async def _message_answered(self, item: OutboxItem) -> int | None:
+        """The person's message a reply answers (private replies do not quote it), from its
+        stored update; None for a reply to no message or once retention emptied the row."""
+        if item.inbox_update_id is None:
+            return None
+        payload = await self.db.fetchval("SELECT payload FROM inbox WHERE update_id = ?",
+                                         (item.inbox_update_id,))
+        try:
+            message = json.loads(payload or "{}").get("message") or {}
+            return int(message["message_id"])
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
 
     async def _deliver(self, item: OutboxItem) -> Delivered:
         ids = list(item.message_ids)

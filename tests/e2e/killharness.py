@@ -451,13 +451,19 @@ class Trial:
                 return False
 
     def _press_resend_where_missing(self) -> None:
+        """A notice answers the message whose reply may be missing; a person presses it only
+        when that message has no reply in the chat (a notice about a reply that did arrive,
+        pressed while another message of the chat is still being answered, would ask for the
+        reply twice: the person's doing, not keel's)."""
         got = self._reply_counts()
         missing = {m.chat_index for m in self.messages if not got[m.token]}
         for c in missing:
             chat_id = FIRST_USER_ID + c
             for sent in self.telegram.sent(chat_id):
+                about = TOKEN.findall((sent.get("reply_to_message") or {}).get("text", ""))
                 if sent.get("text", "").startswith(RESEND_NOTICE) and \
-                        sent["message_id"] not in self._pressed and sent.get("reply_markup"):
+                        sent["message_id"] not in self._pressed and sent.get("reply_markup") \
+                        and not (about and all(got[token] for token in about)):
                     self._pressed.add(sent["message_id"])
                     self.report.resend_presses += 1
                     self.telegram.press_button(sent, text="Send it again",

@@ -293,6 +293,9 @@ async def test_a_reply_lost_in_flight_at_a_kill_is_offered_again_and_sent_once(
         await bot.start()
         notice = await fake_telegram.next_bot_message(chat.id, timeout=30)
         assert notice["text"].startswith("⚠️ I was restarted while sending you my last message")
+        # it answers the message whose reply may be missing: with several in a chat, the
+        # person can tell which reply it is about
+        assert notice["reply_to_message"]["text"] == "what is my locker number?"
         await asyncio.sleep(1.0)
         assert [m["text"] for m in fake_telegram.sent(chat.id)] == [notice["text"]]
         fake_telegram.press_button(notice, text="Send it again", user=alice)
