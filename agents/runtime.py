@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any, assert_never
+from typing import Any, Literal, assert_never
 
 from agents import approvals, reflexion
 from agents.affordability import Affordability
@@ -102,6 +102,9 @@ class RunRequest:
     """The session's rhythm, from which the run's cache TTLs are chosen (``plan_cache``)."""
     parent_trace_id: str | None = None
     """The run that fanned this one out (``research``): its trace links this run's."""
+    purpose: Literal["turn", "compaction"] = "turn"
+    """``compaction``: the agent summarises its own session over the prefix its last turn cached
+    (``agents.sessions``): the chat's model, no graders, free text whatever its output type."""
 
 
 class Runtime:
@@ -271,6 +274,8 @@ class Runtime:
 
         ``on_commit`` runs inside the transaction that records the final status."""
         spec = await self.patterns.prepare(self.agent(request.agent))
+        if request.purpose == "compaction":  # a summary, whatever the agent's answers look like
+            spec = replace(spec, output_type=None)
         model_name, model_source = await self._model_for(spec, request)
         price = self.prices.require(model_name)
         await self.check_daily_caps(request.user_id, request.schedule)
@@ -304,7 +309,8 @@ class Runtime:
                                  "forecast": request.cache_forecast.as_dict()}}
                       if run.cache_plan and request.cache_forecast else {}),
                    **({"parent_trace_id": request.parent_trace_id}
-                      if request.parent_trace_id else {}))
+                      if request.parent_trace_id else {}),
+                   **({"purpose": request.purpose} if request.purpose != "turn" else {}))
         if request.route is not None:
             trace.emit("route", **request.route.trace_payload())
             if request.route.cost_usd:
@@ -315,7 +321,7 @@ class Runtime:
         self._track(run)
         catalog = self.registry.catalog(list(spec.tools))
         hooks = Hooks(on_usage=self._record_usage, on_progress=on_progress,
-                      **self.patterns.graders(spec))
+                      **(self.patterns.graders(spec) if request.purpose == "turn" else {}))
         try:
             match spec.pattern:
                 case "react":
@@ -551,9 +557,11 @@ class Runtime:
         return out
 
     async def _model_for(self, spec: AgentSpec, request: RunRequest) -> tuple[str, str]:
-        """The model a run uses and why: the one chosen for its chat with /model (chat runs
-        only, and only while it has a price), else the agent's, else KEEL_EXECUTOR_MODEL."""
-        if request.kind == "chat" and request.chat_id is not None:
+        """The model a run uses and why: the one chosen for its chat with /model (chat runs and
+        their sessions' compactions, only while it has a price), else the agent's, else
+        KEEL_EXECUTOR_MODEL."""
+        if (request.kind == "chat" or request.purpose == "compaction") \
+                and request.chat_id is not None:
             chosen = await ConversationModels(self.db).get(request.chat_id, request.thread_id)
             if chosen is not None and self.prices.get(chosen) is not None:
                 return chosen, "chat"

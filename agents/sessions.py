@@ -8,6 +8,13 @@ the compaction, so only the new summary and the turns kept after it are written 
 summaries grow past ``SUMMARY_HEAD_FRACTION`` of the compaction target they are folded into one
 (a full rewrite, rare).
 
+The summary is asked of the session's own agent first, right after its turn: the request repeats
+that turn's tools, system and history byte for byte and adds one instruction (``summary_request``),
+so the old turns are read from the prompt cache the turn just wrote (0.1× input) instead of being
+sent again uncached to a separate summariser. When that cannot work (a plan-execute agent, an
+agent that does not cache, a tool call instead of a summary, a failure) the old turns go to the
+``_compactor`` as a transcript, and when that fails too they are dropped.
+
 Each session also keeps the gaps between its recent turns (in memory, seeded from its runs after
 a restart): they choose the TTL of the next run's cache writes (``agents.caching.plan_cache``).
 
@@ -25,7 +32,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from agents.caching import SUMMARY_TAG, CacheForecast, first_turn_pinned, pin_limit
+from agents.caching import SUMMARY_TAG, CacheForecast, caches, first_turn_pinned, pin_limit
 from agents.executor.loop import OnProgress
 from agents.history import to_messages
 from agents.router import RouteDecision
@@ -38,7 +45,7 @@ from storage.session_counts import SessionCounts
 
 log = logging.getLogger(__name__)
 
-DEFAULT_COMPACT_TO_FRACTION = 0.4
+DEFAULT_COMPACT_TO_FRACTION = 0.25
 """Compact down to this fraction of KEEL_COMPACT_AT_TOKENS, so compaction (and the cache break
 it causes) stays rare."""
 KEEP_RECENT_TURNS = 2
@@ -222,7 +229,9 @@ class Sessions:
         summaries = [m for m in head if m.kind == "summary"]
         if sum(m.tokens for m in summaries) > target * SUMMARY_HEAD_FRACTION:
             chosen = [*summaries, *chosen]  # fold them into one: the rare full rewrite
-        summary = await self._summarise(chosen, user_id=user_id)
+        summary = await self._summarise_in_place(session_id, history, chosen, user_id=user_id)
+        if summary is None:
+            summary = await self._summarise(chosen, user_id=user_id)
         if summary is None:
             log.warning("session %s: summarising failed; dropping %d old messages", session_id,
                         len(chosen))
@@ -231,6 +240,36 @@ class Sessions:
             block = [{"type": "text", "text": f"{SUMMARY_TAG}\n{summary}"}]
             await self.repo.compact(session_id, [m.id for m in chosen], block, estimate(block))
         return True
+
+    async def _summarise_in_place(self, session_id: int, history: list[StoredMessage],
+                                  chosen: list[StoredMessage], *,
+                                  user_id: int | None) -> str | None:
+        """The summary of ``chosen`` written by the session's agent over its cached prefix; None
+        when the agent cannot give one that way (the caller falls back to the compactor)."""
+        owner = await self.repo.session_owner(session_id)
+        if owner is None or not history or history[-1].role != "assistant":
+            return None
+        agent, chat_id, thread_id = owner
+        spec = self.runtime.agents.get(agent)
+        if spec is None or spec.pattern != "react" or not caches(agent):
+            return None
+        messages = [*to_messages(history), summary_request(chosen)]
+        limits = replace(spec.limits, max_steps=0, max_model_calls=1,
+                         max_tokens=COMPACTOR.limits.max_tokens,
+                         timeout_s=COMPACTOR.limits.timeout_s)
+        try:
+            result = await self.runtime.run(RunRequest(
+                agent=agent, messages=messages, new_from=len(messages) - 1, kind="cli",
+                user_id=user_id, chat_id=chat_id, thread_id=thread_id, limits=limits,
+                session_anchor=await self.counts.anchor(session_id), purpose="compaction"))
+        except Exception as exc:  # caps, config: the compactor may still fit
+            log.info("session %s: the agent could not summarise in place: %s", session_id, exc)
+            return None
+        if result.status != "completed" or not result.output:
+            log.info("session %s: in-place summary ended %s; using the compactor", session_id,
+                     result.status)
+            return None
+        return result.output
 
     async def _summarise(self, messages: list[StoredMessage], *, user_id: int | None) -> str | None:
         transcript = render_transcript(messages)
@@ -249,6 +288,53 @@ class Sessions:
         if result.status != "completed" or not result.output:
             return None
         return result.output
+
+
+COMPACTION_NOTE = "[keel] Compaction: compress conversation history."
+"""How a summary request starts (benchmarks and tests tell compaction requests by it)."""
+_OPENING_CHARS = 60
+
+
+def is_compaction_request(body: Any) -> bool:
+    """Whether a Messages API body is a compaction: the compactor's (by its system prompt) or an
+    agent's summary of its own session (its last message starts with ``COMPACTION_NOTE``)."""
+    if not isinstance(body, dict):
+        return False
+    system = body.get("system")
+    if any("compress conversation history" in str(b.get("text", ""))
+           for b in (system if isinstance(system, list) else []) if isinstance(b, dict)):
+        return True
+    messages = body.get("messages") or []
+    content = messages[-1].get("content") if messages and isinstance(messages[-1], dict) else None
+    return isinstance(content, list) and any(
+        isinstance(b, dict) and str(b.get("text", "")).startswith(COMPACTION_NOTE)
+        for b in content)
+
+
+def summary_request(chosen: list[StoredMessage]) -> dict[str, Any]:
+    """The one message added to a session's history to have its agent summarise ``chosen`` (the
+    oldest turns after the stable head; earlier summaries first when they are folded in)."""
+    starts = [m for m in chosen if _is_turn_start(m) and m.kind != "summary"]
+    first = "the start of the conversation" if not starts or chosen[0].kind == "summary" \
+        else f"the message that begins “{_opening(starts[0])}”"
+    last = f"your answer to the message that begins “{_opening(starts[-1])}”" if starts \
+        else "the last earlier summary"
+    text = (
+        f"{COMPACTION_NOTE} The older part of this conversation is about to be replaced by "
+        f"your summary of it. Summarise the conversation above from {first} through {last}; "
+        "what comes after that stays as it is, so leave it out. Write a faithful summary: the "
+        "person's goals, facts they stated (names, numbers, preferences, decisions), what you "
+        "answered or did, and anything left open. Keep concrete details that later turns may "
+        "need. Do not call tools. Plain prose or bullets, no preamble, at most 300 words.")
+    return {"role": "user", "content": [{"type": "text", "text": text}]}
+
+
+def _opening(message: StoredMessage) -> str:
+    for block in message.content:
+        if block.get("type") == "text" and str(block.get("text", "")).strip():
+            words = " ".join(str(block["text"]).split())
+            return words if len(words) <= _OPENING_CHARS else words[:_OPENING_CHARS] + "…"
+    return "(an attachment)"
 
 
 def parked(result: RunResult) -> bool:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agents.sessions import is_compaction_request
 from tests.fakes.anthropic import FakeAnthropic, RecordedRequest, Reply, reply, tool_use
 from tests.fakes.telegram import Chat, FakeTelegram, RequestRecord
 
@@ -41,8 +42,7 @@ def kind_of(req: RecordedRequest) -> str:
     body = req.body if isinstance(req.body, dict) else {}
     if any(t.get("name") == "route" for t in body.get("tools") or []):
         return "router"
-    if any("compress conversation history" in str(b.get("text", ""))
-           for b in body.get("system") or [] if isinstance(b, dict)):
+    if is_compaction_request(body):
         return "compactor"
     return "agent"
 

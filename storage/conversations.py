@@ -143,6 +143,16 @@ class ConversationRepository:
             raise KeyError(f"no session {session_id}")
         return SessionStats(**dict(row))
 
+    async def session_owner(self, session_id: int) -> tuple[str, int, int | None] | None:
+        """(agent, chat_id, thread_id) of a session; None when there is no such session."""
+        row = await self.db.fetchone(
+            "SELECT s.agent, c.chat_id, c.thread_id FROM sessions s"
+            " JOIN conversations c ON c.id = s.conversation_id WHERE s.id = ?", (session_id,))
+        if row is None:
+            return None
+        thread = int(row["thread_id"])
+        return str(row["agent"]), int(row["chat_id"]), None if thread == NO_THREAD else thread
+
     # ------------------------------------------------------------ messages
 
     async def history(self, session_id: int) -> list[StoredMessage]:

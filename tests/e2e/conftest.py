@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 
 from agents.config import Settings, load_settings
+from agents.sessions import is_compaction_request
 from tests.fakes.anthropic import FakeAnthropic, RecordedRequest, Reply, reply, tool_use
 from tests.fakes.telegram import FakeTelegram
 
@@ -34,8 +35,8 @@ def is_router(req: RecordedRequest) -> bool:
 
 
 def is_compactor(req: RecordedRequest) -> bool:
-    system = req.body.get("system") or [] if isinstance(req.body, dict) else []
-    return any("compress conversation history" in str(b.get("text", "")) for b in system)
+    """A compaction request: the compactor's, or an agent summarising its own session."""
+    return is_compaction_request(req.body)
 
 
 @dataclass

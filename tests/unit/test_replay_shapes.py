@@ -23,7 +23,7 @@ import pytest_asyncio
 
 from agents.config import load_settings
 from agents.runtime import RunRequest, Runtime
-from agents.sessions import Sessions
+from agents.sessions import Sessions, is_compaction_request
 from agents.spec import Limits
 from tests.fakes.anthropic import FakeAnthropic, RecordedRequest, Reply, api_error, reply, tool_use
 
@@ -420,8 +420,7 @@ async def test_runs_around_a_compaction_replay(
     make_runtime: MakeRuntime, fake_anthropic: FakeAnthropic, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     def respond(req: RecordedRequest) -> Reply:
-        system = json.dumps(req.body.get("system"))
-        if "compress conversation history" in system:
+        if is_compaction_request(req.body):
             return reply("Earlier: the person asked about three long topics.")
         return reply(f"Noted: {req.last_user_text[:40]}")
 
@@ -436,13 +435,14 @@ async def test_runs_around_a_compaction_replay(
                                          user_id=5))
     assert any(t.compacted for t in turns)
     records = await runtime.runs.recent()
-    compactor = [r for r in records if r.agent == "_compactor"]
-    assert compactor
-    await assert_replays(fake_anthropic, monkeypatch, compactor[0].trace_id)
+    compactions = [r for r in records
+                   if runtime.traces.read(r.trace_id)[0].get("purpose") == "compaction"]
+    assert compactions and compactions[0].agent == "assistant"  # the agent summarised in place
+    await assert_replays(fake_anthropic, monkeypatch, compactions[0].trace_id)
     # the turn after the compaction starts from the summary, and replays too
     last = turns[-1].result
     agent_requests = [r for r in fake_anthropic.message_requests
-                      if "compress conversation history" not in json.dumps(r.body.get("system"))]
+                      if not is_compaction_request(r.body)]
     assert "Summary of the earlier conversation" in json.dumps(
         agent_requests[-1].body["messages"])
     await assert_replays(fake_anthropic, monkeypatch, last.trace_id)

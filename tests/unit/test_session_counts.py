@@ -8,9 +8,9 @@ from typing import Any
 
 from agents.executor.prepare import Prefix
 from agents.runtime import Runtime
-from agents.sessions import Sessions
+from agents.sessions import COMPACTION_NOTE, Sessions, is_compaction_request
 from agents.tokens import bound
-from tests.fakes.scripted_model import ScriptedModel, reply
+from tests.fakes.scripted_model import ScriptedModel, reply, tool_call
 
 
 def first_request(runtime: Runtime, trace_id: str) -> dict[str, Any]:
@@ -55,9 +55,45 @@ async def test_a_rewritten_history_falls_back_to_the_bound(make_runtime: Any) ->
     assert event["input_estimate"] == assistant_prefix(runtime).bound + bound(sent)
 
 
-async def test_compaction_requests_carry_no_cache_breakpoint(make_runtime: Any) -> None:
+def _unmarked(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _unmarked(v) for k, v in value.items() if k != "cache_control"}
+    if isinstance(value, list):
+        return [_unmarked(v) for v in value]
+    return value
+
+
+async def test_the_agent_summarises_its_session_over_the_prefix_its_last_turn_cached(
+        make_runtime: Any) -> None:
     long = "words " * 800
     model = ScriptedModel(*[reply(f"answer {long}") for _ in range(6)], reply("the summary"))
+    runtime: Runtime = await make_runtime(model, KEEL_COMPACT_AT_TOKENS="3000")
+    sessions = Sessions(runtime)
+    for i in range(6):
+        turn = await sessions.turn(chat_id=9, thread_id=None, agent="assistant", user_id=1,
+                                   content=[{"type": "text", "text": f"question {i}"}],
+                                   compact=False)
+    assert await sessions.maybe_compact(turn.session_id, user_id=1)
+    last_turn, compaction = model.requests[-2], model.requests[-1]
+    assert is_compaction_request(compaction.to_api())
+    # the same model, tools and system, and the last turn's messages as its head: what that
+    # turn cached is read, not sent again
+    assert (compaction.model, compaction.tools, _unmarked(compaction.system)) == (
+        last_turn.model, last_turn.tools, _unmarked(last_turn.system))
+    sent = _unmarked(last_turn.messages)
+    assert _unmarked(compaction.messages[:len(sent)]) == sent
+    assert compaction.messages[len(sent)]["role"] == "assistant"  # that turn's answer, then
+    assert compaction.messages[-1]["content"][0]["text"].startswith(COMPACTION_NOTE)
+    assert "cache_control" in str(compaction.messages)  # a breakpoint, to read the cache
+    history = await runtime.conversations.history(turn.session_id)
+    assert history[0].kind == "summary" and "the summary" in history[0].content[0]["text"]
+
+
+async def test_the_compactor_fallback_carries_no_cache_breakpoint(make_runtime: Any) -> None:
+    # the agent calls a tool instead of summarising: the compactor gets the old turns
+    long = "words " * 800
+    model = ScriptedModel(*[reply(f"answer {long}") for _ in range(6)],
+                          tool_call("remember", {"note": "x"}), reply("the summary"))
     runtime: Runtime = await make_runtime(model, KEEL_COMPACT_AT_TOKENS="3000")
     sessions = Sessions(runtime)
     for i in range(6):
@@ -70,3 +106,5 @@ async def test_compaction_requests_carry_no_cache_breakpoint(make_runtime: Any) 
     assert "cache_control" not in str(compaction.to_api())
     agent_request = model.requests[1]
     assert "cache_control" in str(agent_request.to_api())  # the agent's own requests still cache
+    history = await runtime.conversations.history(turn.session_id)
+    assert history[0].kind == "summary" and "the summary" in history[0].content[0]["text"]
