@@ -29,11 +29,11 @@ from agents.config_check import (
     describe,
     load_configuration,
 )
-from agents.errors import ConfigError, DailyCapExceeded, KeelError
+from agents.errors import ConfigError, DailyCapExceeded, KeelError, ModelCallError
 from agents.executor import Hooks, execute
 from agents.executor.loop import OnProgress
 from agents.executor.plan import execute_plan, resume_plan
-from agents.model.types import ModelClient
+from agents.model.types import ModelClient, ModelRequest, ModelResponse, OnText
 from agents.patterns import Patterns
 from agents.pricing import PriceTable, Usage
 from agents.router import ROUTER_AGENT, RouteDecision, routable, route
@@ -70,6 +70,14 @@ ROUTE_TIMEOUT_S = 20.0
 class UnknownAgentError(KeelError):
     def __init__(self, name: str, known: list[str]) -> None:
         super().__init__(f"No agent named {name!r}. Known agents: {', '.join(sorted(known))}.")
+
+
+class _NoModel:
+    """The model client of a process that must not call the model (``Runtime.open``)."""
+
+    async def create(self, request: ModelRequest, *,
+                     on_text: OnText | None = None) -> ModelResponse:
+        raise ModelCallError("this process (keel serve) does not call the model; a worker does")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,11 +152,16 @@ class Runtime:
         *,
         model: ModelClient | None = None,
         registry: ToolRegistry | None = None,
+        calls_model: bool = True,
     ) -> Runtime:
+        """``calls_model=False``: a process that never calls the model (the ingress of
+        ``keel serve``) starts without ANTHROPIC_API_KEY; a call would fail with one line."""
         # the same check `keel doctor` runs: any problem refuses the start, all of them listed
         checked = load_configuration(settings, registry=registry)
         keel_file, prices = checked.keel_file, checked.prices
         registry, agents = checked.registry, checked.agents
+        if model is None and not calls_model and settings.anthropic_api_key is None:
+            model = _NoModel()
         if model is None:
             from agents.model.anthropic_client import AnthropicModelClient
 

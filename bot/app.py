@@ -99,7 +99,8 @@ def _gated(handler: Any) -> Any:
 
 async def _post_init(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
     settings: Settings = app.bot_data["settings"]
-    runtime = app.bot_data.get("runtime") or await Runtime.open(settings)
+    runtime = app.bot_data.get("runtime") or await Runtime.open(
+        settings, calls_model=app.bot_data.get("role", "all") != "ingress")
     app.bot_data["runtime"] = runtime
     keel = KeelBot(runtime, app.bot)
     app.bot_data["keel"] = keel

@@ -166,7 +166,10 @@ def _writes_data(args: argparse.Namespace) -> bool:
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     missing = []
-    for require in (settings.require_telegram_token, settings.require_anthropic_key):
+    # the ingress (`keel serve`) only stores and defers updates: it never calls the model
+    needs = (settings.require_telegram_token,) if args.role == "ingress" else (
+        settings.require_telegram_token, settings.require_anthropic_key)
+    for require in needs:
         try:
             require()
         except MissingSettingError as exc:

@@ -56,10 +56,11 @@ class Deployment:
         }
         self.processes: dict[str, asyncio.subprocess.Process] = {}
 
-    async def start(self, name: str, *args: str) -> None:
+    async def start(self, name: str, *args: str, without: tuple[str, ...] = ()) -> None:
+        env = {k: v for k, v in self.env.items() if k not in without}
         with (self.workdir / f"{name}.log").open("ab") as log:
             self.processes[name] = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bot.cli", *args, cwd=str(self.workdir), env=self.env,
+                sys.executable, "-m", "bot.cli", *args, cwd=str(self.workdir), env=env,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log)
 
     async def kill(self, name: str) -> None:
@@ -126,7 +127,8 @@ async def test_two_workers_one_killed_answer_every_message_once_and_in_order(
     try:
         await deployment.start("worker-1", "worker", "--concurrency", "20")
         await deployment.start("worker-2", "worker", "--concurrency", "20")
-        await deployment.start("ingress", "serve")
+        # the ingress never calls the model: it starts without the API key
+        await deployment.start("ingress", "serve", without=("ANTHROPIC_API_KEY",))
         await fake_telegram.wait_for(lambda: fake_telegram.calls("getUpdates"), timeout=60)
         for m in range(PER_CHAT):  # every chat's m-th message, then the next round
             for c in range(CHATS):
