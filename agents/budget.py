@@ -14,11 +14,13 @@ within the hold, and the settled cost replaces the hold.
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from agents.errors import KeelError
 from agents.pricing import PER_MILLION, Price, Usage, cost_of, dearest_input_rate
+from storage.db import WriteConnection
 from storage.ledger import DailyCaps, Hold, Ledger, Shortfall
 from storage.usage import UsageDelta
 
@@ -151,6 +153,9 @@ class LedgerGate:
         self.agent = agent
         self.user_id = user_id
         self.schedule = schedule
+        self.unwritten: Callable[[WriteConnection], Awaitable[None]] | None = None
+        """A write still owed before this run's first hold (its ``runs`` row: ``Runtime.run``);
+        it commits with that hold, or with the run's outcome if it never calls the model."""
 
     async def hold(self, price: Price, reservation: Reservation) -> tuple[Reservation, Hold]:
         """Hold ``reservation`` (shrunk to what every daily cap has left), or BudgetHalt."""
@@ -159,7 +164,8 @@ class LedgerGate:
         got = await self.ledger.hold(
             run_id=self.run_id, agent=self.agent, user_id=self.user_id, schedule=self.schedule,
             caps=self.caps, want_usd=reservation.worst_case_usd,
-            min_usd=reservation.input_usd + floor * per_output)
+            min_usd=reservation.input_usd + floor * per_output, first=self.unwritten)
+        self.unwritten = None  # committed with the hold (or with the shortfall's transaction)
         if isinstance(got, Shortfall):
             raise BudgetHalt(got.left_usd, reservation.input_usd + floor * per_output,
                              max_tokens=floor, scope="daily", cap_name=got.scope,

@@ -46,7 +46,7 @@ from agents.tools.send_file import FILES_DIR_EXTRA, FILES_MAX_EXTRA
 from storage.connect import open_database
 from storage.conversation_model import ConversationModels
 from storage.conversations import ConversationRepository
-from storage.db import Database
+from storage.db import Database, WriteConnection, now_iso
 from storage.files import Blobs
 from storage.idempotency import IdempotencyStore
 from storage.ledger import CostReport, DailyCaps, Ledger
@@ -110,6 +110,9 @@ class RunRequest:
     """The session's rhythm, from which the run's cache TTLs are chosen (``plan_cache``)."""
     parent_trace_id: str | None = None
     """The run that fanned this one out (``research``): its trace links this run's."""
+    on_start: Callable[[WriteConnection], Awaitable[None]] | None = None
+    """Written in the transaction that records the run's start (with its first model call's
+    hold): what the run's start means for the request it serves (its inbox row taken)."""
     purpose: Literal["turn", "compaction"] = "turn"
     """``compaction``: the agent summarises its own session over the prefix its last turn cached
     (``agents.sessions``): the chat's model, no graders, free text whatever its output type."""
@@ -306,11 +309,23 @@ class Runtime:
             run.cache_plan = plan_cache(price, request.cache_forecast)
         # issue 13: every call held against the daily caps (and its schedule's)
         self.attach_ledger(run, schedule=request.schedule)
-        await self.runs.start(run_id=run.id, trace_id=run.trace_id, agent=spec.name,
-                              kind=request.kind, budget_usd=limits.budget_usd,
-                              user_id=request.user_id, chat_id=request.chat_id,
-                              thread_id=request.thread_id, session_id=request.session_id,
-                              request_key=run.request_key)
+
+        started_at = now_iso()
+
+        async def write_start(conn: WriteConnection) -> None:
+            await self.runs.start(run_id=run.id, trace_id=run.trace_id, agent=spec.name,
+                                  kind=request.kind, budget_usd=limits.budget_usd,
+                                  user_id=request.user_id, chat_id=request.chat_id,
+                                  thread_id=request.thread_id, session_id=request.session_id,
+                                  request_key=run.request_key, conn=conn,
+                                  started_at=started_at)
+            if request.on_start is not None:
+                await request.on_start(conn)
+
+        # issue 15: the run's row commits with its first hold (one write transaction before the
+        # model call, not two), or with its outcome when it ends before calling the model
+        assert isinstance(run.budget.gate, LedgerGate)
+        run.budget.gate.unwritten = write_start
         trace.emit("run_start", agent=spec.name, kind=request.kind, model=model_name,
                    model_source=model_source,
                    pattern=spec.pattern, user_id=request.user_id, chat_id=request.chat_id,
@@ -657,6 +672,10 @@ class Runtime:
             # waits in a thread, not on the event loop every other chat needs
             await asyncio.to_thread(run.trace.close)
             async with self.db.write() as conn:
+                gate = run.budget.gate
+                if isinstance(gate, LedgerGate) and gate.unwritten is not None:
+                    await gate.unwritten(conn)  # it ended before its first model call
+                    gate.unwritten = None
                 await self.runs.finish(run.id, status=result.status, detail=result.detail,
                                        output=result.output, totals=totals,
                                        state=None if result.state is None

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -109,6 +109,7 @@ class Sessions:
         request_key: str | None = None,
         started: float | None = None,
         on_commit: OnCommit | None = None,
+        on_start: Callable[[Any], Awaitable[None]] | None = None,
         compact: bool | None = None,
     ) -> TurnResult:
         """One person's message through one run. The turn's history commits in the same
@@ -126,7 +127,7 @@ class Sessions:
             kind="chat" if kind == "chat" else "cli", user_id=user_id, chat_id=chat_id,
             thread_id=thread_id, session_id=session_id, route=route, request_key=request_key,
             started=started, session_anchor=(anchor := await self.counts.anchor(session_id)),
-            cache_forecast=await self._forecast(session_id, history, anchor),
+            cache_forecast=await self._forecast(session_id, history, anchor), on_start=on_start,
         )
 
         async def commit(conn: Any, result: RunResult) -> None:

@@ -215,12 +215,15 @@ class KeelBot:
                         await self.say(message, CANCELLED_BEFORE_START, run_id=run_id)
                         return run_id
                     agent = route.agent
-                    await self.runtime.conversations.set_current_agent(conversation.id, agent)
+                    if agent != conversation.current_agent:  # a write only when it changed
+                        await self.runtime.conversations.set_current_agent(conversation.id,
+                                                                           agent)
                 turn = await self.sessions.turn(
                     chat_id=message.chat_id, thread_id=message.thread_id, agent=agent,
                     content=intake.content, user_id=message.user_id,
                     on_progress=progress, run_id=run_id, route=route,
                     request_key=f"tg:{message.update_id}", started=started,
+                    on_start=functools.partial(Inbox.taken_in, update_id=message.update_id),
                     on_commit=self.outcome_commit(
                         chat_id=message.chat_id, thread_id=message.thread_id,
                         reply_to=None if message.is_private else message.message_id,

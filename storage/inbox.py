@@ -58,10 +58,15 @@ class Inbox:
         return fresh
 
     async def take(self, update_id: int) -> bool:
-        """received → processing. False when the update is finished (or unknown)."""
-        return await self.db.execute_write(
-            "UPDATE inbox SET status = 'processing' WHERE update_id = ?"
-            " AND status IN ('received', 'processing')", (update_id,)) == 1
+        """Whether the update is still to be answered: False when it is finished (or unknown).
+        A read: the row becomes ``processing`` with its run's first write (``taken_in``)."""
+        return await self.status(update_id) in ("received", "processing")
+
+    @staticmethod
+    async def taken_in(conn: WriteConnection, update_id: int) -> None:
+        """received → processing, inside the caller's transaction (a run's first write)."""
+        await conn.execute("UPDATE inbox SET status = 'processing' WHERE update_id = ?"
+                           " AND status = 'received'", (update_id,))
 
     async def settle(self, update_id: int) -> None:
         """An update no run took (a command, a button, a message not for keel) is done."""

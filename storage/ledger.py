@@ -16,6 +16,7 @@ settled cost.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -112,15 +113,20 @@ class Ledger:
         want_usd: float,
         min_usd: float,
         day: str | None = None,
+        first: Callable[[WriteConnection], Awaitable[None]] | None = None,
     ) -> Hold | Shortfall:
         """Hold as much of ``want_usd`` as every applicable cap has left, at least ``min_usd``.
 
         Returns the hold (its ``amount_usd`` may be less than wanted) or, when even ``min_usd``
-        does not fit, the tightest cap as a Shortfall and nothing is held."""
+        does not fit, the tightest cap as a Shortfall and nothing is held. ``first`` writes in
+        the same transaction, before the hold, and commits either way (a run's own row: one
+        write transaction before its first model call instead of two)."""
         day = day or today()
         uid = user_id or SYSTEM_USER
         sched = schedule or ""
         async with self.db.write() as conn:
+            if first is not None:
+                await first(conn)
             lefts: list[tuple[float, str, float]] = []
             scopes = _scopes(caps, user_id, schedule)
             used = await _used(conn, day, scopes, uid, sched)

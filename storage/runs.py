@@ -68,14 +68,20 @@ class RunRepository:
         thread_id: int | None = None,
         session_id: int | None = None,
         request_key: str | None = None,
+        conn: WriteConnection | None = None,
+        started_at: str | None = None,
     ) -> None:
-        await self.db.execute_write(
-            "INSERT INTO runs (id, trace_id, agent, kind, user_id, chat_id, thread_id, session_id,"
-            " status, budget_usd, started_at, request_key, owner)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
-            (run_id, trace_id, agent, kind, user_id, chat_id, thread_id, session_id, budget_usd,
-             now_iso(), request_key, this_process()),
-        )
+        """The run's row, ``running`` in this process (inside ``conn``'s transaction when
+        given); ``started_at`` when it started before the row is written (default: now)."""
+        sql = ("INSERT INTO runs (id, trace_id, agent, kind, user_id, chat_id, thread_id,"
+               " session_id, status, budget_usd, started_at, request_key, owner)"
+               " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)")
+        params = (run_id, trace_id, agent, kind, user_id, chat_id, thread_id, session_id,
+                  budget_usd, started_at or now_iso(), request_key, this_process())
+        if conn is None:
+            await self.db.execute_write(sql, params)
+        else:
+            await conn.execute(sql, params)
 
     async def finish(
         self,
