@@ -216,6 +216,7 @@ class Trial:
         self.anthropic = FakeAnthropic()
         self.switch = KillSwitch()
         self.generation = 0
+        self.started: list[asyncio.subprocess.Process] = []
         self.latency_rng = random.Random(seed ^ 0x5EED)
         # The typing pace draws from its own generator: drawn from ``rng`` it would interleave
         # with the kill plan's draws in an order that depends on timing, and a seed would not
@@ -280,12 +281,22 @@ class Trial:
         self.generation += 1
         log = (self.workdir / f"bot-{self.generation}.log").open("wb")
         try:
-            return await asyncio.create_subprocess_exec(
+            process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "bot.cli", "run", cwd=str(self.workdir), env=self.env(),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
             )
         finally:
             log.close()
+        self.started.append(process)
+        return process
+
+    async def kill_leftovers(self) -> None:
+        """A trial that ends by an exception (a timeout) must not leave its bot running: an
+        orphan keeps polling a dead fake and loads the machine for every later test."""
+        for process in self.started:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
 
     async def stop_bot(self, process: asyncio.subprocess.Process, when: str) -> None:
         if process.returncode is None:
@@ -399,6 +410,7 @@ class Trial:
                 injecting.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await injecting
+                await self.kill_leftovers()
             self._check()
         self.report.duration_s = asyncio.get_running_loop().time() - began
         return self.report
