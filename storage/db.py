@@ -61,6 +61,11 @@ class WriteConnection(Protocol):
 
     def execute(self, sql: str, params: Params = ..., /) -> CursorResult: ...
     def executemany(self, sql: str, params: Iterable[Params], /) -> CursorResult: ...
+    async def later(self, sql: str, params: Params = ..., /) -> None:
+        """A statement whose result nobody reads, in this transaction: on SQLite it travels to
+        the writer with the transaction's next statement (or its commit), in the same hop, so
+        the write lock is not held across an extra hop; an error raises there and rolls back.
+        On PostgreSQL it runs at once."""
 
 
 class DatabaseUnavailable(ConnectionError):
@@ -151,7 +156,19 @@ def _run_batch(conn: sqlite3.Connection,
     return results
 
 
-def _finish(conn: sqlite3.Connection, commit: bool) -> None:
+def _run_after(conn: sqlite3.Connection, earlier: list[tuple[str, Params]], sql: str,
+               params: Params, *, many: bool = False) -> _Cursor:
+    """``later`` statements, then this one, in one hop (the first opens the transaction)."""
+    for queued, queued_params in earlier:
+        _run(conn, queued, queued_params, begin=True)
+    return _run(conn, sql, params, begin=True, many=many)
+
+
+def _finish(conn: sqlite3.Connection, commit: bool,
+            earlier: Sequence[tuple[str, Params]] = ()) -> None:
+    if commit:
+        for queued, queued_params in earlier:
+            _run(conn, queued, queued_params, begin=True)
     if conn.in_transaction:
         if commit:
             conn.commit()
@@ -165,12 +182,21 @@ class _WriteConnection:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self.queued: list[tuple[str, Params]] = []
+
+    def _take_queued(self) -> list[tuple[str, Params]]:
+        queued, self.queued = self.queued, []
+        return queued
 
     def execute(self, sql: str, params: Params = (), /) -> _Pending:
-        return _Pending(self._db._on_writer(_run, sql, params, begin=True))
+        return _Pending(self._db._on_writer(_run_after, self._take_queued(), sql, params))
 
     def executemany(self, sql: str, params: Iterable[Params], /) -> _Pending:
-        return _Pending(self._db._on_writer(_run, sql, list(params), begin=True, many=True))
+        return _Pending(self._db._on_writer(_run_after, self._take_queued(), sql, list(params),
+                                            many=True))
+
+    async def later(self, sql: str, params: Params = (), /) -> None:
+        self.queued.append((sql, params))
 
 
 class Database:
@@ -235,8 +261,9 @@ class Database:
         """Hold the write lock inside one transaction; commit on success, roll back on anything."""
         self._require(self._writer)
         async with self._lock:
+            conn = _WriteConnection(self)
             try:
-                yield _WriteConnection(self)
+                yield conn
             except BaseException:
                 # The writer thread runs requests in order, so this comes after any statement
                 # still on its way there (a cancelled task's statement still runs, or never
@@ -245,7 +272,14 @@ class Database:
                 await asyncio.shield(self._on_writer(_finish, False))
                 raise
             else:
-                await asyncio.shield(self._on_writer(_finish, True))
+                # statements queued by ``later`` and never followed by another go with the
+                # commit; if one fails, the transaction is rolled back and the error raised
+                commit = self._on_writer(_finish, True, conn._take_queued())
+                try:
+                    await asyncio.shield(commit)
+                except BaseException:
+                    await asyncio.shield(self._on_writer(_finish, False))
+                    raise
 
     def _on_writer(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
         conn = self._require(self._writer)

@@ -65,8 +65,8 @@ class Inbox:
     @staticmethod
     async def taken_in(conn: WriteConnection, update_id: int) -> None:
         """received → processing, inside the caller's transaction (a run's first write)."""
-        await conn.execute("UPDATE inbox SET status = 'processing' WHERE update_id = ?"
-                           " AND status = 'received'", (update_id,))
+        await conn.later("UPDATE inbox SET status = 'processing' WHERE update_id = ?"
+                         " AND status = 'received'", (update_id,))
 
     async def settle(self, update_id: int) -> None:
         """An update no run took (a command, a button, a message not for keel) is done."""

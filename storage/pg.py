@@ -167,6 +167,10 @@ class PgWriteConnection:
     def executemany(self, sql: str, params: Iterable[Params], /) -> PgResult:
         return PgResult(self._executemany(sql, params))
 
+    async def later(self, sql: str, params: Params = (), /) -> None:
+        cursor = await self._execute(sql, params)
+        await cursor.close()
+
     async def _execute(self, sql: str, params: Params) -> PgCursor:
         cursor = self._conn.cursor(row_factory=_rows)
         await cursor.execute(pyformat(sql), _params(params))

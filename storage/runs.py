@@ -80,8 +80,8 @@ class RunRepository:
                   budget_usd, started_at or now_iso(), request_key, this_process())
         if conn is None:
             await self.db.execute_write(sql, params)
-        else:
-            await conn.execute(sql, params)
+        else:  # with the transaction's next statement: no hop of its own
+            await conn.later(sql, params)
 
     async def finish(
         self,

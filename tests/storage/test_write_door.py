@@ -133,3 +133,36 @@ async def test_a_write_cancelled_while_it_begins_does_not_wedge_the_door(db: Dat
             " VALUES (3, 0, 'x', 'x')"
         )
     assert await _count(db) == 1
+
+
+INSERT = ("INSERT INTO conversations (chat_id, thread_id, created_at, updated_at)"
+          " VALUES (?, 0, 'x', 'x')")
+
+
+async def test_a_later_statement_commits_with_the_next_one_or_with_the_commit(
+        db: Database) -> None:
+    async with db.write() as conn:
+        await conn.later(INSERT, (1,))
+        # the next statement sees it: it ran first, in the same transaction
+        async with conn.execute("SELECT COUNT(*) FROM conversations") as cursor:
+            row = await cursor.fetchone()
+        assert row is not None and row[0] == 1
+        await conn.later(INSERT, (2,))  # nothing follows: it goes with the commit
+    assert await _count(db) == 2
+
+
+async def test_a_failing_later_statement_rolls_the_whole_write_back(db: Database) -> None:
+    with pytest.raises(Exception, match="(?i)unique|duplicate"):
+        async with db.write() as conn:
+            await conn.execute(INSERT, (1,))
+            await conn.later(INSERT, (1,))  # the same (chat_id, thread_id): refused
+            await conn.execute(INSERT, (2,))
+    assert await _count(db) == 0
+    with pytest.raises(Exception, match="(?i)unique|duplicate"):
+        async with db.write() as conn:
+            await conn.execute(INSERT, (3,))
+            await conn.later(INSERT, (3,))  # refused at the commit
+    assert await _count(db) == 0
+    async with db.write() as conn:  # and the door works after both
+        await conn.later(INSERT, (4,))
+    assert await _count(db) == 1
