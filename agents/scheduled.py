@@ -23,7 +23,9 @@ from agents.notify import Delivered, DeliveryError, Mailbox, Notifier, NotifierM
 from agents.run import RunResult, RunStatus, describe
 from agents.runtime import RunRequest, Runtime
 from agents.schedule import ScheduledJob
+from agents.tools.send_file import files_sent
 from storage.db import now_iso
+from storage.files import Blobs
 from storage.outbox import OutboxRepository
 
 log = logging.getLogger(__name__)
@@ -71,7 +73,8 @@ class ScheduledRunner:
     ) -> None:
         self.runtime = runtime
         self.notifier = notifier
-        self.mailbox: Mailbox = mailbox or NotifierMailbox(runtime.db, notifier)
+        self.mailbox: Mailbox = mailbox or NotifierMailbox(runtime.db, notifier,
+                                                           Blobs(runtime.settings.files_dir))
         self.on_escalation = on_escalation
         allowed = runtime.settings.allowed_user_ids
         owner = getattr(runtime.settings, "owner_id", None)
@@ -107,6 +110,10 @@ class ScheduledRunner:
             if result.status == "waiting_human" and self.on_escalation is not None:
                 items.append(await self.on_escalation(conn, result, job.chat_id, thread_id))
             else:
+                for file in files_sent(result.messages):  # send_file: delivered once, first
+                    items.append(await self.mailbox.put(
+                        conn, chat_id=job.chat_id, thread_id=thread_id, reply_to=None,
+                        markdown=file.get("caption") or "", run_id=result.run_id, file=file))
                 text = post_text(job, result)
                 if note:
                     text = f"{text}\n\n_{note}_"

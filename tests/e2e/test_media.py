@@ -263,3 +263,27 @@ async def test_the_fake_api_refuses_media_blocks_the_real_one_would(
                                               "data": base64.b64encode(b"hello").decode()}}
     assert (await error_of(not_pdf)).endswith("The PDF specified was not valid.")
     await client.close()
+
+
+async def test_a_scheduled_run_delivers_the_files_it_sent_before_its_post(
+        make_world: World, tmp_path: Path) -> None:
+    # a schedule's agent sends a file: it reaches the schedule's chat once, before the post
+    # (it used to be stored and never delivered: only the post was committed)
+    world = await make_world()
+    tg, chat = world.telegram, world.alice_chat
+    world.answer(filer)
+    schedule = (f'\n[[schedules]]\nname = "export"\nagent = "filer"\ncron = "0 7 * * *"\n'
+                f'timezone = "UTC"\nchat_id = {chat.id}\ntask = "Export May\'s sales."\n')
+    with (tmp_path / "keel.toml").open("a", encoding="utf-8") as config:
+        config.write(schedule)
+    await stop_bot(world.app)  # a restart reads the schedule
+    world.app = await start_bot(load_settings())
+    tg.inject_text(chat, "/run export")
+    await tg.wait_for(lambda: any("Here is the export." in m.get("text", "")
+                                  for m in tg.sent(chat.id)), timeout=20)
+    [document] = tg.documents(chat.id)
+    assert document["filename"] == "sales.csv" and document["data"] == b"month,total\nMay,42\n"
+    sent = tg.sent(chat.id)
+    doc_at = next(i for i, m in enumerate(sent) if m.get("document"))
+    post_at = next(i for i, m in enumerate(sent) if "Here is the export." in m.get("text", ""))
+    assert doc_at < post_at
