@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import random
 import time
@@ -44,6 +43,7 @@ from agents.notify import Button, Delivered, DeliveryError
 from bot.render import Chunk, render
 from storage.db import Database
 from storage.files import Blobs
+from storage.inbox import Inbox
 from storage.outbox import OutboxButton, OutboxItem, OutboxRepository
 
 log = logging.getLogger(__name__)
@@ -344,9 +344,9 @@ class Outbox:
             answered = item.reply_to or await self._message_answered(item)
             async with self.db.write() as conn:
                 notice = await self.repo.put(
-                    conn, chat_id=item.chat_id, thread_id=item.thread_id,
-                    reply_to=answered, markdown=NOTICE, buttons=[[OutboxButton(label="Send it again",
-                                                            key=button_key(item.id))]])
+                    conn, chat_id=item.chat_id, thread_id=item.thread_id, reply_to=answered,
+                    markdown=NOTICE,
+                    buttons=[[OutboxButton(label="Send it again", key=button_key(item.id))]])
             await self.deliver(notice)
         except DeliveryError as exc:
             log.warning("could not tell chat %s that a reply may be missing: %s",
@@ -355,15 +355,11 @@ class Outbox:
     async def _message_answered(self, item: OutboxItem) -> int | None:
         """The person's message a reply answers (private replies do not quote it), from its
         stored update; None for a reply to no message or once retention emptied the row."""
-        if item.inbox_update_id is None:
-            return None
-        payload = await self.db.fetchval("SELECT payload FROM inbox WHERE update_id = ?",
-                                         (item.inbox_update_id,))
-        try:
-            message = json.loads(payload or "{}").get("message") or {}
-            return int(message["message_id"])
-        except (ValueError, TypeError, KeyError, AttributeError):
-            return None
+        stored = await Inbox(self.db).get(item.inbox_update_id) \
+            if item.inbox_update_id is not None else None
+        message = (stored.payload.get("message") or {}) if stored is not None else {}
+        answered = message.get("message_id")
+        return answered if isinstance(answered, int) else None
 
     async def _deliver(self, item: OutboxItem) -> Delivered:
         ids = list(item.message_ids)

@@ -156,19 +156,23 @@ def _run_batch(conn: sqlite3.Connection,
     return results
 
 
-def _run_after(conn: sqlite3.Connection, earlier: list[tuple[str, Params]], sql: str,
-               params: Params, *, many: bool = False) -> _Cursor:
-    """``later`` statements, then this one, in one hop (the first opens the transaction)."""
+def _run_queued(conn: sqlite3.Connection, earlier: Sequence[tuple[str, Params]]) -> None:
+    """``later`` statements, in order (the first opens the transaction)."""
     for queued, queued_params in earlier:
         _run(conn, queued, queued_params, begin=True)
+
+
+def _run_after(conn: sqlite3.Connection, earlier: Sequence[tuple[str, Params]], sql: str,
+               params: Params, *, many: bool = False) -> _Cursor:
+    """``later`` statements, then this one, in one hop."""
+    _run_queued(conn, earlier)
     return _run(conn, sql, params, begin=True, many=many)
 
 
 def _finish(conn: sqlite3.Connection, commit: bool,
             earlier: Sequence[tuple[str, Params]] = ()) -> None:
     if commit:
-        for queued, queued_params in earlier:
-            _run(conn, queued, queued_params, begin=True)
+        _run_queued(conn, earlier)
     if conn.in_transaction:
         if commit:
             conn.commit()

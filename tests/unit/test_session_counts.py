@@ -63,10 +63,11 @@ def _unmarked(value: Any) -> Any:
     return value
 
 
-async def test_the_agent_summarises_its_session_over_the_prefix_its_last_turn_cached(
-        make_runtime: Any) -> None:
-    long = "words " * 800
-    model = ScriptedModel(*[reply(f"answer {long}") for _ in range(6)], reply("the summary"))
+LONG = "words " * 800
+
+
+async def _six_turns_compacted(make_runtime: Any, model: ScriptedModel) -> tuple[Runtime, int]:
+    """Six long turns of one session, then its compaction (which must happen)."""
     runtime: Runtime = await make_runtime(model, KEEL_COMPACT_AT_TOKENS="3000")
     sessions = Sessions(runtime)
     for i in range(6):
@@ -74,6 +75,13 @@ async def test_the_agent_summarises_its_session_over_the_prefix_its_last_turn_ca
                                    content=[{"type": "text", "text": f"question {i}"}],
                                    compact=False)
     assert await sessions.maybe_compact(turn.session_id, user_id=1)
+    return runtime, turn.session_id
+
+
+async def test_the_agent_summarises_its_session_over_the_prefix_its_last_turn_cached(
+        make_runtime: Any) -> None:
+    model = ScriptedModel(*[reply(f"answer {LONG}") for _ in range(6)], reply("the summary"))
+    runtime, session_id = await _six_turns_compacted(make_runtime, model)
     last_turn, compaction = model.requests[-2], model.requests[-1]
     assert is_compaction_request(compaction.to_api())
     # the same model, tools and system, and the last turn's messages as its head: what that
@@ -85,26 +93,19 @@ async def test_the_agent_summarises_its_session_over_the_prefix_its_last_turn_ca
     assert compaction.messages[len(sent)]["role"] == "assistant"  # that turn's answer, then
     assert compaction.messages[-1]["content"][0]["text"].startswith(COMPACTION_NOTE)
     assert "cache_control" in str(compaction.messages)  # a breakpoint, to read the cache
-    history = await runtime.conversations.history(turn.session_id)
+    history = await runtime.conversations.history(session_id)
     assert history[0].kind == "summary" and "the summary" in history[0].content[0]["text"]
 
 
 async def test_the_compactor_fallback_carries_no_cache_breakpoint(make_runtime: Any) -> None:
     # the agent calls a tool instead of summarising: the compactor gets the old turns
-    long = "words " * 800
-    model = ScriptedModel(*[reply(f"answer {long}") for _ in range(6)],
+    model = ScriptedModel(*[reply(f"answer {LONG}") for _ in range(6)],
                           tool_call("remember", {"note": "x"}), reply("the summary"))
-    runtime: Runtime = await make_runtime(model, KEEL_COMPACT_AT_TOKENS="3000")
-    sessions = Sessions(runtime)
-    for i in range(6):
-        turn = await sessions.turn(chat_id=9, thread_id=None, agent="assistant", user_id=1,
-                                   content=[{"type": "text", "text": f"question {i}"}],
-                                   compact=False)
-    assert await sessions.maybe_compact(turn.session_id, user_id=1)
+    runtime, session_id = await _six_turns_compacted(make_runtime, model)
     compaction = model.requests[-1]
     assert "compress conversation history" in compaction.system[0]["text"]
     assert "cache_control" not in str(compaction.to_api())
     agent_request = model.requests[1]
     assert "cache_control" in str(agent_request.to_api())  # the agent's own requests still cache
-    history = await runtime.conversations.history(turn.session_id)
+    history = await runtime.conversations.history(session_id)
     assert history[0].kind == "summary" and "the summary" in history[0].content[0]["text"]
