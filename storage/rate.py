@@ -12,15 +12,28 @@ message sent.
 from __future__ import annotations
 
 import asyncio
-import time
 
 from storage.db import Database
 
-_CREATE = ("INSERT INTO send_buckets (name, tokens, at_s) VALUES (?, ?, ?)"
-           " ON CONFLICT DO NOTHING")
-_TAKE = ("UPDATE send_buckets SET tokens = LEAST(?, tokens + (? - at_s) * ?) - 1, at_s = ?"
-         " WHERE name = ? AND LEAST(?, tokens + (? - at_s) * ?) >= 1 RETURNING tokens")
-_PEEK = "SELECT tokens, at_s FROM send_buckets WHERE name = ?"
+# Every process reads one clock, the database's: with each process's own, a machine whose clock
+# runs a second ahead would refill a second's worth of sends the others already took. ``at_s``
+# never goes back, so a statement that waited behind another's row lock refills nothing twice.
+_CREATE = """
+    INSERT INTO send_buckets (name, tokens, at_s)
+    VALUES (?, ?, CAST(EXTRACT(EPOCH FROM statement_timestamp()) AS DOUBLE PRECISION))
+    ON CONFLICT DO NOTHING"""
+_TAKE = """
+    WITH now AS (SELECT CAST(EXTRACT(EPOCH FROM statement_timestamp()) AS DOUBLE PRECISION) AS s)
+    UPDATE send_buckets
+       SET tokens = LEAST(?, tokens + GREATEST(0, now.s - at_s) * ?) - 1,
+           at_s = GREATEST(at_s, now.s)
+      FROM now
+     WHERE name = ? AND LEAST(?, tokens + GREATEST(0, now.s - at_s) * ?) >= 1
+    RETURNING tokens"""
+_PEEK = """
+    WITH now AS (SELECT CAST(EXTRACT(EPOCH FROM statement_timestamp()) AS DOUBLE PRECISION) AS s)
+    SELECT LEAST(?, tokens + GREATEST(0, now.s - at_s) * ?) AS have
+      FROM send_buckets, now WHERE name = ?"""
 
 
 class SharedBucket:
@@ -37,16 +50,12 @@ class SharedBucket:
 
     async def take(self) -> None:
         if not self._created:
-            await self.db.fetchall(_CREATE, (self.name, self.capacity, time.time()))
+            await self.db.fetchall(_CREATE, (self.name, self.capacity))
             self._created = True
+        cap, fill = self.capacity, self.fill
         while True:
-            now = time.time()
-            taken = await self.db.fetchall(_TAKE, (self.capacity, now, self.fill, now, self.name,
-                                                   self.capacity, now, self.fill))
-            if taken:
+            if await self.db.fetchall(_TAKE, (cap, fill, self.name, cap, fill)):
                 return
-            row = await self.db.fetchone(_PEEK, (self.name,))
-            tokens = float(row["tokens"]) if row else 0.0
-            elapsed = time.time() - float(row["at_s"]) if row else 0.0
-            short = max(0.0, 1.0 - min(self.capacity, tokens + elapsed * self.fill))
-            await asyncio.sleep(max(short / self.fill, 0.005))
+            row = await self.db.fetchone(_PEEK, (cap, fill, self.name))
+            have = float(row["have"]) if row else 0.0
+            await asyncio.sleep(max((1.0 - have) / fill, 0.005))

@@ -5,6 +5,7 @@ rate and Telegram answers 429."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -42,7 +43,10 @@ async def _send_all(fake: FakeTelegram, shared: list[Any] | None) -> list[int]:
 
 async def test_two_processes_sharing_the_bucket_stay_under_the_overall_limit(
         fake_telegram: FakeTelegram, postgres_url: str, pg_schema: str) -> None:
-    fake_telegram.enable_flood_control(overall=(2 * RATE, 1.0))  # a bucket's burst + 1 s refill
+    # One bucket lets through its burst plus a second's refill in any second: 2 × RATE. The fake
+    # allows a quarter more, for the jitter between a token taken and its request arriving (on a
+    # loaded machine a few sends taken just apart arrive together); two buckets send 4 × RATE.
+    fake_telegram.enable_flood_control(overall=(2 * RATE + RATE // 2, 1.0))
     stores = [PostgresDatabase(TEST_PG_URL, schema=pg_schema) for _ in range(2)]
     for store in stores:
         await store.connect()
@@ -60,6 +64,32 @@ async def test_two_processes_sharing_the_bucket_stay_under_the_overall_limit(
 
 async def test_two_processes_pacing_alone_overrun_it(fake_telegram: FakeTelegram) -> None:
     # the counter-test: the same load with a bucket per process draws 429s
-    fake_telegram.enable_flood_control(overall=(2 * RATE, 1.0))
+    fake_telegram.enable_flood_control(overall=(2 * RATE + RATE // 2, 1.0))
     statuses = await _send_all(fake_telegram, None)
     assert 429 in statuses
+
+
+async def test_a_process_whose_clock_runs_ahead_takes_no_extra_sends(
+        pg_schema: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two machines share the bucket; the second's clock runs 5 s ahead. Refilled by each
+    # process's own clock, its first take would refill 5 s worth (the whole burst again) right
+    # after the first machine emptied the bucket. Refilled by the database's clock it waits its turn.
+    stores = [PostgresDatabase(TEST_PG_URL, schema=pg_schema) for _ in range(2)]
+    for store in stores:
+        await store.connect()
+    try:
+        await migrate(stores[0])
+        here, ahead = (SharedBucket(db, "global", RATE, 1.0) for db in stores)
+        for _ in range(RATE):  # the burst, emptied by the first machine
+            await here.take()
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() + 5.0)
+        started = time.monotonic()
+        for _ in range(RATE):
+            await ahead.take()
+        waited = time.monotonic() - started
+    finally:
+        for store in stores:
+            await store.close()
+    # RATE more sends need a second's refill (less what refilled while the first machine took)
+    assert waited >= 0.7, f"{RATE} sends taken {waited:.2f} s after the bucket was emptied"

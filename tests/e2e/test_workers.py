@@ -81,6 +81,14 @@ class Deployment:
             codes[name] = process.returncode
         return codes
 
+    def problems(self) -> str:
+        """Every warning, error and traceback line the processes logged (the tail alone may
+        show only the last jobs that ended well)."""
+        lines = [f"{p.stem}: {line}" for p in sorted(self.workdir.glob("*.log"))
+                 for line in p.read_text("utf-8", "replace").splitlines()
+                 if any(w in line for w in ("WARNING", "ERROR", "Traceback", "Error:"))]
+        return "\n".join(lines[-80:])
+
     def log(self) -> str:
         return "\n".join(f"--- {p.name}\n" + p.read_text("utf-8", "replace")[-4000:]
                          for p in sorted(self.workdir.glob("*.log")))
@@ -142,8 +150,10 @@ async def test_two_workers_one_killed_answer_every_message_once_and_in_order(
         try:
             await fake_telegram.wait_for(lambda: len(replies()) >= total, timeout=240)
         except TimeoutError:
-            pytest.fail(f"{total - len(replies())} of {total} messages never answered "
-                        f"(answered {answered} when worker-1 was killed)\n{deployment.log()}")
+            missing = sorted(t for t in tokens.values() if not replies()[t])
+            pytest.fail(f"{len(missing)} of {total} messages never answered (answered "
+                        f"{answered} when worker-1 was killed): {missing[:40]}\n"
+                        f"{_job_states(url)}\n{deployment.problems()}\n{deployment.log()}")
         await asyncio.sleep(3)  # give a duplicate every chance to appear
     finally:
         codes = await deployment.stop_all()
@@ -162,6 +172,15 @@ async def test_two_workers_one_killed_answer_every_message_once_and_in_order(
     assert {t: n for t, n in done.items() if n > 1} == {}, "a side effect happened twice"
     assert sorted(done) == sorted(t for t, tool in calls_tool.items() if tool)
     assert codes["ingress"] == 0 and codes["worker-2"] == 0, deployment.log()
+
+
+def _job_states(url: str) -> str:
+    """The jobs left in procrastinate and the inbox rows not answered, for a failure message."""
+    with contextlib.closing(psycopg.connect(url)) as conn:
+        jobs = conn.execute("SELECT status, lock, count(*), min(id) FROM procrastinate_jobs"
+                            " GROUP BY status, lock ORDER BY 4 LIMIT 30").fetchall()
+        inbox = conn.execute("SELECT status, count(*) FROM inbox GROUP BY status").fetchall()
+    return f"jobs (status, lock, count, first id): {jobs}\ninbox: {inbox}"
 
 
 def _unconfirmed_tokens(url: str) -> set[str]:
