@@ -19,10 +19,17 @@ import psycopg
 import pytest
 
 from tests.e2e.conftest import API_KEY, is_compactor, is_router
-from tests.e2e.killharness import KEEL_TOML, TOKEN, TOOL, _last_assistant_blocks, _lines
+from tests.e2e.killharness import (
+    KEEL_TOML,
+    RESEND_NOTICE,
+    TOKEN,
+    TOOL,
+    _last_assistant_blocks,
+    _lines,
+)
 from tests.e2e.sidefx_tools import EFFECTS_FILE_VARIABLE
 from tests.fakes.anthropic import FakeAnthropic, RecordedRequest, Reply, reply, tool_use
-from tests.fakes.telegram import FakeTelegram
+from tests.fakes.telegram import JSON, FakeTelegram
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -145,28 +152,50 @@ async def test_two_workers_one_killed_answer_every_message_once_and_in_order(
                                           else f"Tell me about {tokens[(c, m)]}.")
         total = CHATS * PER_CHAT
         await fake_telegram.wait_for(lambda: len(replies()) >= total // 5, timeout=120)
-        await deployment.kill("worker-1")  # mid-way: its running jobs are taken over
+        # mid-way, with replies on their way to Telegram: the fake holds the next few sends;
+        # worker-1's are never processed (their client is gone), worker-2's go on when released
+        fake_telegram.hang_next("sendMessage", times=4)
+        await fake_telegram.wait_for(lambda: len(fake_telegram.hung) >= 4, timeout=60)
+        await deployment.kill("worker-1")  # its running jobs are taken over
+        fake_telegram.release_hung()
         answered = len(replies())
+
+        def noticed() -> dict[str, JSON]:
+            """The 'reply may be missing' notices, by the token of the message each answers:
+            a reply worker-1 was handing to Telegram when it died is not resent unasked."""
+            return {token: sent for sent in fake_telegram.sent()
+                    if sent.get("text", "").startswith(RESEND_NOTICE)
+                    for token in TOKEN.findall((sent.get("reply_to_message") or {})
+                                               .get("text", ""))}
+
+        def settled() -> bool:
+            got, told = replies(), noticed()
+            return all(got[t] or t in told for t in tokens.values())
+
         try:
-            await fake_telegram.wait_for(lambda: len(replies()) >= total, timeout=240)
+            await fake_telegram.wait_for(settled, timeout=240)
+            resent = {t for t in noticed() if not replies()[t]}
+            for token, notice in noticed().items():  # as a person would: only where missing
+                if token in resent:
+                    fake_telegram.press_button(notice, text="Send it again")
+            await fake_telegram.wait_for(lambda: len(replies()) >= total, timeout=60)
         except TimeoutError:
             missing = sorted(t for t in tokens.values() if not replies()[t])
             pytest.fail(f"{len(missing)} of {total} messages never answered (answered "
-                        f"{answered} when worker-1 was killed): {missing[:40]}\n"
-                        f"{_job_states(url)}\n{deployment.problems()}\n{deployment.log()}")
+                        f"{answered} when worker-1 was killed; notices {sorted(noticed())}): "
+                        f"{missing[:40]}\n{_job_states(url)}\n{deployment.problems()}\n"
+                        f"{deployment.log()}")
         await asyncio.sleep(3)  # give a duplicate every chance to appear
     finally:
         codes = await deployment.stop_all()
 
     counts = replies()
-    unconfirmed = _unconfirmed_tokens(url)
     twice = {t: n for t, n in counts.items() if n > 1}
     assert not twice, f"answered more than once: {twice}"
-    lost = [t for t in tokens.values() if counts[t] == 0 and t not in unconfirmed]
-    assert not lost, f"never answered: {lost}"
     for c, chat in enumerate(chats):  # each chat's replies in the order of its messages
-        order = [int(TOKEN.findall(s["text"])[0].rsplit("M", 1)[1])
-                 for s in fake_telegram.sent(chat.id) if TOKEN.search(s.get("text", ""))]
+        order = [int(token.rsplit("M", 1)[1]) for s in fake_telegram.sent(chat.id)
+                 for token in TOKEN.findall(s.get("text", ""))[:1]
+                 if not s["text"].startswith(RESEND_NOTICE) and token not in resent]
         assert order == sorted(order), f"chat {c} answered out of order: {order}"
     done = Counter(line.split("\t")[0] for line in _lines(deployment.effects))
     assert {t: n for t, n in done.items() if n > 1} == {}, "a side effect happened twice"
@@ -181,12 +210,6 @@ def _job_states(url: str) -> str:
                             " GROUP BY status, lock ORDER BY 4 LIMIT 30").fetchall()
         inbox = conn.execute("SELECT status, count(*) FROM inbox GROUP BY status").fetchall()
     return f"jobs (status, lock, count, first id): {jobs}\ninbox: {inbox}"
-
-
-def _unconfirmed_tokens(url: str) -> set[str]:
-    with contextlib.closing(psycopg.connect(url)) as conn:
-        rows = conn.execute("SELECT payload FROM outbox WHERE unconfirmed_chunks > 0").fetchall()
-    return {token for (payload,) in rows for token in TOKEN.findall(payload)}
 
 
 async def test_a_question_asked_on_one_worker_is_answered_on_another(
@@ -293,3 +316,51 @@ async def test_cancel_handled_by_another_worker_stops_the_run(
         never.set()
         codes = await deployment.stop_all()
     assert codes["worker-1"] == 0 and codes["worker-2"] == 0, deployment.log()
+
+
+async def test_a_reply_in_flight_when_its_worker_died_is_offered_again_once(
+        fake_telegram: FakeTelegram, fake_anthropic: FakeAnthropic, tmp_path: Path,
+        postgres_url: str, pg_schema: str) -> None:
+    # worker-1's reply is on its way to Telegram (held by the fake, so never processed) when
+    # worker-1 is SIGKILLed. worker-2 takes the job over: it must not run the turn again nor send
+    # the reply unasked (it may have arrived); it tells the person, whose press sends it once.
+    answers: Counter[str] = Counter()
+
+    def respond(req: RecordedRequest) -> Reply:
+        if is_router(req):
+            return reply(tool_use("route", {"agent": "assistant"}))
+        found = TOKEN.findall(req.last_user_text)
+        answers[found[-1]] += 1
+        return reply(f"About {found[-1]}: nothing to add.")
+
+    fake_anthropic.responder = respond
+    url = f"{postgres_url}?options=-csearch_path%3D{pg_schema}"
+    alice = fake_telegram.user("Alice", id=FIRST_USER)
+    chat = fake_telegram.private_chat(alice)
+    deployment = Deployment(fake_telegram, fake_anthropic, tmp_path, url)
+    deployment.env.pop("KEEL_CONFIG")
+    try:
+        await deployment.start("worker-1", "worker")
+        await deployment.start("ingress", "serve")
+        await fake_telegram.wait_for(lambda: fake_telegram.calls("getUpdates"), timeout=60)
+        fake_telegram.hang_next("sendMessage")
+        fake_telegram.inject_text(chat, "Tell me about T0C0M0.")
+        await fake_telegram.wait_for(lambda: fake_telegram.hung, timeout=60)
+        await deployment.kill("worker-1")
+        fake_telegram.clear_faults()
+        await deployment.start("worker-2", "worker")
+        notice = await fake_telegram.wait_for(
+            lambda: next((m for m in fake_telegram.sent(chat.id)
+                          if m["text"].startswith(RESEND_NOTICE)), None), timeout=60)
+        assert not any("T0C0M0" in m["text"] for m in fake_telegram.sent(chat.id))
+        fake_telegram.press_button(notice, text="Send it again", user=alice)
+        await fake_telegram.wait_for(
+            lambda: any("T0C0M0" in m["text"] for m in fake_telegram.sent(chat.id)), timeout=30)
+        await asyncio.sleep(2)  # a second copy, or a second notice, would come by now
+    finally:
+        codes = await deployment.stop_all()
+    texts = [m["text"] for m in fake_telegram.sent(chat.id)]
+    assert sum("T0C0M0" in t for t in texts) == 1, texts
+    assert sum(t.startswith(RESEND_NOTICE) for t in texts) == 1, texts
+    assert answers == {"T0C0M0": 1}, "the turn ran again"
+    assert codes["worker-2"] == 0 and codes["ingress"] == 0, deployment.log()
