@@ -70,13 +70,21 @@ class TraceWriter:
     """Appends events of one run to its trace file. Thread-safe; every line flushed at once."""
 
     def __init__(self, path: Path, *, trace_id: str, run_id: str, redactor: Redactor,
-                 on_close: Callable[[Path], None] | None = None) -> None:
+                 on_close: Callable[[Path], None] | None = None, new: bool = False) -> None:
         self.path = path
         self.trace_id = trace_id
         self.run_id = run_id
         self._redactor = redactor
         self._lock = threading.Lock()
         self._on_close = on_close
+        if new:  # a fresh id: nothing to continue, and the day's folder is usually there
+            self._seq, torn = 0, False
+            try:
+                self._file = path.open("a", encoding="utf-8")
+            except FileNotFoundError:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = path.open("a", encoding="utf-8")
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         self._seq, torn = _tail_state(path)
         self._file = path.open("a", encoding="utf-8")
@@ -117,6 +125,11 @@ class TraceWriter:
                 self._file.close()
                 if self._on_close is not None:
                     self._on_close(self.path)
+
+
+def _close_opened(opening: asyncio.Future[TraceWriter]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
 
 
 def _json_default(value: Any) -> Any:
@@ -209,6 +222,34 @@ class TraceStore:
                                on_close=self._release)
         except BaseException:
             self._release(path)
+            raise
+
+    def new_writer(self, *, trace_id: str, run_id: str) -> TraceWriter:
+        """Start the trace of a fresh id (``agents.run.new_id``: no file can have it yet): no
+        look-up, no tail to read, one ``open`` where ``writer`` makes up to eight calls."""
+        if not _valid_id(trace_id):
+            raise ValueError(f"not a trace id: {trace_id!r}")
+        path = self.path_for(trace_id)
+        with self._lock:
+            self._live[path] = self._live.get(path, 0) + 1
+            self._remember(trace_id, path)
+        try:
+            return TraceWriter(path, trace_id=trace_id, run_id=run_id, redactor=self.redactor,
+                               on_close=self._release, new=True)
+        except BaseException:
+            self._release(path)
+            raise
+
+    async def open_new(self, *, trace_id: str, run_id: str) -> TraceWriter:
+        """``new_writer`` in a thread: creating a file can wait on the file system's journal
+        (behind other processes' and threads' fsyncs), which stalled the event loop for tens of
+        milliseconds under a burst (issue 15)."""
+        opening = asyncio.ensure_future(
+            asyncio.to_thread(self.new_writer, trace_id=trace_id, run_id=run_id))
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:  # the thread goes on: close what it opens
+            opening.add_done_callback(_close_opened)
             raise
 
     async def open_writer(self, *, trace_id: str, run_id: str,

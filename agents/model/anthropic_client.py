@@ -42,11 +42,13 @@ class AnthropicModelClient:
         self._client: anthropic.AsyncAnthropic | None = None
         self._loading: asyncio.Future[Any] | None = None
 
-    def warm_up(self) -> None:
-        """Start importing the SDK in a thread, if it is not imported yet; returns at once."""
+    def warm_up(self) -> asyncio.Future[Any]:
+        """Start importing the SDK in a thread, if it is not imported yet; returns at once, with
+        the import's future."""
         if self._loading is None:
             self._loading = asyncio.ensure_future(
                 asyncio.to_thread(importlib.import_module, "anthropic"))
+        return self._loading
 
     async def _ready(self) -> anthropic.AsyncAnthropic:
         """The SDK client, created on the first call (after the import, waited for here)."""

@@ -7,6 +7,7 @@ shared scripted model in ``tests/fakes/scripted_model.py``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -75,16 +76,18 @@ class ModelResponse:
         return [b for b in self.content if b.get("type") == "tool_use"]
 
 
-def warm_up(client: object) -> None:
+def warm_up(client: object) -> asyncio.Future[Any] | None:
     """Let ``client`` start loading what its first call needs, without waiting for it: a client
-    that loads lazily has ``warm_up()``; a wrapper exposes the client it wraps as ``inner``."""
+    that loads lazily has ``warm_up()``; a wrapper exposes the client it wraps as ``inner``.
+    Returns the loading's future when the client gives one."""
     seen = 0
     while client is not None and seen < 8:
         start = getattr(client, "warm_up", None)
         if callable(start):
-            start()
-            return
+            loading = start()
+            return loading if isinstance(loading, asyncio.Future) else None
         client, seen = getattr(client, "inner", None), seen + 1
+    return None
 
 
 class ModelClient(Protocol):

@@ -234,3 +234,50 @@ async def test_an_interrupted_run_from_an_earlier_day_ends_in_its_own_trace_file
     assert await runtime.close_interrupted() == 1
     assert [e["type"] for e in fresh.read("t-old")] == ["run_start", "run_end"]
     assert not (fresh.root / TODAY.isoformat() / "t-old.jsonl").exists()
+
+
+async def test_a_new_run_opens_its_trace_off_the_loop_with_one_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # issue 15: creating a file can wait on the journal behind fsyncs; the loop must not wait
+    store = TraceStore(tmp_path)
+    opened: list[Path] = []
+    real_open = Path.open
+
+    def counting_open(self: Path, *args: Any, **kwargs: Any) -> Any:
+        opened.append(self)
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", counting_open)
+    writer = await _off_the_loop(lambda: store.open_new(trace_id="fresh1", run_id="r"),
+                                 monkeypatch, traces_module.TraceWriter, "__init__")
+    writer.emit("run_start")
+    writer.close()
+    second = await store.open_new(trace_id="fresh2", run_id="r")  # the day's folder exists
+    second.close()
+    assert opened[-1].name == "fresh2.jsonl" and opened.count(opened[-1]) == 1
+    assert [e["seq"] for e in store.read("fresh1")] == [1]
+    assert store._live == {}  # both released: housekeeping may compress them
+
+
+async def test_a_run_cancelled_while_its_trace_opens_leaves_no_file_open(tmp_path: Path) -> None:
+    store = TraceStore(tmp_path)
+    gate = threading.Event()
+    real = store.new_writer
+
+    def slow(**kwargs: Any) -> Any:
+        gate.wait(5)
+        return real(**kwargs)
+
+    store.new_writer = slow  # type: ignore[method-assign]
+    task = asyncio.ensure_future(store.open_new(trace_id="cut", run_id="r"))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    gate.set()
+    for _ in range(200):
+        if store._live == {}:
+            break
+        await asyncio.sleep(0.01)
+    assert store._live == {}  # opened in the thread after the cancel, then closed
