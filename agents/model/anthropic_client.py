@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from agents.errors import ModelCallError
@@ -93,6 +95,7 @@ class AnthropicModelClient:
         body = request.to_api()
         client = await self._ready()
         import anthropic
+        import httpx2
 
         started = time.monotonic()
 
@@ -104,13 +107,13 @@ class AnthropicModelClient:
                 dumped = _without_none(raw.http_response.json())
                 request_id = raw.headers.get("request-id")
             else:
-                async with client.messages.stream(**body) as stream:
-                    async for event in stream:
-                        if event.type == "text":
-                            await on_text(event.text)
-                    message = await stream.get_final_message()
-                request_id = getattr(message, "_request_id", None)
-                dumped = message.model_dump(mode="json", exclude_none=True)
+                # the events read as the API sends them (the SDK's stream builds a typed model
+                # of every event and re-parses a tool's whole input at each piece of it)
+                async with client.messages.with_streaming_response.create(
+                        **body, stream=True) as streamed:
+                    request_id = streamed.headers.get("request-id")
+                    dumped = _without_none(await _accumulate(
+                        _sse_events(streamed.http_response.aiter_lines()), on_text))
         except anthropic.APIStatusError as exc:
             raise ModelCallError(
                 f"model API answered {exc.status_code}: {_error_message(exc)}",
@@ -119,8 +122,10 @@ class AnthropicModelClient:
             ) from None
         except anthropic.APIConnectionError as exc:
             raise ModelCallError(f"model API unreachable: {exc}", retryable=True) from None
-        except anthropic.APIError as exc:  # e.g. an error event in the middle of a stream
+        except anthropic.APIError as exc:
             raise ModelCallError(f"model API error: {exc}", retryable=True) from None
+        except httpx2.HTTPError as exc:  # the connection broke while the answer streamed in
+            raise ModelCallError(f"model API stream broke off: {exc!r}", retryable=True) from None
         return ModelResponse(
             id=dumped.get("id", ""),
             model=dumped.get("model", request.model),
@@ -130,6 +135,90 @@ class AnthropicModelClient:
             request_id=request_id,
             latency_s=time.monotonic() - started,
         )
+
+
+_STREAM_ERRORS = {"overloaded_error": 529, "api_error": 500, "rate_limit_error": 429}
+"""An error event in a stream, and the HTTP status the same error has on a plain call."""
+_TOOL_INPUTS = {"tool_use", "server_tool_use", "mcp_tool_use"}
+
+
+async def _sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, Any]]:
+    """Server-sent events as (event, parsed data); a blank line ends an event."""
+    event, data = "", list[str]()
+    async for line in lines:
+        if not line:
+            if data:
+                yield event, json.loads("\n".join(data))
+            event, data = "", []
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+    if data:
+        yield event, json.loads("\n".join(data))
+
+
+async def _accumulate(events: AsyncIterator[tuple[str, Any]], on_text: OnText) -> dict[str, Any]:
+    """The final message of a streamed answer, as the API's JSON (what the SDK's
+    ``accumulate_event`` builds): text, tool input (parsed once, when its block ends), thinking
+    and its signature, citations, then the stop reason and the usage totals of ``message_delta``.
+    An ``error`` event raises: the error an HTTP status would have been, billed or not unknown."""
+    message: dict[str, Any] | None = None
+    inputs: dict[int, list[str]] = {}
+    async for kind, data in events:
+        kind = data.get("type", kind) if isinstance(data, dict) else kind
+        if kind == "error":
+            error = data.get("error") or {}
+            status = _STREAM_ERRORS.get(str(error.get("type")))
+            raise ModelCallError(
+                f"model API error in the stream: {error.get('message') or error.get('type')}"
+                + (f" (as HTTP {status})" if status else ""), retryable=status is not None)
+        if kind == "message_start":
+            message = dict(data["message"])
+            message["content"] = list(message.get("content") or [])
+            message["usage"] = dict(message.get("usage") or {})
+            continue
+        if message is None:
+            if kind == "ping":
+                continue
+            raise ModelCallError(f"model API stream began with {kind!r}, not message_start",
+                                 retryable=True)
+        if kind == "content_block_start":
+            message["content"].append(dict(data["content_block"]))
+        elif kind == "content_block_delta":
+            index, delta = data["index"], data["delta"]
+            block = message["content"][index]
+            step = delta.get("type")
+            if step == "text_delta" and block.get("type") == "text":
+                block["text"] = block.get("text", "") + delta["text"]
+                await on_text(delta["text"])
+            elif step == "input_json_delta" and block.get("type") in _TOOL_INPUTS:
+                inputs.setdefault(index, []).append(delta.get("partial_json", ""))
+            elif step == "citations_delta" and block.get("type") == "text":
+                block["citations"] = [*(block.get("citations") or []), delta["citation"]]
+            elif step == "thinking_delta" and block.get("type") == "thinking":
+                block["thinking"] = block.get("thinking", "") + delta["thinking"]
+            elif step == "signature_delta" and block.get("type") == "thinking":
+                block["signature"] = delta["signature"]
+        elif kind == "content_block_stop":
+            raw = "".join(inputs.pop(data["index"], ()))
+            if raw:
+                try:
+                    message["content"][data["index"]]["input"] = json.loads(raw)
+                except ValueError:
+                    raise ModelCallError("the model's tool input is not valid JSON: "
+                                         f"{raw[:200]!r}", retryable=True) from None
+        elif kind == "message_delta":
+            delta, usage = data.get("delta") or {}, data.get("usage") or {}
+            for key in ("stop_reason", "stop_sequence", "stop_details"):
+                message[key] = delta.get(key)
+            if delta.get("container") is not None:
+                message["container"] = delta["container"]
+            # totals, not increments; a field left out keeps message_start's value
+            message["usage"].update({k: v for k, v in usage.items() if v is not None})
+    if message is None:
+        raise ModelCallError("model API stream ended before it began", retryable=True)
+    return message
 
 
 def _without_none(value: Any) -> Any:

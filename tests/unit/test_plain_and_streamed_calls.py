@@ -7,10 +7,21 @@ from typing import Any
 
 import pytest
 
+from agents.errors import ModelCallError
 from agents.model.anthropic_client import AnthropicModelClient
-from agents.model.types import ModelRequest
-from tests.fakes.anthropic import FakeAnthropic, Reply, refusal, reply, thinking, tool_use
+from agents.model.types import ModelRequest, usage_from_api
+from tests.fakes.anthropic import (
+    FakeAnthropic,
+    Reply,
+    mid_stream_overload,
+    refusal,
+    reply,
+    thinking,
+    tool_use,
+)
 
+SEARCH = {"name": "search", "description": "Search the shop.",
+          "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}}}
 REPLIES = {
     "text": lambda: reply("Green tea: two minutes at 80 °C."),
     "tool use": lambda: reply("Let me look.", tool_use("search", {"q": "tea"}, id="toolu_01")),
@@ -25,9 +36,7 @@ async def _both(fake: FakeAnthropic, scripted: Reply) -> tuple[Any, Any]:
                                   max_retries=0)
     request = ModelRequest(model="claude-sonnet-4-6", max_tokens=2048,
                            messages=[{"role": "user", "content": "tea?"}],
-                           tools=[{"name": "search", "description": "Search the shop.",
-                                   "input_schema": {"type": "object",
-                                                    "properties": {"q": {"type": "string"}}}}])
+                           tools=[SEARCH])
     pieces: list[str] = []
 
     async def on_text(piece: str) -> None:
@@ -51,3 +60,74 @@ async def test_a_plain_call_reads_the_same_answer_as_a_streamed_one(
     assert plain.usage == streamed.usage
     assert plain.model == streamed.model
     assert plain.content  # something was answered
+
+
+STREAMED = {
+    **REPLIES,
+    "long tool input": lambda: reply(tool_use("search", {"q": "thé vert 緑茶 " * 40,
+                                                        "n": [1, 2.5, None, True]},
+                                              id="toolu_02")),
+    "empty tool input": lambda: reply(tool_use("search", {}, id="toolu_03")),
+    "several blocks": lambda: reply(thinking("a " * 200), "First. " * 50,
+                                    tool_use("search", {"q": "x"}, id="toolu_04"), "Then."),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(STREAMED))
+async def test_keel_reads_a_stream_as_the_sdk_accumulates_it(
+        fake_anthropic: FakeAnthropic, kind: str) -> None:
+    # The SDK's own stream accumulation is the oracle for keel's reading of the events.
+    scripted = STREAMED[kind]()
+    fake_anthropic.responder = lambda req: scripted
+    client = AnthropicModelClient(api_key="sk-ant-test-key-0123456789", base_url=fake_anthropic.base_url,
+                                  max_retries=0)
+    request = ModelRequest(model="claude-sonnet-4-6", max_tokens=2048,
+                           messages=[{"role": "user", "content": "tea?"}], tools=[SEARCH])
+    pieces: list[str] = []
+
+    async def on_text(piece: str) -> None:
+        pieces.append(piece)
+
+    try:
+        ours = await client.create(request, on_text=on_text)
+        sdk = await client._ready()
+        async with sdk.messages.stream(**request.to_api()) as stream:
+            sdk_pieces = [event.text async for event in stream if event.type == "text"]
+            message = await stream.get_final_message()
+    finally:
+        await client.close()
+    theirs = message.model_dump(mode="json", exclude_none=True)
+    assert ours.content == [_clean(b) for b in theirs["content"]]
+    assert ours.stop_reason == theirs["stop_reason"]
+    assert ours.usage == usage_from_api(theirs["usage"])
+    assert pieces == sdk_pieces and len(fake_anthropic.message_requests[0].events) > 3
+
+
+def _clean(block: dict[str, Any]) -> dict[str, Any]:
+    from agents.model.anthropic_client import _clean_block
+
+    return _clean_block(block)
+
+
+async def test_an_error_event_in_the_stream_is_retryable_and_maybe_billed(
+        fake_anthropic: FakeAnthropic) -> None:
+    # "overloaded_error … would normally correspond to an HTTP 529 in a non-streaming context"
+    fake_anthropic.responder = lambda req: mid_stream_overload("Half an answer " * 20)
+    client = AnthropicModelClient(api_key="sk-ant-test-key-0123456789", base_url=fake_anthropic.base_url,
+                                  max_retries=0)
+    request = ModelRequest(model="claude-sonnet-4-6", max_tokens=256,
+                           messages=[{"role": "user", "content": "tea?"}])
+    pieces: list[str] = []
+
+    async def on_text(piece: str) -> None:
+        pieces.append(piece)
+
+    try:
+        with pytest.raises(ModelCallError) as raised:
+            await client.create(request, on_text=on_text)
+    finally:
+        await client.close()
+    assert raised.value.retryable
+    # no HTTP error status: the stream began, so the call may be billed (its hold is forfeited)
+    assert raised.value.status is None
+    assert "Overloaded" in str(raised.value) and "529" in str(raised.value)
