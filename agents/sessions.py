@@ -74,6 +74,9 @@ class TurnResult:
     session_id: int
     agent: str
     compacted: bool
+    history_tokens: int | None = None
+    """The session's history after the turn, by the stored estimates (``maybe_compact``'s
+    test without reading the history again); None when unknown."""
 
 
 class Sessions:
@@ -111,13 +114,15 @@ class Sessions:
         on_commit: OnCommit | None = None,
         on_start: Callable[[Any], Awaitable[None]] | None = None,
         compact: bool | None = None,
+        conversation: Any | None = None,
     ) -> TurnResult:
         """One person's message through one run. The turn's history commits in the same
         transaction as the run's outcome (and whatever ``on_commit`` adds: its reply), so a crash
         can neither lose a turn nor record it twice. Compaction is left to the caller
         (``maybe_compact`` after the reply is out) when ``on_commit`` is given; otherwise it
-        follows here."""
-        conversation = await self.repo.get_or_create(chat_id, thread_id)
+        follows here. ``conversation``: the chat's row when the caller just read it."""
+        if conversation is None:
+            conversation = await self.repo.get_or_create(chat_id, thread_id)
         session_id = await self.repo.live_session(conversation.id, agent)
         history = await self.repo.history(session_id)
         messages = to_messages(history)
@@ -130,9 +135,12 @@ class Sessions:
             cache_forecast=await self._forecast(session_id, history, anchor), on_start=on_start,
         )
 
+        appended = 0
+
         async def commit(conn: Any, result: RunResult) -> None:
+            nonlocal appended
             if not parked(result):
-                await self.record_in(conn, session_id, result)
+                appended = await self.record_in(conn, session_id, result)
                 # the exact input size of the last call, for the next turn's first reservation
                 await SessionCounts.save_anchor_in(conn, session_id, result.anchor)
             if on_commit is not None:
@@ -140,10 +148,13 @@ class Sessions:
 
         result = await self.runtime.run(request, on_progress=on_progress, run_id=run_id,
                                         on_commit=commit)
+        after = sum(m.tokens for m in history) + appended
         compacted = False
         if compact if compact is not None else on_commit is None:
-            compacted = await self.maybe_compact(session_id, user_id=user_id)
-        return TurnResult(result=result, session_id=session_id, agent=agent, compacted=compacted)
+            compacted = await self.maybe_compact(session_id, user_id=user_id,
+                                                 history_tokens=after)
+        return TurnResult(result=result, session_id=session_id, agent=agent, compacted=compacted,
+                          history_tokens=after)
 
     async def _forecast(self, session_id: int, history: list[StoredMessage],
                         anchor: Any) -> CacheForecast:
@@ -189,15 +200,15 @@ class Sessions:
             output=result.usage.output_tokens,
         )
 
-    async def record_in(self, conn: Any, session_id: int, result: RunResult) -> None:
-        """``record`` inside the caller's transaction."""
-        await self.repo.append_in(
-            conn, session_id, [(m["role"], m["content"], estimate(m)) for m in result.messages],
-            run_id=result.run_id)
+    async def record_in(self, conn: Any, session_id: int, result: RunResult) -> int:
+        """``record`` inside the caller's transaction; returns the tokens appended (estimated)."""
+        rows = [(m["role"], m["content"], estimate(m)) for m in result.messages]
+        await self.repo.append_in(conn, session_id, rows, run_id=result.run_id)
         await self.repo.add_session_usage(
             session_id, input_tokens=result.usage.input_tokens,
             cache_read=result.usage.cache_read_tokens, cache_write=result.usage.cache_write_tokens,
             output=result.usage.output_tokens, conn=conn)
+        return sum(tokens for _, _, tokens in rows)
 
     async def record_messages(self, session_id: int, messages: list[dict[str, Any]], *,
                               run_id: str | None) -> None:
@@ -206,9 +217,14 @@ class Sessions:
 
     # ------------------------------------------------------------------ compaction
 
-    async def maybe_compact(self, session_id: int, *, user_id: int | None) -> bool:
+    async def maybe_compact(self, session_id: int, *, user_id: int | None,
+                            history_tokens: int | None = None) -> bool:
         """Summarise the oldest turns after the stable head once the history passes
-        ``compact_at_tokens``, down to ``compact_to_fraction`` of it (the head counted)."""
+        ``compact_at_tokens``, down to ``compact_to_fraction`` of it (the head counted).
+        ``history_tokens``: the size the caller just knew it to have (``TurnResult``); below the
+        threshold the history is not read again."""
+        if history_tokens is not None and history_tokens <= self.compact_at_tokens:
+            return False
         history = await self.repo.history(session_id)
         total = sum(m.tokens for m in history)
         if total <= self.compact_at_tokens:

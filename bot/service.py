@@ -223,6 +223,7 @@ class KeelBot:
                     content=intake.content, user_id=message.user_id,
                     on_progress=progress, run_id=run_id, route=route,
                     request_key=f"tg:{message.update_id}", started=started,
+                    conversation=conversation,
                     on_start=functools.partial(Inbox.taken_in, update_id=message.update_id),
                     on_commit=self.outcome_commit(
                         chat_id=message.chat_id, thread_id=message.thread_id,
@@ -236,7 +237,8 @@ class KeelBot:
         await self._deliver(items)
         # Compaction is its own step after the reply is committed and sent: a crash before it
         # loses nothing and repeats nothing (the next turn compacts instead).
-        await self.sessions.maybe_compact(turn.session_id, user_id=message.user_id)
+        await self.sessions.maybe_compact(turn.session_id, user_id=message.user_id,
+                                          history_tokens=turn.history_tokens)
         return run_id
 
     async def _route(self, message: IncomingMessage, text: str, current: str | None,

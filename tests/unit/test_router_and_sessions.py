@@ -75,3 +75,40 @@ async def test_compaction_falls_back_to_dropping_old_turns_when_summarising_fail
     assert [m.content[0]["text"][:3] for m in history] == ["q2 ", "ans", "q3 ", "ans"]
     assert all(m.kind == "turn" for m in history)
     model.assert_all_used()
+
+
+async def test_a_turn_reads_its_history_once_and_still_compacts_at_the_threshold(
+    make_runtime: Any,
+) -> None:
+    # issue 15: the size after a turn is known from the turn itself; reading the whole history
+    # again to learn it cost every turn a second read (and its JSON decoding)
+    long = "words " * 400  # ~800 estimated tokens a message, 1,600 a turn
+
+    def answer(request: Any) -> Any:
+        if is_compaction_request(request.to_api()):
+            return reply("Earlier: answers.")
+        return reply(f"answer {long}")
+
+    model = ScriptedModel(*[answer] * 9)
+    runtime: Runtime = await make_runtime(model, KEEL_COMPACT_AT_TOKENS="6000")
+    sessions = Sessions(runtime)
+    reads = 0
+    real = runtime.conversations.history
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return await real(*args, **kwargs)
+
+    sessions.repo.history = counting  # type: ignore[method-assign]
+    compacted, counts = [], []
+    for i in range(6):
+        reads = 0
+        turn = await sessions.turn(chat_id=9, thread_id=None, agent="assistant",
+                                   content=[{"type": "text", "text": f"q{i} {long}"}], user_id=None)
+        compacted.append(turn.compacted)
+        counts.append(reads)
+    # 1,600 · 3,200 · 4,800 tokens: under the threshold, the turn's own read only
+    assert counts[:3] == [1, 1, 1]
+    assert compacted[:3] == [False, False, False] and any(compacted[3:])
+    assert all(n >= 2 for n, done in zip(counts, compacted, strict=True) if done)
