@@ -11,7 +11,7 @@ import pytest
 
 import bot.service
 from tests.e2e.conftest import BotWorld
-from tests.fakes.anthropic import reply
+from tests.fakes.anthropic import mid_stream_overload, reply
 
 
 async def test_a_private_chat_with_drafts_gets_a_streamed_answer(bot_world: BotWorld) -> None:
@@ -34,3 +34,26 @@ async def test_nobody_watching_means_a_plain_call_with_the_same_answer(
     assert message["text"] == "Green tea: two minutes at 80 °C."
     assert [r.stream for r in world.agent_requests] == [False]
     assert world.telegram.drafts(world.alice_chat.id) == []
+
+
+async def test_an_answer_that_breaks_off_mid_stream_gets_one_clear_reply_and_counts_as_spent(
+        bot_world: BotWorld) -> None:
+    # The API's stream can end in an error event (overloaded_error) after part of the answer
+    # arrived: the call may be billed, so its hold is charged, not released; the person gets
+    # one line saying what failed, not the half answer and not a traceback.
+    world = bot_world
+    world.answer(lambda req: mid_stream_overload("Green tea: two minutes at 80 °C. " * 20,
+                                                 after_events=6))
+    world.telegram.inject_text(world.alice_chat, "how long for green tea?")
+    message = await world.telegram.next_bot_message(world.alice_chat.id)
+    assert "Overloaded" in message["text"] and "Traceback" not in message["text"]
+    assert [r.stream for r in world.agent_requests] == [True]
+    runtime = world.app.bot_data["runtime"]
+    [(status,)] = [tuple(r) for r in await runtime.db.fetchall("SELECT status FROM runs")]
+    assert status == "failed"
+    charged = await runtime.db.fetchval(
+        "SELECT COALESCE(SUM(cost_usd), 0) FROM usage_ledger WHERE user_id = ? AND agent = ?",
+        (world.alice.id, "assistant"))  # the agent's call, not the router's
+    assert charged > 0 and await runtime.ledger.held() == 0
+    assert len([m for m in world.telegram.sent(world.alice_chat.id)
+                if not m.get("draft")]) == 1

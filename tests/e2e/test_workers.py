@@ -203,6 +203,15 @@ async def test_two_workers_one_killed_answer_every_message_once_and_in_order(
     assert codes["ingress"] == 0 and codes["worker-2"] == 0, deployment.log()
 
 
+def _built_in_agents(telegram: FakeTelegram, anthropic: FakeAnthropic, workdir: Path,
+                     postgres_url: str, pg_schema: str) -> tuple[Deployment, str]:
+    """A deployment with keel's built-in agents (no keel.toml), in the test's own schema."""
+    url = f"{postgres_url}?options=-csearch_path%3D{pg_schema}"
+    deployment = Deployment(telegram, anthropic, workdir, url)
+    deployment.env.pop("KEEL_CONFIG")
+    return deployment, url
+
+
 def _job_states(url: str) -> str:
     """The jobs left in procrastinate and the inbox rows not answered, for a failure message."""
     with contextlib.closing(psycopg.connect(url)) as conn:
@@ -230,11 +239,10 @@ async def test_a_question_asked_on_one_worker_is_answered_on_another(
         return reply(f"Done: {answer['answer']}, pid {os.getpid()}.")
 
     fake_anthropic.responder = respond
-    url = f"{postgres_url}?options=-csearch_path%3D{pg_schema}"
+    deployment, url = _built_in_agents(fake_telegram, fake_anthropic, tmp_path, postgres_url,
+                                       pg_schema)
     alice = fake_telegram.user("Alice", id=FIRST_USER)
     chat = fake_telegram.private_chat(alice)
-    deployment = Deployment(fake_telegram, fake_anthropic, tmp_path, url)
-    deployment.env.pop("KEEL_CONFIG")  # the built-in agents
     try:
         await deployment.start("worker-1", "worker")
         await deployment.start("ingress", "serve")
@@ -279,11 +287,10 @@ async def test_cancel_handled_by_another_worker_stops_the_run(
         raise AssertionError("unreachable")
 
     fake_anthropic.responder = respond
-    url = f"{postgres_url}?options=-csearch_path%3D{pg_schema}"
+    deployment, url = _built_in_agents(fake_telegram, fake_anthropic, tmp_path, postgres_url,
+                                       pg_schema)
     alice = fake_telegram.user("Alice", id=FIRST_USER)
     chat = fake_telegram.private_chat(alice)
-    deployment = Deployment(fake_telegram, fake_anthropic, tmp_path, url)
-    deployment.env.pop("KEEL_CONFIG")
     try:
         await deployment.start("worker-1", "worker")
         await deployment.start("ingress", "serve")
@@ -334,11 +341,10 @@ async def test_a_reply_in_flight_when_its_worker_died_is_offered_again_once(
         return reply(f"About {found[-1]}: nothing to add.")
 
     fake_anthropic.responder = respond
-    url = f"{postgres_url}?options=-csearch_path%3D{pg_schema}"
+    deployment, url = _built_in_agents(fake_telegram, fake_anthropic, tmp_path, postgres_url,
+                                       pg_schema)
     alice = fake_telegram.user("Alice", id=FIRST_USER)
     chat = fake_telegram.private_chat(alice)
-    deployment = Deployment(fake_telegram, fake_anthropic, tmp_path, url)
-    deployment.env.pop("KEEL_CONFIG")
     try:
         await deployment.start("worker-1", "worker")
         await deployment.start("ingress", "serve")
