@@ -54,7 +54,11 @@ class DailyCapExceeded(KeelError):
 class ModelCallError(KeelError):
     """The model API failed after bounded retries (rate limits, overload, server errors)."""
 
-    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False) -> None:
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False,
+                 partial: bool = False) -> None:
         self.status = status
         self.retryable = retryable
+        self.partial = partial
+        """The answer had begun to stream, then broke off (an error event, a dropped
+        connection): the SDK does not retry that, and the call may have been billed."""
         super().__init__(message)

@@ -191,6 +191,11 @@ class ReplayModel:
         r.requests.append(request)
         recorded = r.seg.responses.get(n)
         if recorded is None:
+            retried = next((e for e in r.seg.events
+                            if e["type"] == "model_retry" and e.get("n") == n), None)
+            if retried is not None:  # it broke off mid-stream and was asked again
+                raise ModelCallError(str(retried.get("message") or "stream broke off"),
+                                     retryable=True, partial=True)
             r.cut_short(f"made model call {n}", at_recorded_request=n in r.seg.requests)
         price = r.prices.get(request.model)
         return ModelResponse(

@@ -83,6 +83,13 @@ class InputAnchor:
                              digest=messages_digest(prefix.sha256, messages[:self.messages]))
 
 
+STREAM_RETRIES = 1
+"""A streamed answer that broke off mid-way (``ModelCallError.partial``: an overloaded error
+event, a dropped connection) is asked once more. The SDK retries what failed before an answer
+began; nothing retried what failed after. The broken call counts as spent at its worst case."""
+STREAM_RETRY_DELAY_S = 1.0
+
+
 async def call_model(
     run: Run,
     client: ModelClient,
@@ -100,6 +107,34 @@ async def call_model(
 
     ``on_usage`` records the spend of a call no ledger hold covered (a held call's spend is
     recorded by the hold's settlement, in the same transaction)."""
+    retries = 0
+    while True:
+        try:
+            return await _call_once(run, client, prefix, messages, anchor,
+                                    sent_before=sent_before, on_usage=on_usage, on_text=on_text,
+                                    thinking=thinking)
+        except ModelCallError as exc:
+            if not exc.partial or retries >= STREAM_RETRIES \
+                    or run.model_calls >= run.limits.model_call_cap:
+                raise
+            retries += 1
+            run.trace.emit("model_retry", n=run.model_calls, message=str(exc),
+                           delay_s=STREAM_RETRY_DELAY_S, spent_usd=round(run.budget.spent_usd, 8))
+            await asyncio.sleep(STREAM_RETRY_DELAY_S)
+
+
+async def _call_once(
+    run: Run,
+    client: ModelClient,
+    prefix: Prefix,
+    messages: list[dict[str, Any]],
+    anchor: InputAnchor,
+    *,
+    sent_before: int,
+    on_usage: OnUsage | None,
+    on_text: OnText | None,
+    thinking: dict[str, Any] | None,
+) -> ModelResponse:
     wanted = run.limits.max_tokens
     draft = build_request(run, prefix, messages, max_tokens=wanted, thinking=thinking)
     body = draft.to_api()
@@ -158,6 +193,9 @@ async def call_model(
         if hold is not None and gate is not None:
             # An HTTP error answer is not billed; a lost connection may have been.
             await asyncio.shield(gate.release(hold) if exc.status else gate.forfeit(hold))
+        if exc.partial:  # it may be billed up to its worst case: the run's meter counts that
+            run.budget.spent_usd += hold.amount_usd if hold is not None \
+                else reservation.worst_case_usd
         raise
     except BaseException:
         if hold is not None and gate is not None:

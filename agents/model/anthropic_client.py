@@ -125,7 +125,8 @@ class AnthropicModelClient:
         except anthropic.APIError as exc:
             raise ModelCallError(f"model API error: {exc}", retryable=True) from None
         except httpx2.HTTPError as exc:  # the connection broke while the answer streamed in
-            raise ModelCallError(f"model API stream broke off: {exc!r}", retryable=True) from None
+            raise ModelCallError(f"model API stream broke off: {exc!r}", retryable=True,
+                                 partial=True) from None
         return ModelResponse(
             id=dumped.get("id", ""),
             model=dumped.get("model", request.model),
@@ -172,7 +173,8 @@ async def _accumulate(events: AsyncIterator[tuple[str, Any]], on_text: OnText) -
             status = _STREAM_ERRORS.get(str(error.get("type")))
             raise ModelCallError(
                 f"model API error in the stream: {error.get('message') or error.get('type')}"
-                + (f" (as HTTP {status})" if status else ""), retryable=status is not None)
+                + (f" (as HTTP {status})" if status else ""), retryable=status is not None,
+                partial=status is not None)
         if kind == "message_start":
             message = dict(data["message"])
             message["content"] = list(message.get("content") or [])

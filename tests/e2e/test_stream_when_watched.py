@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 import bot.service
+from agents.model.types import usage_from_api
 from tests.e2e.conftest import BotWorld
 from tests.fakes.anthropic import mid_stream_overload, reply
 
@@ -36,24 +37,42 @@ async def test_nobody_watching_means_a_plain_call_with_the_same_answer(
     assert world.telegram.drafts(world.alice_chat.id) == []
 
 
-async def test_an_answer_that_breaks_off_mid_stream_gets_one_clear_reply_and_counts_as_spent(
+async def test_an_answer_that_breaks_off_mid_stream_is_asked_once_more(
         bot_world: BotWorld) -> None:
     # The API's stream can end in an error event (overloaded_error) after part of the answer
-    # arrived: the call may be billed, so its hold is charged, not released; the person gets
-    # one line saying what failed, not the half answer and not a traceback.
+    # arrived. The SDK does not retry that; keel asks once more, and the person gets the whole
+    # answer once. The broken call may be billed: it is charged at its worst case.
+    world = bot_world
+    answer = "Green tea: two minutes at 80 °C. " * 20
+    calls = iter([mid_stream_overload(answer, after_events=6), reply(answer.strip())])
+    world.answer(lambda req: next(calls))
+    world.telegram.inject_text(world.alice_chat, "how long for green tea?")
+    message = await world.telegram.next_bot_message(world.alice_chat.id)
+    assert message["text"] == answer.strip()
+    assert [r.stream for r in world.agent_requests] == [True, True]
+    runtime = world.app.bot_data["runtime"]
+    [(status, cost)] = [tuple(r) for r in await runtime.db.fetchall(
+        "SELECT status, cost_usd FROM runs")]
+    assert status == "completed"
+    second = usage_from_api(world.agent_requests[1].usage)
+    assert cost > runtime.prices.cost(str(world.agent_requests[1].model), second) > 0
+
+
+async def test_an_answer_that_breaks_off_twice_gets_one_clear_reply_and_counts_as_spent(
+        bot_world: BotWorld) -> None:
     world = bot_world
     world.answer(lambda req: mid_stream_overload("Green tea: two minutes at 80 °C. " * 20,
                                                  after_events=6))
     world.telegram.inject_text(world.alice_chat, "how long for green tea?")
     message = await world.telegram.next_bot_message(world.alice_chat.id)
     assert "Overloaded" in message["text"] and "Traceback" not in message["text"]
-    assert [r.stream for r in world.agent_requests] == [True]
+    assert [r.stream for r in world.agent_requests] == [True, True]  # asked once more, no more
     runtime = world.app.bot_data["runtime"]
     [(status,)] = [tuple(r) for r in await runtime.db.fetchall("SELECT status FROM runs")]
     assert status == "failed"
     charged = await runtime.db.fetchval(
         "SELECT COALESCE(SUM(cost_usd), 0) FROM usage_ledger WHERE user_id = ? AND agent = ?",
-        (world.alice.id, "assistant"))  # the agent's call, not the router's
+        (world.alice.id, "assistant"))  # the agent's calls, not the router's
     assert charged > 0 and await runtime.ledger.held() == 0
     assert len([m for m in world.telegram.sent(world.alice_chat.id)
                 if not m.get("draft")]) == 1

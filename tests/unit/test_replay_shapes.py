@@ -25,7 +25,15 @@ from agents.config import load_settings
 from agents.runtime import RunRequest, Runtime
 from agents.sessions import Sessions, is_compaction_request
 from agents.spec import Limits
-from tests.fakes.anthropic import FakeAnthropic, RecordedRequest, Reply, api_error, reply, tool_use
+from tests.fakes.anthropic import (
+    FakeAnthropic,
+    RecordedRequest,
+    Reply,
+    api_error,
+    mid_stream_overload,
+    reply,
+    tool_use,
+)
 
 API_KEY = "sk-ant-replay-test-key-0123456789"
 QUESTION = {"reason": "Refund over the limit", "context": "Order 1234, 180 EUR.",
@@ -532,3 +540,23 @@ async def test_trace_show_tells_each_part_of_a_continued_run(
     assert "escalation: " in shown and "Refund over the limit" in shown
     assert 'resume: {"answer": "Approve", "answered_by": "Alice"}' in shown
     assert "status: completed" in shown
+
+
+async def test_a_call_that_broke_off_mid_stream_and_was_asked_again_replays(
+    make_runtime: MakeRuntime, fake_anthropic: FakeAnthropic, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runtime: Runtime = await make_runtime()
+    fake_anthropic.enqueue(mid_stream_overload("Two minutes at 80 °C. " * 10, after_events=5),
+                           reply("Two minutes at 80 °C."))
+    shown: list[str] = []
+
+    async def progress(kind: str, piece: Any = None) -> None:  # someone watches: it streams
+        if kind == "text":
+            shown.append(piece)
+
+    result = await runtime.run(task("green tea?"), on_progress=progress)
+    assert result.status == "completed" and result.output == "Two minutes at 80 °C."
+    assert [r.stream for r in fake_anthropic.message_requests] == [True, True]
+    events = runtime.traces.read(result.trace_id)
+    assert [e["type"] for e in events].count("model_retry") == 1
+    await assert_replays(fake_anthropic, monkeypatch, result.trace_id)
