@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 
 from agents.config import load_settings
 from storage.pg import PostgresDatabase
-from tests.e2e.conftest import BotWorld, bot_env, start_bot, stop_bot
+from tests.e2e.conftest import BotWorld, at_hour, bot_env, quiet_hour, start_bot, stop_bot
 from tests.fakes.anthropic import FakeAnthropic, RecordedRequest, Reply, reply, tool_use
 from tests.fakes.telegram import FakeTelegram
 
@@ -32,8 +31,9 @@ PLAN = {"goal": "Morning briefing", "steps": [
 ]}
 QUESTION = {"reason": "Refund over the limit", "context": "Order 1234, 180 EUR.",
             "options": ["Approve", "Reject"]}
-FIRST_DAY = datetime(2026, 11, 24, 7, 0, 5, tzinfo=UTC)  # 08:00:05 in Madrid
-NEXT_DAY = datetime(2026, 11, 25, 7, 0, 5, tzinfo=UTC)
+HOUR = quiet_hour("Europe/Madrid")  # the schedule's daily hour: no catch-up fire at start-up
+FIRST_DAY = at_hour((2026, 11, 24), HOUR, "Europe/Madrid")
+NEXT_DAY = at_hour((2026, 11, 25), HOUR, "Europe/Madrid")
 
 
 def model(req: RecordedRequest) -> Reply:
@@ -77,7 +77,7 @@ async def test_a_sqlite_install_moves_to_postgresql_and_carries_on(
     forum = fake_telegram.forum("Briefings")
     config = tmp_path / "keel.toml"
     config.write_text(
-        '[[schedules]]\nname = "morning"\nagent = "briefing"\ncron = "0 8 * * *"\n'
+        f'[[schedules]]\nname = "morning"\nagent = "briefing"\ncron = "0 {HOUR} * * *"\n'
         f'timezone = "Europe/Madrid"\nchat_id = {forum.id}\ncreate_topic = true\n'
         'budget_usd = 0.30\ntask = "Brief me for today."\n')
     bot_env(monkeypatch, fake_telegram, fake_anthropic, KEEL_CONFIG=str(config))

@@ -22,7 +22,7 @@ import pytest_asyncio
 
 from agents.config import load_settings
 from agents.transcribe import NOT_CONFIGURED
-from tests.e2e.conftest import BotWorld, bot_env, start_bot, stop_bot
+from tests.e2e.conftest import BotWorld, bot_env, quiet_hour, start_bot, stop_bot
 from tests.fakes.anthropic import FakeAnthropic, RecordedRequest, Reply, reply, tool_use
 from tests.fakes.telegram import FakeTelegram
 
@@ -272,7 +272,8 @@ async def test_a_scheduled_run_delivers_the_files_it_sent_before_its_post(
     world = await make_world()
     tg, chat = world.telegram, world.alice_chat
     world.answer(filer)
-    schedule = (f'\n[[schedules]]\nname = "export"\nagent = "filer"\ncron = "0 7 * * *"\n'
+    schedule = (f'\n[[schedules]]\nname = "export"\nagent = "filer"\n'
+                f'cron = "0 {quiet_hour()} * * *"\n'
                 f'timezone = "UTC"\nchat_id = {chat.id}\ntask = "Export May\'s sales."\n')
     with (tmp_path / "keel.toml").open("a", encoding="utf-8") as config:
         config.write(schedule)

@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from agents.config import load_settings
-from tests.e2e.conftest import ALICE_ID, BOB_ID, BotWorld, bot_env, start_bot, stop_bot
+from tests.e2e.conftest import (
+    ALICE_ID,
+    BOB_ID,
+    BotWorld,
+    bot_env,
+    quiet_hour,
+    start_bot,
+    stop_bot,
+)
 from tests.fakes.anthropic import FakeAnthropic, reply
 from tests.fakes.telegram import Chat, FakeTelegram
 
@@ -46,7 +54,8 @@ async def settle(w: BotWorld, updates: list[dict]) -> None:  # type: ignore[type
 
 def schedule_file(tmp_path: Path, chat: Chat) -> str:
     path = tmp_path / "keel.toml"
-    path.write_text('[[schedules]]\nname = "morning"\nagent = "assistant"\ncron = "0 8 * * *"\n'
+    path.write_text('[[schedules]]\nname = "morning"\nagent = "assistant"\n'
+                    f'cron = "0 {quiet_hour()} * * *"\n'
                     f'chat_id = {chat.id}\ntask = "Brief me."\n')
     return str(path)
 

@@ -3,15 +3,25 @@ agent's forum topic; a delivery Telegram keeps refusing ends the run failed with
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from agents.config import load_settings
-from tests.e2e.conftest import ALICE_ID, BotWorld, bot_env, is_router, start_bot, stop_bot
+from tests.e2e.conftest import (
+    ALICE_ID,
+    BotWorld,
+    at_hour,
+    bot_env,
+    is_router,
+    quiet_hour,
+    start_bot,
+    stop_bot,
+)
 from tests.fakes.anthropic import FakeAnthropic, RecordedRequest, Reply, reply, tool_use
 from tests.fakes.telegram import FakeTelegram
+
+HOUR = quiet_hour("Europe/Madrid")  # the schedule's daily hour: no catch-up fire at start-up
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +46,7 @@ async def _world(fake_telegram: FakeTelegram, fake_anthropic: FakeAnthropic, tmp
     forum = fake_telegram.forum("Briefings")
     config = tmp_path / "keel.toml"
     config.write_text(
-        '[[schedules]]\nname = "morning"\nagent = "briefing"\ncron = "0 8 * * *"\n'
+        f'[[schedules]]\nname = "morning"\nagent = "briefing"\ncron = "0 {HOUR} * * *"\n'
         f'timezone = "Europe/Madrid"\nchat_id = {forum.id}\ncreate_topic = true\n'
         'budget_usd = 0.30\ntask = "Brief me for today."\n')
     bot_env(monkeypatch, fake_telegram, fake_anthropic, KEEL_CONFIG=str(config))
@@ -54,9 +64,9 @@ async def test_a_schedule_fires_plans_and_posts_the_briefing_in_its_topic(
     forum = extra["forum"]
     try:
         scheduler = w.app.bot_data["scheduler"]
-        at = datetime(2026, 11, 24, 7, 0, 5, tzinfo=UTC)  # 08:00:05 in Madrid
+        at = at_hour((2026, 11, 24), HOUR, "Europe/Madrid")  # HOUR:00:05 in Madrid
         claim = await scheduler.fire("morning", now=at)
-        assert claim is not None and claim.local_time == "2026-11-24T08:00"
+        assert claim is not None and claim.local_time == f"2026-11-24T{HOUR:02d}:00"
         assert await scheduler.fire("morning", now=at) is None  # the same local time runs once
         [topic_call] = fake_telegram.calls("createForumTopic")
         thread_id = topic_call.response["result"]["message_thread_id"]
@@ -71,7 +81,7 @@ async def test_a_schedule_fires_plans_and_posts_the_briefing_in_its_topic(
             "Find today's date in Madrid", "Write the briefing"]
         assert not any(is_router(r) for r in fake_anthropic.requests)  # schedules skip the router
         # a second run reuses the topic keel created
-        await scheduler.fire("morning", now=datetime(2026, 11, 25, 7, 0, 5, tzinfo=UTC))
+        await scheduler.fire("morning", now=at_hour((2026, 11, 25), HOUR, "Europe/Madrid"))
         await fake_telegram.next_bot_message(forum.id, thread_id=thread_id, timeout=10)
         assert len(fake_telegram.calls("createForumTopic")) == 1
     finally:
@@ -89,7 +99,7 @@ async def test_a_delivery_that_keeps_failing_is_a_failed_run_with_an_alert(
         scheduler = w.app.bot_data["scheduler"]
         # Telegram refuses the briefing (one retry layer: a refusal is final, not retried)
         fake_telegram.fail_next("sendMessage", status=400, description="Bad Request: chat not found")
-        await scheduler.fire("morning", now=datetime(2026, 11, 24, 7, 0, 5, tzinfo=UTC))
+        await scheduler.fire("morning", now=at_hour((2026, 11, 24), HOUR, "Europe/Madrid"))
         runtime = w.app.bot_data["runtime"]
         [record] = await runtime.runs.recent()
         assert record.status == "failed" and "delivery failed" in (record.status_detail or "")
