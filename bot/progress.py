@@ -97,6 +97,8 @@ class Progress:
             self._status = f"🔧 {value}…"
         elif kind == "text":
             self._text += value
+        elif kind == "retract":  # an answer that broke off mid-stream is asked again
+            self._text = self._text[:max(0, len(self._text) - int(value))]
         await self._draft()
         await self._preview()
 

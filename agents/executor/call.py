@@ -109,9 +109,21 @@ async def call_model(
     recorded by the hold's settlement, in the same transaction)."""
     retries = 0
     while True:
+        shown = 0  # characters of this attempt's answer already streamed to the progress
+
+        async def counted(piece: str) -> None:
+            nonlocal shown
+            shown += len(piece)
+            assert on_text is not None
+            await on_text(piece)
+
+        if on_text is not None:
+            counted.watched = getattr(on_text, "watched", None) or (  # type: ignore[attr-defined]
+                lambda: True)
         try:
             return await _call_once(run, client, prefix, messages, anchor,
-                                    sent_before=sent_before, on_usage=on_usage, on_text=on_text,
+                                    sent_before=sent_before, on_usage=on_usage,
+                                    on_text=counted if on_text is not None else None,
                                     thinking=thinking)
         except ModelCallError as exc:
             if not exc.partial or retries >= STREAM_RETRIES \
@@ -120,6 +132,9 @@ async def call_model(
             retries += 1
             run.trace.emit("model_retry", n=run.model_calls, message=str(exc),
                            delay_s=STREAM_RETRY_DELAY_S, spent_usd=round(run.budget.spent_usd, 8))
+            retract = getattr(on_text, "retract", None)
+            if shown and retract is not None:
+                await retract(shown)
             await asyncio.sleep(STREAM_RETRY_DELAY_S)
 
 

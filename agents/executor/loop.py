@@ -287,10 +287,16 @@ def _text_progress(hooks: Hooks) -> Callable[[str], Awaitable[None]] | None:
     async def on_text(piece: str) -> None:
         await _safe(on_progress("text", piece))
 
+    async def retract(chars: int) -> None:
+        """The last ``chars`` characters shown belong to an answer that broke off and is asked
+        again (executor/call.py): the progress drops them instead of showing them twice."""
+        await _safe(on_progress("retract", str(chars)))
+
     # the model is asked to stream only while the progress shows text (agents.model.watched)
     streams_text = getattr(on_progress, "streams_text", None)
     if streams_text is not None:
         on_text.watched = streams_text  # type: ignore[attr-defined]
+    on_text.retract = retract  # type: ignore[attr-defined]
     return on_text
 
 

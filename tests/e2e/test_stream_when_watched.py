@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+import bot.progress
 import bot.service
 from agents.model.types import usage_from_api
 from tests.e2e.conftest import BotWorld
@@ -38,10 +39,11 @@ async def test_nobody_watching_means_a_plain_call_with_the_same_answer(
 
 
 async def test_an_answer_that_breaks_off_mid_stream_is_asked_once_more(
-        bot_world: BotWorld) -> None:
+        bot_world: BotWorld, monkeypatch: pytest.MonkeyPatch) -> None:
     # The API's stream can end in an error event (overloaded_error) after part of the answer
     # arrived. The SDK does not retry that; keel asks once more, and the person gets the whole
     # answer once. The broken call may be billed: it is charged at its worst case.
+    monkeypatch.setattr(bot.progress, "DRAFT_EVERY_S", 0.0)  # a draft for every piece
     world = bot_world
     answer = "Green tea: two minutes at 80 °C. " * 20
     calls = iter([mid_stream_overload(answer, after_events=6), reply(answer.strip())])
@@ -50,6 +52,9 @@ async def test_an_answer_that_breaks_off_mid_stream_is_asked_once_more(
     message = await world.telegram.next_bot_message(world.alice_chat.id)
     assert message["text"] == answer.strip()
     assert [r.stream for r in world.agent_requests] == [True, True]
+    # the draft shows the answer as it grows: the broken start is taken back, not repeated
+    drafts = [d["text"] for d in world.telegram.drafts(world.alice_chat.id)]
+    assert len(drafts) > 2 and all(answer.startswith(d) for d in drafts), drafts
     runtime = world.app.bot_data["runtime"]
     [(status, cost)] = [tuple(r) for r in await runtime.db.fetchall(
         "SELECT status, cost_usd FROM runs")]

@@ -548,14 +548,20 @@ async def test_a_call_that_broke_off_mid_stream_and_was_asked_again_replays(
     runtime: Runtime = await make_runtime()
     fake_anthropic.enqueue(mid_stream_overload("Two minutes at 80 °C. " * 10, after_events=5),
                            reply("Two minutes at 80 °C."))
-    shown: list[str] = []
+    shown = ""
+    retracted: list[int] = []
 
-    async def progress(kind: str, piece: Any = None) -> None:  # someone watches: it streams
+    async def progress(kind: str, value: str) -> None:  # someone watches: it streams
+        nonlocal shown
         if kind == "text":
-            shown.append(piece)
+            shown += value
+        elif kind == "retract":  # what the broken answer showed is taken back, not repeated
+            retracted.append(int(value))
+            shown = shown[:len(shown) - int(value)]
 
     result = await runtime.run(task("green tea?"), on_progress=progress)
     assert result.status == "completed" and result.output == "Two minutes at 80 °C."
+    assert shown == "Two minutes at 80 °C." and len(retracted) == 1 and retracted[0] > 0
     assert [r.stream for r in fake_anthropic.message_requests] == [True, True]
     events = runtime.traces.read(result.trace_id)
     assert [e["type"] for e in events].count("model_retry") == 1
