@@ -58,8 +58,13 @@ class Escalation:
 
 
 def new_key() -> str:
-    """Short, unguessable, and small enough for callback_data (64 bytes) with room to spare."""
-    return secrets.token_urlsafe(9)  # 12 characters
+    """Short, unguessable, and small enough for callback_data (64 bytes) with room to spare.
+    Never starting with "-": the command line takes it as an argument (`keel escalation answer
+    ID CHOICE`), and one id in 64 was read as an option there."""
+    while True:
+        key = secrets.token_urlsafe(9)  # 12 characters
+        if not key.startswith("-"):
+            return key
 
 
 class EscalationRepository:

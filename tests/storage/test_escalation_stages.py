@@ -109,3 +109,15 @@ def test_durations_are_said_in_words() -> None:
     assert in_words(86_400) == "in 24 h"
     assert in_words(7 * 86_400) == "in 7 days"
     assert "0.00" not in in_words(5)
+
+
+def test_an_escalation_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `keel escalation answer -x2f… Approve` reads a leading dash as an option (CI failed once
+    # on it: one token in 64 starts with "-")
+    import secrets
+
+    from storage import escalations
+
+    drawn = iter(["-AbCdEfGhIjK", "_AbCdEfGhIjK"])
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda n: next(drawn))
+    assert escalations.new_key() == "_AbCdEfGhIjK"
