@@ -110,13 +110,19 @@ class CacheForecast:
     compact_at_tokens: int
     history_tokens: int
     """The history by the estimate compaction uses (it compacts past ``compact_at_tokens``)."""
+    head_new: bool = True
+    """Whether this run writes the head: it is new (the first turn just became it, or a
+    compaction just put a summary in it) or its entry has expired (the last gap was longer than
+    5 minutes). Otherwise the run reads the head inside a longer cached prefix and writes no entry
+    for it, so the head's TTL was settled when it was written: a marker changed now writes
+    nothing and only makes the reservation dearer."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"gaps_s": [round(g, 1) for g in self.gaps_s],
                 "context_tokens": self.context_tokens, "head_tokens": self.head_tokens,
                 "turn_tokens": round(self.turn_tokens, 1),
                 "compact_at_tokens": self.compact_at_tokens,
-                "history_tokens": self.history_tokens}
+                "history_tokens": self.history_tokens, "head_new": self.head_new}
 
 
 def plan_cache(price: Price, forecast: CacheForecast | None) -> CachePlan:
@@ -147,6 +153,10 @@ def plan_cache(price: Price, forecast: CacheForecast | None) -> CachePlan:
     eta = left / max(forecast.turn_tokens, 1.0) * typical
     gap_note = (f"{len(gaps) - long} of the last {len(gaps)} gaps under 5 min" if not long else
                 f"{long} of the last {len(gaps)} gaps 5-60 min, too few to pay")
+    if not forecast.head_new:
+        return CachePlan(pin_tokens=pin, why=(
+            f"5-minute writes: the head is already cached (its lifetime was chosen when it was "
+            f"written); {gap_note}; next compaction in ~{eta / 60:.0f} min"))
     if forecast.head_tokens and SHORT_TTL_S < eta <= LONG_TTL_S and ttl_pays(
             price, chance=1.0, rewrite_tokens=forecast.head_tokens,
             written_tokens=forecast.head_tokens):

@@ -32,7 +32,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from agents.caching import SUMMARY_TAG, CacheForecast, caches, first_turn_pinned, pin_limit
+from agents.caching import (
+    SHORT_TTL_S,
+    SUMMARY_TAG,
+    CacheForecast,
+    caches,
+    first_turn_pinned,
+    pin_limit,
+)
 from agents.executor.loop import OnProgress
 from agents.history import to_messages
 from agents.router import RouteDecision
@@ -168,11 +175,18 @@ class Sessions:
         gaps = tuple(b - a for a, b in zip(starts, starts[1:], strict=False) if b >= a)
         total = sum(m.tokens for m in history)
         turns = split_turns(history)
-        head, _ = stable_head(history, compact_at_tokens=self.compact_at_tokens, continued=True)
+        head, rest = stable_head(history, compact_at_tokens=self.compact_at_tokens,
+                                 continued=True)
+        # written by this run: a head nothing followed yet (the first turn just became it), a
+        # summary newer than every turn after it (a compaction since the last turn), or an
+        # entry gone (the last gap outlived a 5-minute write)
+        head_new = bool(head) and (
+            not rest or max(m.id for m in head) > max(m.id for m in rest)
+            or (bool(gaps) and gaps[-1] > SHORT_TTL_S))
         return CacheForecast(
             gaps_s=gaps, context_tokens=anchor.tokens if anchor is not None else total,
             head_tokens=sum(m.tokens for m in head), turn_tokens=total / len(turns) if turns else 0.0,
-            compact_at_tokens=self.compact_at_tokens, history_tokens=total)
+            compact_at_tokens=self.compact_at_tokens, history_tokens=total, head_new=head_new)
 
     async def _seed_starts(self, session_id: int) -> list[float]:
         """When the session's last turns started, from its runs (after a restart, or on another

@@ -10,6 +10,7 @@ prompt-cache simulation (issue 13).
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -125,6 +126,11 @@ async def test_sixty_turns_under_a_ten_cent_run_cap_and_the_head_survives_compac
     assert "q0:" in str(agent_requests[after].body["messages"][0])
     # ... and writes only the new summary and the turns kept after it
     assert usages[after].cache_write_tokens == usages[after].total_input_tokens - head
+    # a 1-hour marker only where it writes: a head already inside the cached prefix is not
+    # written again, so marking it 1 hour would only price it at 2x (turns 4-32 did)
+    idle = [i for i, (r, u) in enumerate(zip(agent_requests, usages, strict=True))
+            if '"ttl": "1h"' in json.dumps(r.body) and u.cache_write_1h_tokens == 0]
+    assert not idle, idle
     prices = PriceTable.builtin()
     spent = sum(prices.cost(str(r.model), usage_from_api(r.usage))
                 for r in fake_anthropic.message_requests if r.usage)

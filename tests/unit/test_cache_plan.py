@@ -3,6 +3,7 @@ stable head ends, and a reservation that bounds what 1-hour writes can bill."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -106,3 +107,19 @@ def test_the_reservation_bounds_what_one_hour_writes_can_bill(tokenizer: str) ->
     assert worst <= input_bound * rate / 1e6 + 1e-12
     assert rate < dearest_input_rate(SONNET, "1h")  # tighter than pricing all of it at 2x
     assert input_rate_bound(SONNET, "5m", input_tokens=total) == dearest_input_rate(SONNET, "5m")
+
+
+def test_a_head_already_cached_keeps_the_lifetime_it_was_written_with() -> None:
+    # the same rhythm that writes a new head for an hour: once the head sits inside the prefix
+    # the last turn cached, this run writes no entry for it; a 1-hour marker would write nothing
+    # and only price the head at 2x in the reservation (turns 4-32 of the bench's 60-turn chat
+    # carried one for nothing)
+    due = forecast((60.0, 80.0, 70.0))
+    assert plan_cache(SONNET, due).head == "1h"
+    cached = replace(due, head_new=False)
+    plan = plan_cache(SONNET, cached)
+    assert (plan.head, plan.tail) == ("5m", "5m"), plan.why
+    assert "already cached" in plan.why
+    # long gaps still ask for a 1-hour tail, and a 1-hour marker may not follow a 5-minute one
+    slow = replace(forecast((600.0, 900.0, 60.0), history=10_000), head_new=False)
+    assert (plan_cache(SONNET, slow).head, plan_cache(SONNET, slow).tail) == ("1h", "1h")
