@@ -24,6 +24,7 @@ from telegram.ext import (
     MessageHandler,
     filters,
 )
+from telegram.request import HTTPXRequest
 
 from agents.affordability import budget_warnings
 from agents.config import Settings
@@ -48,6 +49,10 @@ OUTBOX_SWEEP_S = 30.0
 SHUTDOWN_GRACE_S = 10.0
 """On SIGTERM, runs in flight get this long to finish; the rest are left to recovery."""
 
+TELEGRAM_CONNECTIONS = 256
+"""Telegram calls in flight at once (python-telegram-bot's default)."""
+TELEGRAM_KEEP_ALIVE = 32
+"""Idle connections to Telegram kept open for the next call."""
 ALLOWED_UPDATES = [Update.MESSAGE, Update.EDITED_MESSAGE, Update.CALLBACK_QUERY]
 
 
@@ -68,6 +73,7 @@ def build_application(settings: Settings, *, runtime: Runtime | None = None) -> 
         # (bot/delivery.py: a 429 waits in its chat only), so neither the stock updater nor
         # AIORateLimiter, which pauses every chat for one chat's flood wait, is used.
         .updater(None)
+        .request(telegram_request())
         .post_init(_post_init)
         .post_shutdown(_post_shutdown)
         .build()
@@ -85,6 +91,18 @@ def build_application(settings: Settings, *, runtime: Runtime | None = None) -> 
     app.add_handler(MessageHandler(filters.ALL & ~filters.StatusUpdate.ALL, on_message))
     app.add_error_handler(on_error)
     return app
+
+
+def telegram_request() -> HTTPXRequest:
+    """The connection pool for Telegram calls: python-telegram-bot's default keeps up to 256
+    idle connections, and every request and every response walks all of them (asking each
+    socket whether it is still open): after a burst that walk cost more CPU than the rest of a
+    reply (issue 15). Replies are paced at ~30 a second, so a few dozen kept open serve them."""
+    import httpx
+
+    return HTTPXRequest(connection_pool_size=TELEGRAM_CONNECTIONS, httpx_kwargs={
+        "limits": httpx.Limits(max_connections=TELEGRAM_CONNECTIONS,
+                               max_keepalive_connections=TELEGRAM_KEEP_ALIVE)})
 
 
 def _gated(handler: Any) -> Any:

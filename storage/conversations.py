@@ -95,23 +95,17 @@ class ConversationRepository:
             " AND archived_at IS NULL", (conversation_id, agent))
         if live is not None:  # read first: a write transaction only to create it
             return int(live)
-        async with self.db.write() as conn:
-            cursor = await conn.execute(
-                "SELECT id FROM sessions WHERE conversation_id = ? AND agent = ?"
-                " AND archived_at IS NULL",
-                (conversation_id, agent),
-            )
-            row = await cursor.fetchone()
-            if row is not None:
-                return int(row[0])
-            async with conn.execute(
-                "INSERT INTO sessions (conversation_id, agent, created_at) VALUES (?, ?, ?)"
-                " RETURNING id",
-                (conversation_id, agent, now_iso()),
-            ) as cursor:
-                row = await cursor.fetchone()
-            assert row is not None
-            return int(row[0])
+        # created unless live, then read, in the group commit
+        cursor = await self.db.write_many([
+            ("INSERT INTO sessions (conversation_id, agent, created_at) VALUES (?, ?, ?)"
+             " ON CONFLICT (conversation_id, agent) WHERE archived_at IS NULL DO NOTHING",
+             (conversation_id, agent, now_iso())),
+            ("SELECT id FROM sessions WHERE conversation_id = ? AND agent = ?"
+             " AND archived_at IS NULL", (conversation_id, agent)),
+        ])
+        row = await cursor.fetchone()
+        assert row is not None
+        return int(row[0])
 
     async def archive_sessions(self, conversation_id: int) -> int:
         """/new: every live session of the conversation is archived; returns how many."""
@@ -129,7 +123,7 @@ class ConversationRepository:
                " + ?, output_tokens = output_tokens + ? WHERE id = ?")
         params = (input_tokens, cache_read, cache_write, output, session_id)
         if conn is not None:
-            await conn.execute(sql, params)
+            await conn.later(sql, params)
         else:
             await self.db.execute_write(sql, params)
 
@@ -183,20 +177,17 @@ class ConversationRepository:
         *,
         run_id: str | None = None,
     ) -> None:
-        """``append`` inside the caller's transaction (a turn's history commits with its reply)."""
+        """``append`` inside the caller's transaction (a turn's history commits with its reply).
+        Each row takes the next ``seq`` in its own statement, so nothing is read back: on SQLite
+        they all go with the transaction's next statement or its commit, in one hop."""
         now = now_iso()
-        cursor = await conn.execute(
-            "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE session_id = ?", (session_id,)
-        )
-        row = await cursor.fetchone()
-        seq = int(row[0]) if row else 0
         for role, content, tokens in messages:
-            seq += 1
-            await conn.execute(
+            await conn.later(
                 "INSERT INTO messages (session_id, seq, role, content, tokens, run_id,"
-                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (session_id, seq, role, json.dumps(content, ensure_ascii=False), tokens,
-                 run_id, now),
+                " created_at) SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ?, ?"
+                " FROM messages WHERE session_id = ?",
+                (session_id, role, json.dumps(content, ensure_ascii=False), tokens, run_id, now,
+                 session_id),
             )
 
     async def compact(

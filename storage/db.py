@@ -66,6 +66,11 @@ class WriteConnection(Protocol):
         the writer with the transaction's next statement (or its commit), in the same hop, so
         the write lock is not held across an extra hop; an error raises there and rolls back.
         On PostgreSQL it runs at once."""
+    async def last(self, sql: str, params: Params = ..., /) -> Cursor:
+        """The transaction's last statement, whose rows are read after it: on SQLite it runs
+        with the commit (and any ``later`` statements before it) in one hop, so the write lock
+        is not held across another hop for the commit; nothing may follow it in the
+        transaction. On PostgreSQL it runs at once and the transaction commits as usual."""
 
 
 class DatabaseUnavailable(ConnectionError):
@@ -88,10 +93,12 @@ def iso(moment: datetime) -> str:
 
 READERS = 3
 """Reader threads (each with its own connection): reads in parallel, up to this many at once."""
+WAKE_AT_ONCE = 4
+"""Callers of one group commit resumed per event-loop iteration."""
 PRAGMAS = ("foreign_keys=ON", "busy_timeout=5000", "synchronous=NORMAL")
 
 
-class _Cursor:
+class FetchedCursor:
     """A finished statement: its rows (already fetched, in the thread that ran it) and rowcount."""
 
     def __init__(self, rows: list[Row], rowcount: int) -> None:
@@ -108,13 +115,13 @@ class _Cursor:
 class _Pending:
     """What ``execute`` returns: await it, or use it as ``async with`` (nothing left to close)."""
 
-    def __init__(self, future: asyncio.Future[_Cursor]) -> None:
+    def __init__(self, future: asyncio.Future[FetchedCursor]) -> None:
         self._future = future
 
-    def __await__(self) -> Generator[Any, None, _Cursor]:
+    def __await__(self) -> Generator[Any, None, FetchedCursor]:
         return self._future.__await__()
 
-    async def __aenter__(self) -> _Cursor:
+    async def __aenter__(self) -> FetchedCursor:
         return await self._future
 
     async def __aexit__(self, *exc: object) -> None:
@@ -122,29 +129,32 @@ class _Pending:
 
 
 def _run(conn: sqlite3.Connection, sql: str, params: Params, *, begin: bool = False,
-         many: bool = False) -> _Cursor:
+         many: bool = False) -> FetchedCursor:
     """One statement to completion, in the thread that owns ``conn``."""
     if begin and not conn.in_transaction:
         conn.execute("BEGIN IMMEDIATE")
     cursor = conn.executemany(sql, params) if many else conn.execute(sql, params)
     try:
         rows = cursor.fetchall()
-        return _Cursor(rows, cursor.rowcount)
+        return FetchedCursor(rows, cursor.rowcount)
     finally:
         cursor.close()
 
 
-def _run_batch(conn: sqlite3.Connection,
-               statements: list[tuple[str, Params]]) -> list[int | Exception]:
-    """Single statements of several callers in one transaction, each in its own savepoint: a
-    rowcount for each, or the error that undid it alone."""
-    results: list[int | Exception] = []
+def _run_batch(conn: sqlite3.Connection, writes: list[Sequence[tuple[str, Params]]]
+               ) -> list[FetchedCursor | Exception]:
+    """The writes of several callers (each a few statements) in one transaction, each in its
+    own savepoint: for each, its last statement's cursor, or the error that undid it alone."""
+    results: list[FetchedCursor | Exception] = []
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for sql, params in statements:
+        for statements in writes:
             conn.execute("SAVEPOINT one")
             try:
-                results.append(_run(conn, sql, params).rowcount)
+                cursor = FetchedCursor([], 0)
+                for sql, params in statements:
+                    cursor = _run(conn, sql, params)
+                results.append(cursor)
             except Exception as exc:
                 conn.execute("ROLLBACK TO one")
                 results.append(exc)
@@ -163,10 +173,23 @@ def _run_queued(conn: sqlite3.Connection, earlier: Sequence[tuple[str, Params]])
 
 
 def _run_after(conn: sqlite3.Connection, earlier: Sequence[tuple[str, Params]], sql: str,
-               params: Params, *, many: bool = False) -> _Cursor:
+               params: Params, *, many: bool = False) -> FetchedCursor:
     """``later`` statements, then this one, in one hop."""
     _run_queued(conn, earlier)
     return _run(conn, sql, params, begin=True, many=many)
+
+
+def _run_last(conn: sqlite3.Connection, earlier: Sequence[tuple[str, Params]], sql: str,
+              params: Params) -> FetchedCursor:
+    """``later`` statements, this one, and the commit, in one hop; rolled back if one fails."""
+    try:
+        cursor = _run_after(conn, earlier, sql, params)
+        conn.commit()
+    except BaseException:
+        if conn.in_transaction:
+            conn.rollback()
+        raise
+    return cursor
 
 
 def _finish(conn: sqlite3.Connection, commit: bool,
@@ -187,8 +210,12 @@ class _WriteConnection:
     def __init__(self, db: Database) -> None:
         self._db = db
         self.queued: list[tuple[str, Params]] = []
+        self.ended = False
+        """``last`` ran: the transaction is over (committed, or rolled back where it failed)."""
 
     def _take_queued(self) -> list[tuple[str, Params]]:
+        if self.ended:
+            raise RuntimeError("a statement after last(): the transaction is over")
         queued, self.queued = self.queued, []
         return queued
 
@@ -200,7 +227,15 @@ class _WriteConnection:
                                             many=True))
 
     async def later(self, sql: str, params: Params = (), /) -> None:
+        if self.ended:
+            raise RuntimeError("a statement after last(): the transaction is over")
         self.queued.append((sql, params))
+
+    async def last(self, sql: str, params: Params = (), /) -> FetchedCursor:
+        queued = self._take_queued()
+        self.ended = True
+        # shielded like the commit it carries: a cancellation does not stop it half-way
+        return await asyncio.shield(self._db._on_writer(_run_last, queued, sql, params))
 
 
 class Database:
@@ -215,7 +250,8 @@ class Database:
         self._read_conns: list[sqlite3.Connection] = []
         self._local = threading.local()
         self._lock = asyncio.Lock()
-        self._queued: list[tuple[str, Params, asyncio.Future[int]]] = []
+        self._queued: list[tuple[Sequence[tuple[str, Params]],
+                                 asyncio.Future[FetchedCursor]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
@@ -276,6 +312,8 @@ class Database:
                 await asyncio.shield(self._on_writer(_finish, False))
                 raise
             else:
+                if conn.ended:  # committed with its last statement
+                    return
                 # statements queued by ``later`` and never followed by another go with the
                 # commit; if one fails, the transaction is rolled back and the error raised
                 commit = self._on_writer(_finish, True, conn._take_queued())
@@ -298,13 +336,26 @@ class Database:
         each statement in its own savepoint, so one that fails is undone alone and raises to
         its caller only. A statement whose caller was cancelled before its batch left is not
         run."""
+        return (await self.write_many([(sql, params)])).rowcount
+
+    async def write_many(self, statements: Sequence[tuple[str, Params]]) -> Cursor:
+        """A short transaction that reads nothing back before its last statement: its statements
+        in order, committed before this returns; returns the last one's cursor (its rows, its
+        rowcount). On SQLite it joins the group commit of ``execute_write``: callers waiting
+        together share one turn of the write lock and one hop to the writer, each write in a
+        savepoint of its own (one that fails is undone alone and raises to its caller only).
+        That turn of the lock is what a write costs when the event loop is busy: a ``write()``
+        holds the lock across a loop iteration for every hop, a group commit once for all."""
+        if not statements:
+            raise ValueError("write_many needs at least one statement")
         if self.dialect != "sqlite":
             async with self.write() as conn:
-                cursor = await conn.execute(sql, params)
-                return cursor.rowcount
+                for sql, params in statements[:-1]:
+                    await conn.later(sql, params)
+                return await conn.last(*statements[-1])
         self._require(self._writer)
-        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queued.append((sql, params, done))
+        done: asyncio.Future[FetchedCursor] = asyncio.get_running_loop().create_future()
+        self._queued.append((list(statements), done))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="keel-db-group-commit")
         return await done
@@ -315,28 +366,32 @@ class Database:
         turn."""
         while self._queued:
             async with self._lock:
-                batch = [item for item in self._queued if not item[2].cancelled()]
+                batch = [item for item in self._queued if not item[1].cancelled()]
                 self._queued = []
                 if not batch:
                     continue
                 try:
                     results = await asyncio.shield(self._on_writer(
-                        _run_batch, [(sql, params) for sql, params, _ in batch]))
+                        _run_batch, [statements for statements, _ in batch]))
                 except BaseException as exc:  # the commit itself failed: nothing was written
-                    for _, _, future in batch:
+                    for _, future in batch:
                         if not future.done():
                             future.set_exception(exc if isinstance(exc, Exception)
                                                  else RuntimeError("write interrupted"))
                     if not isinstance(exc, Exception):
                         raise
                     continue
-            for (_, _, future), result in zip(batch, results, strict=True):
-                if future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+            for n, ((_, future), result) in enumerate(zip(batch, results, strict=True), 1):
+                if not future.done():
+                    if isinstance(result, BaseException):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+                if n % WAKE_AT_ONCE == 0 and n < len(batch):
+                    # the callers go on in the next loop iteration; a few at a time, so a batch
+                    # of hundreds does not wake them all into one iteration (a stall for
+                    # everything else on the loop)
+                    await asyncio.sleep(0)
 
     # ------------------------------------------------------------ reads
 
@@ -350,7 +405,7 @@ class Database:
         cursor = await asyncio.wrap_future(self._read_threads.submit(self._read, sql, params))
         return cursor._rows
 
-    def _read(self, sql: str, params: Params) -> _Cursor:
+    def _read(self, sql: str, params: Params) -> FetchedCursor:
         """In a reader thread, on that thread's own connection (opened on its first read)."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:

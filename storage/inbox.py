@@ -12,6 +12,9 @@ from typing import Any, Literal
 
 from storage.db import Database, WriteConnection, now_iso
 
+STORE_ROWS = 1000
+"""Updates stored by one statement (6 parameters each: far below SQLite's and PostgreSQL's
+limits); Telegram sends at most 100 at a time."""
 InboxStatus = Literal["received", "processing", "done", "ignored", "failed"]
 
 
@@ -41,20 +44,27 @@ class Inbox:
         return inserted == 1
 
     async def store(self, updates: list[InboxItem]) -> set[int]:
-        """Commit a batch of updates in one transaction; returns the ids new to the inbox (a
-        redelivery of an update already stored is not new)."""
-        fresh: set[int] = set()
+        """Commit a batch of updates in one transaction (each ``STORE_ROWS`` in one of their
+        own); returns the ids new to the inbox (a redelivery of an update already stored is not
+        new)."""
+        if not updates:
+            return set()
         now = now_iso()
-        async with self.db.write() as conn:
-            for u in updates:
-                cursor = await conn.execute(
-                    "INSERT INTO inbox (update_id, chat_id, thread_id, user_id, payload,"
-                    " received_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    (u.update_id, u.chat_id, u.thread_id, u.user_id,
-                     json.dumps(u.payload, ensure_ascii=False), now),
-                )
-                if cursor.rowcount == 1:
-                    fresh.add(u.update_id)
+        fresh: set[int] = set()
+        # one statement (a getUpdates batch is at most 100), in the group commit on SQLite: a
+        # statement per update held the write lock across a loop iteration each, and the next
+        # getUpdates waited for all of them (issue 15)
+        for start in range(0, len(updates), STORE_ROWS):
+            chunk = updates[start:start + STORE_ROWS]
+            params: list[object] = []
+            for u in chunk:
+                params += [u.update_id, u.chat_id, u.thread_id, u.user_id,
+                           json.dumps(u.payload, ensure_ascii=False), now]
+            rows = ", ".join("(?, ?, ?, ?, ?, ?)" for _ in chunk)
+            sql = ("INSERT INTO inbox (update_id, chat_id, thread_id, user_id, payload,"  # noqa: S608
+                   f" received_at) VALUES {rows} ON CONFLICT DO NOTHING RETURNING update_id")
+            cursor = await self.db.write_many([(sql, params)])
+            fresh.update(int(row[0]) for row in await cursor.fetchall())
         return fresh
 
     async def take(self, update_id: int) -> bool:
@@ -80,7 +90,7 @@ class Inbox:
     async def close(conn: WriteConnection, update_id: int, status: InboxStatus, *,
                     run_id: str | None = None) -> None:
         """Finish an update inside the caller's transaction (with its reply)."""
-        await conn.execute(
+        await conn.later(
             "UPDATE inbox SET status = ?, run_id = COALESCE(?, run_id), done_at = ?"
             " WHERE update_id = ?", (status, run_id, now_iso(), update_id))
 

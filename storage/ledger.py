@@ -1,8 +1,9 @@
 """The daily ledger: every model call's worst case is held before the call, settled after.
 
-A day's caps hold however many runs go at once because the check and the hold are one write
-transaction (``Database.write()``: one writer, ``BEGIN IMMEDIATE``): what is spent (settled, in
-``usage_ledger`` and ``schedule_spend``) plus what is held (``budget_holds``) never passes a cap.
+A day's caps hold however many runs go at once because the check and the hold are one statement
+in a write transaction (``Database.write_many``: one writer, ``BEGIN IMMEDIATE``; on PostgreSQL the
+advisory write lock): what is spent (settled, in ``usage_ledger`` and ``schedule_spend``) plus what
+is held (``budget_holds``) never passes a cap.
 Settling deletes the hold and records the real cost in one transaction too, so no moment exists
 in which a call's money is counted neither as held nor as spent.
 
@@ -18,10 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from storage.db import Database, WriteConnection, now_iso
-from storage.usage import SYSTEM_USER, UsageDelta, record_usage, today
+from storage.db import Database, Params, WriteConnection, now_iso
+from storage.usage import SYSTEM_USER, UsageDelta, today, usage_statement
 
 MONEY_EPSILON = 1e-12
 """Float noise tolerated when comparing sums of USD amounts with a cap."""
@@ -124,40 +125,36 @@ class Ledger:
         day = day or today()
         uid = user_id or SYSTEM_USER
         sched = schedule or ""
-        async with self.db.write() as conn:
-            if first is not None:
-                await first(conn)
-            lefts: list[tuple[float, str, float]] = []
-            scopes = _scopes(caps, user_id, schedule)
-            used = await _used(conn, day, scopes, uid, sched)
-            if "all" in used and caps.total_usd is not None:
-                lefts.append((caps.total_usd - used["all"], "everyone", caps.total_usd))
-            if "user" in used and caps.per_user_usd is not None:
-                lefts.append((caps.per_user_usd - used["user"], f"user {uid}", caps.per_user_usd))
-            if "schedule" in used and caps.per_schedule_usd is not None:
-                lefts.append((caps.per_schedule_usd - used["schedule"], f"schedule {sched!r}",
-                              caps.per_schedule_usd))
-            amount = want_usd
-            if lefts:
-                left, scope, cap = min(lefts)
-                if left + MONEY_EPSILON < min_usd:
-                    return Shortfall(scope=scope, cap_usd=cap, left_usd=max(0.0, left))
-                amount = min(want_usd, left)
-            async with conn.execute(
-                "INSERT INTO budget_holds (run_id, day, user_id, schedule, agent, amount_usd,"
-                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                (run_id, day, uid, sched, agent, amount, now_iso()),
-            ) as cursor:
-                row = await cursor.fetchone()
-        assert row is not None
-        return Hold(id=int(row[0]), run_id=run_id, day=day, user_id=uid, schedule=sched, agent=agent,
-                    amount_usd=amount)
+        statements: list[tuple[str, Params]] = []
+        if first is not None:
+            collected = _Collected()
+            await first(collected)  # type: ignore[arg-type]
+            statements += collected.statements
+        scopes = _scopes(caps, user_id, schedule)
+        statements.append(_hold_sql(_caps_of(caps, scopes, uid, sched), day=day, user_id=uid, schedule=sched,
+                                    run_id=run_id, agent=agent, want_usd=want_usd,
+                                    min_usd=min_usd))
+        # check and hold in one statement, in the group commit: the caps are read by the writer
+        # itself, after every write committed before it, so no two holds can both take the
+        # last of a cap
+        cursor = await self.db.write_many(statements)
+        row = await cursor.fetchone()
+        if row is not None:
+            return Hold(id=int(row[0]), run_id=run_id, day=day, user_id=uid, schedule=sched,
+                        agent=agent, amount_usd=float(row[1]))
+        # refused: which cap, and what it has left (read now, for the message only)
+        used = await _used(self.db, day, scopes, uid, sched)
+        lefts = [(cap - used[scope], name, cap)
+                 for scope, name, cap in _caps_of(caps, scopes, uid, sched)]
+        left, scope, cap = min(lefts)
+        return Shortfall(scope=scope, cap_usd=cap, left_usd=max(0.0, left))
 
     async def settle(self, hold: Hold, delta: UsageDelta) -> None:
-        """Record the call's real cost and drop its hold, in one transaction."""
-        async with self.db.write() as conn:
-            await conn.execute("DELETE FROM budget_holds WHERE id = ?", (hold.id,))
-            await _spend(conn, hold.day, hold.user_id, hold.agent, hold.schedule, delta)
+        """Record the call's real cost and drop its hold, in one transaction (in the group
+        commit: nothing is read back)."""
+        await self.db.write_many([("DELETE FROM budget_holds WHERE id = ?", (hold.id,)),
+                                  *_spend_statements(hold.day, hold.user_id, hold.agent,
+                                                     hold.schedule, delta)])
 
     async def release(self, hold: Hold) -> None:
         """Drop a hold whose call cost nothing (the API answered with an error)."""
@@ -296,14 +293,80 @@ async def _used(source: WriteConnection | Database, day: str, scopes: list[Scope
     return {scope: float(row[i] if row else 0.0) for i, scope in enumerate(scopes)}
 
 
+class _Collected:
+    """Stands in for a write connection to collect ``later`` statements (a run's own row,
+    written with its first hold)."""
+
+    def __init__(self) -> None:
+        self.statements: list[tuple[str, Params]] = []
+
+    async def later(self, sql: str, params: Params = (), /) -> None:
+        self.statements.append((sql, params))
+
+    def execute(self, sql: str, params: Params = (), /) -> Any:
+        raise TypeError("a hold's first writes can only be later() statements")
+
+
+def _caps_of(caps: DailyCaps, scopes: list[Scope], user_id: int, schedule: str
+             ) -> list[tuple[Scope, str, float]]:
+    """(scope, whose cap it is, the cap) for each of ``scopes``."""
+    out: list[tuple[Scope, str, float]] = []
+    for scope in scopes:
+        if scope == "all" and caps.total_usd is not None:
+            out.append((scope, "everyone", caps.total_usd))
+        elif scope == "user" and caps.per_user_usd is not None:
+            out.append((scope, f"user {user_id}", caps.per_user_usd))
+        elif scope == "schedule" and caps.per_schedule_usd is not None:
+            out.append((scope, f"schedule {schedule!r}", caps.per_schedule_usd))
+    return out
+
+
+def _hold_sql(caps: list[tuple[Scope, str, float]], *, day: str, user_id: int, schedule: str,
+              run_id: str, agent: str, want_usd: float, min_usd: float) -> tuple[str, Params]:
+    """One statement that holds as much of ``want_usd`` as the tightest of ``caps`` has left
+    (its spent plus held, summed by the statement itself), and nothing when that is below
+    ``min_usd``; it returns the hold's id and amount, or no row. No caps: ``want_usd``."""
+    insert = ("INSERT INTO budget_holds (run_id, day, user_id, schedule, agent, amount_usd,"
+              " created_at)")
+    if not caps:
+        return (insert + " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id, amount_usd",  # noqa: S608
+                (run_id, day, user_id, schedule, agent, want_usd, now_iso()))
+    lefts: list[str] = []
+    params: list[object] = []
+    for scope, _, cap in caps:
+        key: tuple[object, ...] = {"all": (), "user": (user_id,),
+                                   "schedule": (schedule,)}[scope]
+        lefts.append(f"SELECT ? - ({_USED_SQL[scope]}) AS left_usd")
+        params += [cap, day, *key, day, *key]
+    # (built from the constants above only; every value is a parameter)
+    sql = ("WITH lefts AS (" + " UNION ALL ".join(lefts) + "),"  # noqa: S608
+           " tight AS (SELECT MIN(left_usd) AS left_usd FROM lefts) "
+           + insert + " SELECT ?, ?, ?, ?, ?,"
+           " CASE WHEN left_usd < ? THEN left_usd ELSE ? END, ?"
+           " FROM tight WHERE left_usd + ? >= ? RETURNING id, amount_usd")
+    params += [run_id, day, user_id, schedule, agent, want_usd, want_usd, now_iso(),
+               MONEY_EPSILON, min_usd]
+    return sql, params
+
+
+_SCHEDULE_SPEND_SQL = (
+    "INSERT INTO schedule_spend (day, schedule, cost_usd, model_calls) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (day, schedule) DO UPDATE SET"
+    " cost_usd = schedule_spend.cost_usd + excluded.cost_usd,"
+    " model_calls = schedule_spend.model_calls + excluded.model_calls")
+
+
+def _spend_statements(day: str, user_id: int, agent: str, schedule: str,
+                      delta: UsageDelta) -> list[tuple[str, Params]]:
+    """What a settled cost writes: the day's usage of (user, agent), and of its schedule."""
+    out: list[tuple[str, Params]] = [
+        usage_statement(day=day, user_id=user_id, agent=agent, delta=delta)]
+    if schedule:
+        out.append((_SCHEDULE_SPEND_SQL, (day, schedule, delta.cost_usd, delta.model_calls)))
+    return out
+
+
 async def _spend(conn: WriteConnection, day: str, user_id: int, agent: str, schedule: str,
                  delta: UsageDelta) -> None:
-    await record_usage(conn, day=day, user_id=user_id, agent=agent, delta=delta)
-    if schedule:
-        await conn.execute(
-            "INSERT INTO schedule_spend (day, schedule, cost_usd, model_calls) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (day, schedule) DO UPDATE SET"
-            " cost_usd = schedule_spend.cost_usd + excluded.cost_usd,"
-            " model_calls = schedule_spend.model_calls + excluded.model_calls",
-            (day, schedule, delta.cost_usd, delta.model_calls),
-        )
+    for sql, params in _spend_statements(day, user_id, agent, schedule, delta):
+        await conn.later(sql, params)

@@ -38,7 +38,14 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import RowMaker
 from psycopg_pool import AsyncConnectionPool
 
-from storage.db import Database, DatabaseUnavailable, Params, Row, WriteConnection
+from storage.db import (
+    Database,
+    DatabaseUnavailable,
+    FetchedCursor,
+    Params,
+    Row,
+    WriteConnection,
+)
 from storage.db import (
     is_postgres_url as is_postgres_url,  # (defined there: SQLite needs no psycopg)
 )
@@ -170,6 +177,15 @@ class PgWriteConnection:
     async def later(self, sql: str, params: Params = (), /) -> None:
         cursor = await self._execute(sql, params)
         await cursor.close()
+
+    async def last(self, sql: str, params: Params = (), /) -> FetchedCursor:
+        """Runs at once (the transaction commits when ``write()`` ends); its rows are read here,
+        so they are there after the transaction."""
+        cursor = await self._execute(sql, params)
+        try:
+            return FetchedCursor(list(await cursor.fetchall()), cursor.rowcount)
+        finally:
+            await cursor.close()
 
     async def _execute(self, sql: str, params: Params) -> PgCursor:
         cursor = self._conn.cursor(row_factory=_rows)

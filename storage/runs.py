@@ -101,7 +101,7 @@ class RunRepository:
                                   totals=totals, state=state, conn=own)
             return
         ended = None if status == "waiting_human" else now_iso()
-        await conn.execute(
+        await conn.later(
             "UPDATE runs SET status = ?, status_detail = ?, output = ?, cost_usd = ?, steps = ?,"
             " model_calls = ?, input_tokens = ?, output_tokens = ?, cache_read_tokens = ?,"
             " cache_write_tokens = ?, state = ?, ended_at = ? WHERE id = ?",

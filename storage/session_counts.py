@@ -50,7 +50,7 @@ class SessionCounts:
     @staticmethod
     async def save_anchor_in(conn: Any, session_id: int, anchor: SessionAnchor | None) -> None:
         """Keep (or, with None, forget) a session's anchor inside the caller's transaction."""
-        await conn.execute(
+        await conn.later(
             "UPDATE sessions SET anchor_tokens = ?, anchor_messages = ?, anchor_digest = ?"
             " WHERE id = ?",
             (anchor.tokens if anchor else None, anchor.messages if anchor else None,

@@ -49,8 +49,15 @@ class UsageLedger:
 
 async def record_usage(conn: WriteConnection, *, day: str, user_id: int, agent: str,
                        delta: UsageDelta) -> None:
-    """Add ``delta`` to the day's row of (user, agent), inside the caller's write transaction."""
-    await conn.execute(
+    """Add ``delta`` to the day's row of (user, agent), inside the caller's write transaction
+    (with its next statement or its commit: nothing is read back)."""
+    await conn.later(*usage_statement(day=day, user_id=user_id, agent=agent, delta=delta))
+
+
+def usage_statement(*, day: str, user_id: int, agent: str, delta: UsageDelta
+                    ) -> tuple[str, tuple[object, ...]]:
+    """The statement that adds ``delta`` to the day's row of (user, agent)."""
+    return (
         "INSERT INTO usage_ledger (day, user_id, agent, cost_usd, input_tokens, output_tokens,"
         " cache_read_tokens, cache_write_tokens, model_calls) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (day, user_id, agent) DO UPDATE SET"

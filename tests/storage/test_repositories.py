@@ -57,3 +57,33 @@ async def test_history_append_compact_and_new_session(db: Database) -> None:
     assert [(m.kind, m.content[0]["text"]) for m in after] == [("summary", "summary"), ("turn", "three")]
     assert await repo.archive_sessions(conv.id) == 1
     assert await repo.live_session(conv.id, "assistant") != session
+
+
+async def test_the_inbox_stores_a_batch_once_and_names_what_was_new(db: Database) -> None:
+    from storage.inbox import Inbox, InboxItem
+
+    def item(n: int) -> InboxItem:
+        return InboxItem(update_id=n, chat_id=n % 7, thread_id=None, user_id=n,
+                         payload={"update_id": n, "text": f"héllo {n} 'quoted' %s ?"},
+                         status="received")
+
+    inbox = Inbox(db)
+    assert await inbox.store([item(n) for n in range(1, 101)]) == set(range(1, 101))
+    # Telegram sends a batch again when the offset did not move: only the new ones are new
+    assert await inbox.store([item(n) for n in range(90, 131)]) == set(range(101, 131))
+    assert await inbox.store([]) == set()
+    assert await db.fetchval("SELECT COUNT(*) FROM inbox") == 130
+    stored = await inbox.get(42)
+    assert stored is not None and stored.payload["text"] == "héllo 42 'quoted' %s ?"
+
+
+async def test_a_live_session_is_created_once_however_many_ask(db: Database) -> None:
+    import asyncio
+
+    repo = ConversationRepository(db)
+    conversation = await repo.get_or_create(1, None)
+    ids = await asyncio.gather(*(repo.live_session(conversation.id, "a") for _ in range(20)))
+    assert len(set(ids)) == 1
+    assert await db.fetchval("SELECT COUNT(*) FROM sessions") == 1
+    await repo.archive_sessions(conversation.id)
+    assert await repo.live_session(conversation.id, "a") not in ids  # a new one after /new

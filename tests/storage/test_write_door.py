@@ -1,4 +1,6 @@
 import asyncio
+import re
+from typing import Any
 
 import pytest
 
@@ -166,3 +168,64 @@ async def test_a_failing_later_statement_rolls_the_whole_write_back(db: Database
     async with db.write() as conn:  # and the door works after both
         await conn.later(INSERT, (4,))
     assert await _count(db) == 1
+
+
+async def test_the_last_statement_commits_with_the_transaction(db: Database) -> None:
+    async with db.write() as conn:
+        await conn.later(INSERT, (1,))
+        cursor = await conn.last("SELECT COUNT(*) FROM conversations")
+        if db.dialect == "sqlite":  # nothing may follow it: the transaction is already over
+            with pytest.raises(RuntimeError, match="after last"):
+                await conn.later(INSERT, (2,))
+    row = await cursor.fetchone()  # its rows are there after the transaction
+    assert row is not None and row[0] == 1
+    assert await _count(db) == 1
+
+
+async def test_a_failing_last_statement_rolls_the_whole_write_back(db: Database) -> None:
+    with pytest.raises(Exception, match="(?i)unique|duplicate"):
+        async with db.write() as conn:
+            await conn.execute(INSERT, (1,))
+            await conn.later(INSERT, (2,))
+            await conn.last(INSERT + " RETURNING id", (1,))  # refused: nothing is kept
+    assert await _count(db) == 0
+    async with db.write() as conn:  # and the door works after it
+        cursor = await conn.last(INSERT + " RETURNING id", (3,))
+    assert (await cursor.fetchone()) is not None and await _count(db) == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # hops to the writer thread are SQLite's
+async def test_a_last_statement_is_one_hop_with_its_commit(db: Database) -> None:
+    hops = 0
+    real = db._on_writer
+
+    def counting(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal hops
+        hops += 1
+        return real(fn, *args, **kwargs)
+
+    db._on_writer = counting  # type: ignore[method-assign]
+    async with db.write() as conn:
+        await conn.later(INSERT, (1,))
+        await conn.last(INSERT + " RETURNING id", (2,))
+    assert hops == 1 and await _count(db) == 2
+
+
+async def test_writes_waiting_together_commit_together_and_fail_alone(db: Database) -> None:
+    async def write(n: int) -> int:
+        cursor = await db.write_many([(INSERT, (n,)), (INSERT + " RETURNING chat_id", (n + 100,))])
+        row = await cursor.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def refused() -> None:  # its first statement goes in, its second is refused
+        await db.write_many([(INSERT, (50,)), (INSERT, (1,))])
+
+    results = await asyncio.gather(*(write(n) for n in range(1, 6)), refused(),
+                                   return_exceptions=True)
+    assert results[:5] == [101, 102, 103, 104, 105]
+    assert isinstance(results[5], Exception)
+    assert re.search("(?i)unique|duplicate", str(results[5])), results[5]
+    # the refused write is undone whole (its first row too), the others are all there
+    assert await _count(db) == 10
+    assert await db.fetchval("SELECT COUNT(*) FROM conversations WHERE chat_id = 50") == 0
