@@ -12,6 +12,7 @@ has not finished, so no call ever goes without it and an idle bot never pays for
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import time
@@ -25,9 +26,16 @@ if TYPE_CHECKING:
     import anthropic
 
 MAX_CONNECTIONS = 1000
-"""Model calls in flight at once (the SDK's default)."""
+"""Model calls in flight at once per pool (the SDK's default)."""
 KEEP_ALIVE = 20
 """Idle connections kept for the next calls (the SDK keeps 100)."""
+POOLS = 16
+POOL_BUSY = 32
+"""Calls go to the least busy of up to ``POOLS`` SDK clients, each with its own connection pool;
+another pool opens when every open one has ``POOL_BUSY`` calls in flight. Every request and every
+response walks its pool's connections (asking each whether it can take the request, or whether it
+was closed): with one pool and 400 calls in flight that walk was the largest share of the event
+loop's longest stalls in a burst (issue 15). One chat at a time uses the first pool only."""
 
 
 class AnthropicModelClient:
@@ -41,7 +49,11 @@ class AnthropicModelClient:
     ) -> None:
         self._options: dict[str, Any] = {"api_key": api_key, "base_url": base_url,
                                          "max_retries": max_retries, "timeout": timeout_s}
-        self._client: anthropic.AsyncAnthropic | None = None
+        self._clients: list[anthropic.AsyncAnthropic] = []
+        self._busy: list[int] = []
+        """Calls in flight per client."""
+        self._ssl: Any = None
+        """One TLS context for every pool (building one reads the CA store: ~30 ms)."""
         self._loading: asyncio.Future[Any] | None = None
 
     def warm_up(self) -> asyncio.Future[Any]:
@@ -52,38 +64,58 @@ class AnthropicModelClient:
                 asyncio.to_thread(importlib.import_module, "anthropic"))
         return self._loading
 
-    async def _ready(self) -> anthropic.AsyncAnthropic:
-        """The SDK client, created on the first call (after the import, waited for here)."""
-        if self._client is None:
+    async def _ready(self) -> int:
+        """The index of the client the next call goes to: the least busy (the first pool when
+        it is as free as any), opening another pool when all are busy (the SDK is imported on
+        the first call, waited for here)."""
+        if not self._clients:
             self.warm_up()
             assert self._loading is not None
             await asyncio.shield(self._loading)  # a cancelled call leaves the import running
-            if self._client is None:
-                import anthropic
-                import httpx2
+            if not self._clients:
+                self._open_pool()
+        best = min(range(len(self._clients)), key=self._busy.__getitem__)
+        if self._busy[best] >= POOL_BUSY and len(self._clients) < POOLS:
+            best = self._open_pool()
+        return best
 
-                # Every request and every response walks the pool's idle connections and asks
-                # each socket whether the server closed it; after a burst the SDK's default
-                # keeps 100 of them, which made that walk ~1.4 ms of CPU per call (issue 15).
-                http = anthropic.DefaultAsyncHttpxClient(limits=httpx2.Limits(
-                    max_connections=MAX_CONNECTIONS, max_keepalive_connections=KEEP_ALIVE))
-                self._client = anthropic.AsyncAnthropic(**self._options, http_client=http)
-        return self._client
+    def _open_pool(self) -> int:
+        import anthropic
+        import httpx2
+
+        if self._ssl is None:
+            self._ssl = httpx2.create_ssl_context()
+        # The SDK keeps 100 idle connections by default; each request walks them all and asks
+        # every socket whether the server closed it (~1.4 ms of CPU per call after a burst).
+        http = anthropic.DefaultAsyncHttpxClient(verify=self._ssl, limits=httpx2.Limits(
+            max_connections=MAX_CONNECTIONS, max_keepalive_connections=KEEP_ALIVE))
+        self._clients.append(anthropic.AsyncAnthropic(**self._options, http_client=http))
+        self._busy.append(0)
+        return len(self._clients) - 1
+
+    @contextlib.asynccontextmanager
+    async def _pool(self) -> AsyncIterator[anthropic.AsyncAnthropic]:
+        index = await self._ready()
+        self._busy[index] += 1
+        try:
+            yield self._clients[index]
+        finally:
+            self._busy[index] -= 1
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
+        if self._clients:
+            await asyncio.gather(*(c.close() for c in self._clients), return_exceptions=True)
         elif self._loading is not None and not self._loading.done():
             await asyncio.gather(self._loading, return_exceptions=True)
 
     async def count_tokens(self, request: ModelRequest) -> int:
         """The API's input-token count of ``request`` (free; used to tighten budget bounds)."""
         body = {k: v for k, v in request.to_api().items() if k != "max_tokens"}
-        client = await self._ready()
         import anthropic
 
         try:
-            result = await client.messages.count_tokens(**body)
+            async with self._pool() as client:
+                result = await client.messages.count_tokens(**body)
         except anthropic.APIStatusError as exc:
             raise ModelCallError(f"count_tokens answered {exc.status_code}: {_error_message(exc)}",
                                  status=exc.status_code) from None
@@ -93,40 +125,39 @@ class AnthropicModelClient:
 
     async def create(self, request: ModelRequest, *, on_text: OnText | None = None) -> ModelResponse:
         body = request.to_api()
-        client = await self._ready()
-        import anthropic
-        import httpx2
-
         started = time.monotonic()
+        async with self._pool() as client:  # (the SDK is imported by then)
+            import anthropic
+            import httpx2
 
-        try:
-            if on_text is None:
-                raw = await client.messages.with_raw_response.create(**body)
-                # the body as the API sent it: building the SDK's models only to dump them back
-                # to the same dict was most of the client's CPU for a plain call
-                dumped = _without_none(raw.http_response.json())
-                request_id = raw.headers.get("request-id")
-            else:
-                # the events read as the API sends them (the SDK's stream builds a typed model
-                # of every event and re-parses a tool's whole input at each piece of it)
-                async with client.messages.with_streaming_response.create(
-                        **body, stream=True) as streamed:
-                    request_id = streamed.headers.get("request-id")
-                    dumped = _without_none(await _accumulate(
-                        _sse_events(streamed.http_response.aiter_lines()), on_text))
-        except anthropic.APIStatusError as exc:
-            raise ModelCallError(
-                f"model API answered {exc.status_code}: {_error_message(exc)}",
-                status=exc.status_code,
-                retryable=exc.status_code in (408, 409, 429) or exc.status_code >= 500,
-            ) from None
-        except anthropic.APIConnectionError as exc:
-            raise ModelCallError(f"model API unreachable: {exc}", retryable=True) from None
-        except anthropic.APIError as exc:
-            raise ModelCallError(f"model API error: {exc}", retryable=True) from None
-        except httpx2.HTTPError as exc:  # the connection broke while the answer streamed in
-            raise ModelCallError(f"model API stream broke off: {exc!r}", retryable=True,
-                                 partial=True) from None
+            try:
+                if on_text is None:
+                    raw = await client.messages.with_raw_response.create(**body)
+                    # the body as the API sent it: building the SDK's models only to dump them
+                    # back to the same dict was most of the client's CPU for a plain call
+                    dumped = _without_none(raw.http_response.json())
+                    request_id = raw.headers.get("request-id")
+                else:
+                    # the events read as the API sends them (the SDK's stream builds a typed
+                    # model of every event and re-parses a tool's whole input at each piece)
+                    async with client.messages.with_streaming_response.create(
+                            **body, stream=True) as streamed:
+                        request_id = streamed.headers.get("request-id")
+                        dumped = _without_none(await _accumulate(
+                            _sse_events(streamed.http_response.aiter_lines()), on_text))
+            except anthropic.APIStatusError as exc:
+                raise ModelCallError(
+                    f"model API answered {exc.status_code}: {_error_message(exc)}",
+                    status=exc.status_code,
+                    retryable=exc.status_code in (408, 409, 429) or exc.status_code >= 500,
+                ) from None
+            except anthropic.APIConnectionError as exc:
+                raise ModelCallError(f"model API unreachable: {exc}", retryable=True) from None
+            except anthropic.APIError as exc:
+                raise ModelCallError(f"model API error: {exc}", retryable=True) from None
+            except httpx2.HTTPError as exc:  # the connection broke while the answer streamed
+                raise ModelCallError(f"model API stream broke off: {exc!r}", retryable=True,
+                                     partial=True) from None
         return ModelResponse(
             id=dumped.get("id", ""),
             model=dumped.get("model", request.model),

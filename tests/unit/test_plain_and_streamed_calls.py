@@ -3,6 +3,7 @@ the API's JSON directly instead of building the SDK's models and dumping them ag
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -90,8 +91,7 @@ async def test_keel_reads_a_stream_as_the_sdk_accumulates_it(
 
     try:
         ours = await client.create(request, on_text=on_text)
-        sdk = await client._ready()
-        async with sdk.messages.stream(**request.to_api()) as stream:
+        async with client._pool() as sdk, sdk.messages.stream(**request.to_api()) as stream:
             sdk_pieces = [event.text async for event in stream if event.type == "text"]
             message = await stream.get_final_message()
     finally:
@@ -131,3 +131,34 @@ async def test_an_error_event_in_the_stream_is_retryable_and_maybe_billed(
     # no HTTP error status: the stream began, so the call may be billed (its hold is forfeited)
     assert raised.value.status is None
     assert "Overloaded" in str(raised.value) and "529" in str(raised.value)
+
+
+async def test_a_burst_is_spread_over_pools_and_one_chat_uses_one(
+        fake_anthropic: FakeAnthropic) -> None:
+    from agents.model import anthropic_client as ac
+
+    fake_anthropic.default_latency = 0.3  # the calls overlap
+    fake_anthropic.responder = lambda req: reply("ok")
+    client = AnthropicModelClient(api_key="sk-ant-test-key-0123456789",
+                                  base_url=fake_anthropic.base_url, max_retries=0)
+    request = ModelRequest(model="claude-sonnet-4-6", max_tokens=64,
+                           messages=[{"role": "user", "content": "tea?"}])
+    try:
+        for _ in range(3):  # one at a time: the first pool only
+            await client.create(request)
+        assert len(client._clients) == 1
+        answers = await asyncio.gather(*(client.create(request) for _ in range(150)))
+        assert all(a.content for a in answers)
+        # 150 at once: no pool took more than its share before another opened
+        assert 150 // ac.POOL_BUSY <= len(client._clients) <= ac.POOLS
+        assert client._busy == [0] * len(client._clients)
+        # a cancelled call gives its place back
+        call = asyncio.create_task(client.create(request))
+        await asyncio.sleep(0.1)
+        assert sum(client._busy) == 1
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert sum(client._busy) == 0
+    finally:
+        await client.close()
