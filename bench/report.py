@@ -94,7 +94,8 @@ def _concurrency_rows(r: dict[str, Any]) -> list[list[str]]:
 
 
 def _target_rows(results: dict[str, Any]) -> list[list[str]]:
-    """Issue 15's 'done when', each against what this run measured (n/a: not measured)."""
+    """Issues 15's and 13's 'done when' figures, each against what this run measured (n/a: not
+    measured)."""
     rows: list[list[str]] = []
 
     def row(what: str, value: str, target: str, met: bool | None) -> None:
@@ -125,6 +126,19 @@ def _target_rows(results: dict[str, Any]) -> list[list[str]]:
         row("start-up to the first getUpdates (cold)", _s(first), "≤ 0.6 s", first <= 0.6)
         rss = st["idle_rss_kb"]["keel"]
         row("idle RSS", _mb(rss), "≤ 70 MB", rss <= 70 * 1024)
+    # issue 13's cache figures (60-turn chat, the median of the seeds)
+    tok = results.get("tokens") or {}
+    sixty = (tok.get("conversations") or {}).get("60", {}).get("median")
+    if sixty and "agent_cache_hit_ratio" in sixty:
+        row("60-turn chat, cache hit ratio of agent requests (issue 13)",
+            f"{sixty['agent_cache_hit_ratio']:.1%}", "≥ 95%",
+            sixty["agent_cache_hit_ratio"] >= 0.95)
+        row("60-turn chat, cache hit ratio overall, router and compaction included (issue 13)",
+            f"{sixty['keel_cache_hit_ratio']:.1%}", "≥ 92%", sixty["keel_cache_hit_ratio"] >= 0.92)
+    high = tok.get("high_minimum")
+    if high and high.get("turns") == 60 and high.get("min_cacheable_tokens") == 4096:
+        row("60-turn chat at a 4,096-token minimum, cache hit ratio overall (issue 13)",
+            f"{high['keel_cache_hit_ratio']:.1%}", "≥ 90%", high["keel_cache_hit_ratio"] >= 0.90)
     return rows
 
 
@@ -168,6 +182,16 @@ def _token_rows(r: dict[str, Any]) -> list[list[str]]:
             [f"{turns}-turn: router share of cost · compaction share",
              f"{m['router_share_of_cost']:.1%} · {m['compaction_share_of_cost']:.1%}", "", ""],
         ]
+        if "agent_cache_hit_ratio" in m:
+            seeds = " / ".join(f"{v:.2%}" for v in conv.get("agent_cache_hit_ratio_per_seed", []))
+            rows.append([f"{turns}-turn: cache hit ratio of the agent's own requests (median;"
+                         " per seed)", f"{m['agent_cache_hit_ratio']:.1%}", seeds, ""])
+    high = r.get("high_minimum")
+    if high:
+        seeds = " / ".join(f"{v:.2%}" for v in high["cache_hit_ratio_per_seed"])
+        rows.append([f"{high['turns']}-turn at a {high['min_cacheable_tokens']:,}-token cache"
+                     " minimum: cache hit ratio (median; per seed)",
+                     f"{high['keel_cache_hit_ratio']:.1%}", seeds, ""])
     return rows
 
 

@@ -202,7 +202,25 @@ async def measure(lengths: list[int], seeds: list[int]) -> dict[str, Any]:
             | {f"keel_{k}": median(r["keel"][k] for r in runs)
                for k in ("cache_hit_ratio", "billed_input_equiv_per_turn", "cost_usd")}
             | {f"naive_{k}": median(r["naive"][k] for r in runs)
-               for k in ("cache_hit_ratio", "billed_input_equiv_per_turn", "cost_usd")},
+               for k in ("cache_hit_ratio", "billed_input_equiv_per_turn", "cost_usd")}
+            | {"agent_cache_hit_ratio": median(r["keel_agent_only"]["cache_hit_ratio"]
+                                               for r in runs)},
+            "agent_cache_hit_ratio_per_seed": [r["keel_agent_only"]["cache_hit_ratio"]
+                                               for r in runs],
             "runs": runs,
         }
+    # issue 13's third figure: the longest conversation again at a 4,096-token cache minimum
+    # (Opus and Haiku's), where the head alone may be too short to cache
+    longest = max(lengths)
+    high = [await conversation(longest, seed, HIGH_MINIMUM) for seed in seeds]
+    out["high_minimum"] = {
+        "turns": longest, "min_cacheable_tokens": HIGH_MINIMUM,
+        "keel_cache_hit_ratio": median(r["keel"]["cache_hit_ratio"] for r in high),
+        "agent_cache_hit_ratio": median(r["keel_agent_only"]["cache_hit_ratio"] for r in high),
+        "cache_hit_ratio_per_seed": [r["keel"]["cache_hit_ratio"] for r in high],
+    }
     return out
+
+
+HIGH_MINIMUM = 4096
+"""A model whose cache minimum is 4,096 tokens (claude-opus-4-5, claude-haiku-4-5)."""
