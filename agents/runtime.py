@@ -684,6 +684,11 @@ class Runtime:
                     await on_commit(conn, result)
 
         await asyncio.shield(record())
+        if result.status in ("cancelled", "timeout", "failed"):
+            # a hold whose taking was interrupted (cancelled while it committed) never reached
+            # the run, so nothing settles it: charged as spent now rather than at the next
+            # start-up (a bound that stays a bound); a normal end has none left
+            await asyncio.shield(self.ledger.release_run(run.id, charge=True))
         # one line per run at INFO, for the operator following the console (no message text)
         log.info("run %s %s: agent %s, %s, chat %s, $%.4f, %.1f s, trace %s", run.id,
                  result.status, result.agent, run.kind, run.chat_id, result.cost_usd,

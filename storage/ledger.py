@@ -169,7 +169,11 @@ class Ledger:
                              UsageDelta(cost_usd=hold.amount_usd))
 
     async def release_run(self, run_id: str, *, charge: bool = False) -> float:
-        """Drop every hold of ``run_id`` (charged as spent when ``charge``); returns the USD."""
+        """Drop every hold of ``run_id`` (charged as spent when ``charge``); returns the USD.
+        A read first: a run with none left takes no turn of the write lock."""
+        if await self.db.fetchval("SELECT 1 FROM budget_holds WHERE run_id = ? LIMIT 1",
+                                  (run_id,)) is None:
+            return 0.0
         return await self._clear(_HOLDS_OF_RUN, (run_id,), charge=charge)
 
     async def release_stale(self, *, before: str | None = None, charge: bool = True,

@@ -72,10 +72,14 @@ class RunRepository:
         started_at: str | None = None,
     ) -> None:
         """The run's row, ``running`` in this process (inside ``conn``'s transaction when
-        given); ``started_at`` when it started before the row is written (default: now)."""
+        given); ``started_at`` when it started before the row is written (default: now).
+        Written once: a second write of the same run is nothing (a run cancelled while its
+        first hold was committing cannot know whether the row went in with it, and writes it
+        again with its outcome)."""
         sql = ("INSERT INTO runs (id, trace_id, agent, kind, user_id, chat_id, thread_id,"
                " session_id, status, budget_usd, started_at, request_key, owner)"
-               " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)")
+               " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)"
+               " ON CONFLICT (id) DO NOTHING")
         params = (run_id, trace_id, agent, kind, user_id, chat_id, thread_id, session_id,
                   budget_usd, started_at or now_iso(), request_key, this_process())
         if conn is None:

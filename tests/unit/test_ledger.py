@@ -132,3 +132,59 @@ async def test_a_continued_run_is_held_against_the_daily_cap_too(make_runtime: A
     result = await runtime.continue_with_budget(halted.run_id, 1.0)
     assert result.status == "budget_exceeded" and result.model_calls == 0
     assert "daily budget of everyone" in (result.detail or "")
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # holds the SQLite writer thread
+async def test_a_run_cancelled_while_its_first_hold_commits_still_records_its_outcome(
+        ledger: Ledger) -> None:
+    import threading
+
+    from storage.runs import RunRepository, RunTotals
+
+    db = ledger.db
+    runs = RunRepository(db)
+    blocker = threading.Event()
+    assert db._write_thread is not None
+    db._write_thread.submit(blocker.wait)  # the writer is busy: the hold's batch waits behind it
+
+    async def first(conn: Any) -> None:  # the run's own row goes with its first hold
+        await runs.start(run_id="r1", trace_id="t1", agent="a", kind="chat", budget_usd=0.1,
+                         conn=conn)
+
+    holding = asyncio.create_task(ledger.hold(run_id="r1", agent="a", user_id=1, schedule=None,
+                                              caps=CAPS, want_usd=0.01, min_usd=0.001,
+                                              first=first))
+    await asyncio.sleep(0.05)  # the batch has left for the writer
+    holding.cancel()
+    blocker.set()
+    with pytest.raises(asyncio.CancelledError):
+        await holding
+    await asyncio.sleep(0.05)
+    # the hold and the run's row were committed, but the run cannot know: it writes its row
+    # again with its outcome, and that must not undo the outcome
+    async with db.write() as conn:
+        await first(conn)
+        await runs.finish("r1", status="cancelled", detail="cancelled", output=None,
+                          totals=RunTotals(cost_usd=0, steps=0, model_calls=0, input_tokens=0,
+                                           output_tokens=0, cache_read_tokens=0,
+                                           cache_write_tokens=0), conn=conn)
+    record = await runs.get("t1")
+    assert record is not None and record.status == "cancelled"
+    assert await db.fetchval("SELECT COUNT(*) FROM runs") == 1
+    assert await ledger.held() == pytest.approx(0.01)  # nothing settles it: the run ends it
+    assert await ledger.release_run("r1", charge=True) == pytest.approx(0.01)
+    assert await ledger.held() == 0
+
+
+async def test_a_run_that_ends_abnormally_leaves_no_hold_behind(make_runtime: Any) -> None:
+    runtime: Runtime = await make_runtime(ScriptedModel())  # its call fails: nothing scripted
+    # a hold taken under the run's id that never reached the run (its taking was cancelled)
+    orphan = await runtime.ledger.hold(run_id="r-orphan", agent="assistant", user_id=5,
+                                       schedule=None, caps=DailyCaps(), want_usd=0.01,
+                                       min_usd=0.001)
+    assert isinstance(orphan, Hold)
+    result = await runtime.run(replace(task("hello"), user_id=5), run_id="r-orphan")
+    assert result.status == "failed", result.detail
+    report = await runtime.cost_report()
+    assert report.overall.reserved_usd == 0  # the orphan is charged, as a crash's would be
+    assert report.users[5].spent_usd >= 0.01 + result.cost_usd
