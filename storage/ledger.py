@@ -131,9 +131,9 @@ class Ledger:
             await first(collected)  # type: ignore[arg-type]
             statements += collected.statements
         scopes = _scopes(caps, user_id, schedule)
-        statements.append(_hold_sql(_caps_of(caps, scopes, uid, sched), day=day, user_id=uid, schedule=sched,
-                                    run_id=run_id, agent=agent, want_usd=want_usd,
-                                    min_usd=min_usd))
+        capped = _caps_of(caps, scopes, uid, sched)
+        statements.append(_hold_sql(capped, day=day, user_id=uid, schedule=sched, run_id=run_id,
+                                    agent=agent, want_usd=want_usd, min_usd=min_usd))
         # check and hold in one statement, in the group commit: the caps are read by the writer
         # itself, after every write committed before it, so no two holds can both take the
         # last of a cap
@@ -144,8 +144,7 @@ class Ledger:
                         agent=agent, amount_usd=float(row[1]))
         # refused: which cap, and what it has left (read now, for the message only)
         used = await _used(self.db, day, scopes, uid, sched)
-        lefts = [(cap - used[scope], name, cap)
-                 for scope, name, cap in _caps_of(caps, scopes, uid, sched)]
+        lefts = [(cap - used[scope], name, cap) for scope, name, cap in capped]
         left, scope, cap = min(lefts)
         return Shortfall(scope=scope, cap_usd=cap, left_usd=max(0.0, left))
 
@@ -278,23 +277,23 @@ def _scopes(caps: DailyCaps, user_id: int | None, schedule: str | None) -> list[
     return scopes
 
 
-async def _used(source: WriteConnection | Database, day: str, scopes: list[Scope], user_id: int,
+async def _used(db: Database, day: str, scopes: list[Scope], user_id: int,
                 schedule: str) -> dict[Scope, float]:
-    """Spent plus held on ``day`` in each of ``scopes``, in one statement: inside a write
-    transaction (``source`` a WriteConnection) or as a plain read (a Database)."""
+    """Spent plus held on ``day`` in each of ``scopes``, in one read."""
     if not scopes:
         return {}
     sql = "SELECT " + ", ".join(_USED_SQL[scope] for scope in scopes)
     params: list[object] = []
     for scope in scopes:
-        key: tuple[object, ...] = {"all": (), "user": (user_id,), "schedule": (schedule,)}[scope]
-        params += [day, *key, day, *key]
-    if isinstance(source, Database):
-        row = await source.fetchone(sql, params)
-    else:
-        async with source.execute(sql, params) as cursor:
-            row = await cursor.fetchone()
+        params += _used_params(scope, day, user_id, schedule)
+    row = await db.fetchone(sql, params)
     return {scope: float(row[i] if row else 0.0) for i, scope in enumerate(scopes)}
+
+
+def _used_params(scope: Scope, day: str, user_id: int, schedule: str) -> list[object]:
+    """The parameters of ``_USED_SQL[scope]``."""
+    key: tuple[object, ...] = {"all": (), "user": (user_id,), "schedule": (schedule,)}[scope]
+    return [day, *key, day, *key]
 
 
 class _Collected:
@@ -338,10 +337,8 @@ def _hold_sql(caps: list[tuple[Scope, str, float]], *, day: str, user_id: int, s
     lefts: list[str] = []
     params: list[object] = []
     for scope, _, cap in caps:
-        key: tuple[object, ...] = {"all": (), "user": (user_id,),
-                                   "schedule": (schedule,)}[scope]
         lefts.append(f"SELECT ? - ({_USED_SQL[scope]}) AS left_usd")
-        params += [cap, day, *key, day, *key]
+        params += [cap, *_used_params(scope, day, user_id, schedule)]
     # (built from the constants above only; every value is a parameter)
     sql = ("WITH lefts AS (" + " UNION ALL ".join(lefts) + "),"  # noqa: S608
            " tight AS (SELECT MIN(left_usd) AS left_usd FROM lefts) "

@@ -154,7 +154,12 @@ async def test_a_run_cancelled_while_its_first_hold_commits_still_records_its_ou
     holding = asyncio.create_task(ledger.hold(run_id="r1", agent="a", user_id=1, schedule=None,
                                               caps=CAPS, want_usd=0.01, min_usd=0.001,
                                               first=first))
-    await asyncio.sleep(0.05)  # the batch has left for the writer
+    for _ in range(500):  # until the group commit took the batch (and sent it to the writer)
+        await asyncio.sleep(0.01)
+        if db._queued == [] and db._flusher is not None and not db._flusher.done():
+            break
+    else:
+        raise AssertionError("the hold never left for the writer")
     holding.cancel()
     blocker.set()
     with pytest.raises(asyncio.CancelledError):
