@@ -670,7 +670,7 @@ class Runtime:
         async def record() -> None:
             # the trace is on disk (fsync) before the outcome commits, as before; the fsync
             # waits in a thread, not on the event loop every other chat needs
-            await asyncio.to_thread(run.trace.close)
+            await run.trace.aclose()
             async with self.db.write() as conn:
                 gate = run.budget.gate
                 if isinstance(gate, LedgerGate) and gate.unwritten is not None:

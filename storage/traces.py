@@ -1,7 +1,12 @@
 """Trace files: ``<data>/traces/YYYY-MM-DD/<trace_id>.jsonl``, one JSON event per line.
 
-Events are appended and flushed as they happen, so a process killed mid-run leaves every event it
-wrote as a complete line. Secrets are scrubbed before a line is written. Files of earlier days are
+Events are appended in order by one writer thread per process (``_TraceSink``), not on the
+event loop: an append that extends a file can wait on the file system's journal behind other
+files' fsyncs (a run's trace is fsynced when it closes), and under a burst those waits stalled the
+loop for hundreds of milliseconds (issue 15). The thread hands each line to the OS moments after
+``emit``; a process killed mid-run leaves every event the thread wrote as a complete line (at most
+the last few, still queued, are missing). Closing a trace writes what is queued and fsyncs it, and
+reading a trace through the store first writes what this process has queued for it. Secrets are scrubbed before a line is written. Files of earlier days are
 gzipped (``.jsonl.gz``) and days past the retention are deleted by ``TraceStore.housekeep()``.
 
 Opening a trace never lists the directory: its file is derived from the trace id and the UTC day it
@@ -19,20 +24,26 @@ un-gzip), the ``.jsonl`` is the complete one.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import builtins
 import gzip
 import json
+import logging
 import os
+import queue
 import shutil
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 REDACTED = "[redacted]"
 _SECRET_KEYS = {"authorization", "x-api-key", "api_key", "token", "bot_token"}
@@ -66,16 +77,80 @@ class Redactor:
         return value
 
 
+class _TraceSink:
+    """The thread that appends queued trace lines to their files, writer by writer, in order."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[TraceWriter] = queue.SimpleQueue()
+        self._start = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, writer: TraceWriter) -> None:
+        if self._thread is None:
+            with self._start:
+                if self._thread is None:
+                    thread = threading.Thread(target=self._run, name="keel-traces", daemon=True)
+                    thread.start()
+                    self._thread = thread
+        self._queue.put(writer)
+
+    def _run(self) -> None:
+        while True:
+            writer = self._queue.get()
+            try:
+                writer.drain()
+            except Exception:  # never let one trace stop every other trace's writes
+                log.exception("trace %s: writing queued events failed", writer.path)
+
+    def flush_all(self) -> None:
+        """Write everything queued, in the calling thread (at exit: the daemon thread stops)."""
+        while True:
+            try:
+                writer = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                writer.drain()
+            except Exception:
+                log.exception("trace %s: writing queued events failed", writer.path)
+
+
+_SINK = _TraceSink()
+atexit.register(_SINK.flush_all)
+
+CLOSE_THREADS = 4
+"""Threads that close (and fsync) finished traces, apart from the default executor: queued
+there, a burst's fsyncs held up the ``open`` of every new run's trace behind them (a second
+1,000-chat burst waited ~4 s between a run's start and its model call, issue 15)."""
+_closers: ThreadPoolExecutor | None = None
+
+
+def _closer() -> ThreadPoolExecutor:
+    global _closers
+    if _closers is None:
+        _closers = ThreadPoolExecutor(CLOSE_THREADS, thread_name_prefix="keel-trace-close")
+    return _closers
+
+
 class TraceWriter:
-    """Appends events of one run to its trace file. Thread-safe; every line flushed at once."""
+    """Appends events of one run to its trace file. Thread-safe; ``emit`` never waits on the disk
+    (``_TraceSink`` writes), ``close`` and ``drain`` do."""
 
     def __init__(self, path: Path, *, trace_id: str, run_id: str, redactor: Redactor,
-                 on_close: Callable[[Path], None] | None = None, new: bool = False) -> None:
+                 on_close: Callable[[TraceWriter], None] | None = None, new: bool = False) -> None:
         self.path = path
         self.trace_id = trace_id
         self.run_id = run_id
         self._redactor = redactor
         self._lock = threading.Lock()
+        """Guards the sequence and the queued lines (held for microseconds, never over I/O)."""
+        self._io = threading.Lock()
+        """Guards the file: whoever writes takes the queued lines and writes them under it, so
+        lines reach the file in ``seq`` order whichever thread writes them."""
+        self._pending: list[str] = []
+        self._scheduled = False
+        self._failed = False
+        self._closed = False
         self._on_close = on_close
         if new:  # a fresh id: nothing to continue, and the day's folder is usually there
             self._seq, torn = 0, False
@@ -100,6 +175,8 @@ class TraceWriter:
 
     def emit(self, type_: str, **payload: Any) -> dict[str, Any]:
         with self._lock:
+            if self._closed:
+                raise ValueError(f"trace {self.trace_id} is closed")
             self._seq += 1
             event = {
                 "ts": datetime.now(UTC).isoformat(timespec="microseconds"),
@@ -109,22 +186,49 @@ class TraceWriter:
                 "type": type_,
                 **self._redactor.scrub(payload),
             }
-            line = json.dumps(event, ensure_ascii=False, default=_json_default)
-            self._file.write(line + "\n")
-            self._file.flush()
+            self._pending.append(json.dumps(event, ensure_ascii=False, default=_json_default))
+            if not self._scheduled:
+                self._scheduled = True
+                _SINK.schedule(self)
             return event
 
-    def close(self) -> None:
+    def drain(self) -> None:
+        """Write the queued lines now (the sink thread does this on its own)."""
+        with self._io:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
         with self._lock:
+            lines, self._pending, self._scheduled = self._pending, [], False
+        if not lines or self._file.closed:
+            return
+        try:
+            self._file.write("\n".join(lines) + "\n")
+            self._file.flush()
+        except (OSError, ValueError) as exc:
+            if not self._failed:  # once per trace: a full disk must not flood the log
+                self._failed = True
+                log.warning("trace %s: could not write %d event(s): %s", self.path, len(lines),
+                            exc)
+
+    async def aclose(self) -> None:
+        """``close`` in a thread of its own pool (it waits for the disk)."""
+        await asyncio.wrap_future(_closer().submit(self.close))
+
+    def close(self) -> None:
+        with self._io:
             if self._file.closed:
                 return
+            with self._lock:
+                self._closed = True
             try:
+                self._write_pending()
                 self._file.flush()
                 os.fsync(self._file.fileno())
             finally:
                 self._file.close()
                 if self._on_close is not None:
-                    self._on_close(self.path)
+                    self._on_close(self)
 
 
 def _close_opened(opening: asyncio.Future[TraceWriter]) -> None:
@@ -193,6 +297,8 @@ class TraceStore:
         self.redactor = redactor or Redactor()
         self._lock = threading.Lock()
         self._live: dict[Path, int] = {}
+        self._writers: dict[Path, list[TraceWriter]] = {}
+        """Open writers by file: reading a trace first writes what they have queued."""
         self._recent: OrderedDict[str, Path] = OrderedDict()
 
     def path_for(self, trace_id: str, day: date | None = None) -> Path:
@@ -218,11 +324,15 @@ class TraceStore:
             self._live[path] = self._live.get(path, 0) + 1
             self._remember(trace_id, path)
         try:
-            return TraceWriter(path, trace_id=trace_id, run_id=run_id, redactor=self.redactor,
-                               on_close=self._release)
+            self.drain(path)  # a writer still open here: its queued lines come before ours
+            writer = TraceWriter(path, trace_id=trace_id, run_id=run_id,
+                                 redactor=self.redactor, on_close=self._closed)
         except BaseException:
             self._release(path)
             raise
+        with self._lock:
+            self._writers.setdefault(path, []).append(writer)
+        return writer
 
     def new_writer(self, *, trace_id: str, run_id: str) -> TraceWriter:
         """Start the trace of a fresh id (``agents.run.new_id``: no file can have it yet): no
@@ -234,11 +344,14 @@ class TraceStore:
             self._live[path] = self._live.get(path, 0) + 1
             self._remember(trace_id, path)
         try:
-            return TraceWriter(path, trace_id=trace_id, run_id=run_id, redactor=self.redactor,
-                               on_close=self._release, new=True)
+            writer = TraceWriter(path, trace_id=trace_id, run_id=run_id,
+                                 redactor=self.redactor, on_close=self._closed, new=True)
         except BaseException:
             self._release(path)
             raise
+        with self._lock:
+            self._writers.setdefault(path, []).append(writer)
+        return writer
 
     async def open_new(self, *, trace_id: str, run_id: str) -> TraceWriter:
         """``new_writer`` in a thread: creating a file can wait on the file system's journal
@@ -276,6 +389,22 @@ class TraceStore:
         self._recent.move_to_end(trace_id)
         while len(self._recent) > _RECENT_TRACES:
             self._recent.popitem(last=False)
+
+    def _closed(self, writer: TraceWriter) -> None:
+        with self._lock:
+            open_ = [w for w in self._writers.get(writer.path, []) if w is not writer]
+            if open_:
+                self._writers[writer.path] = open_
+            else:
+                self._writers.pop(writer.path, None)
+        self._release(writer.path)
+
+    def drain(self, path: Path) -> None:
+        """Write what this process's open writers of ``path`` have queued."""
+        with self._lock:
+            writers = list(self._writers.get(path, []))
+        for writer in writers:
+            writer.drain()
 
     def _release(self, path: Path) -> None:
         with self._lock:
@@ -336,6 +465,7 @@ class TraceStore:
         found = self.find(trace_id)
         if found is None:
             raise FileNotFoundError(f"no trace {trace_id!r} under {self.root}")
+        self.drain(found.path)
         return list(_read_lines(found.path))
 
     async def alist(self, day: str | None = None) -> builtins.list[TraceFile]:

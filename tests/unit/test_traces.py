@@ -4,8 +4,11 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from datetime import date, timedelta
 from pathlib import Path
+
+import pytest
 
 from storage.traces import REDACTED, Redactor, TraceStore
 
@@ -26,22 +29,91 @@ def test_events_are_appended_with_sequence_and_secrets_scrubbed(tmp_path: Path) 
 
 
 def test_a_killed_writer_leaves_complete_lines(tmp_path: Path) -> None:
+    """Killed mid-run, a trace is every event up to some point, in order, each a whole line:
+    everything written before the last drain, and at most the last few emitted after it missing
+    (the writer thread had not taken them yet)."""
     script = textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
         from pathlib import Path
         from storage.traces import TraceStore
         w = TraceStore(Path({str(tmp_path)!r})).writer(trace_id="t", run_id="r")
-        for i in range(50):
+        for i in range(200):
             w.emit("model_response", i=i, content=[{{"type": "text", "text": "x" * 500}}])
+            if i == 99:
+                w.drain()
         os.kill(os.getpid(), 9)
     """)
     proc = subprocess.run([sys.executable, "-c", script], timeout=30)
     assert proc.returncode == -9
     events = TraceStore(tmp_path).read("t")
-    assert [e["i"] for e in events] == list(range(50))
+    got = [e["i"] for e in events]
+    assert got == list(range(len(got))) and len(got) >= 100
+    assert [e["seq"] for e in events] == list(range(1, len(got) + 1))
     for line in TraceStore(tmp_path).find("t").path.read_text().splitlines():  # type: ignore[union-attr]
         json.loads(line)
+
+
+def test_emit_does_not_wait_for_the_disk(tmp_path: Path) -> None:
+    """A write stuck behind the file system's journal holds the writer thread, not the caller
+    (on the event loop, such waits stalled every chat): emit returns, and the events reach the
+    file in order once the disk answers."""
+    store = TraceStore(tmp_path)
+    w = store.writer(trace_id="t", run_id="r")
+    disk = threading.Event()
+    real = w._file
+
+    class Stuck:
+        closed = False
+
+        def write(self, text: str) -> int:
+            disk.wait(30)
+            return real.write(text)
+
+        def flush(self) -> None:
+            real.flush()
+
+        def fileno(self) -> int:
+            return real.fileno()
+
+        def close(self) -> None:
+            real.close()
+
+    w._file = Stuck()  # type: ignore[assignment]
+    emitted = threading.Event()
+
+    def emit_all() -> None:
+        for i in range(20):
+            w.emit("step", i=i)
+        emitted.set()
+
+    caller = threading.Thread(target=emit_all)
+    caller.start()
+    assert emitted.wait(10), "emit waited for the stuck disk"
+    disk.set()
+    w.close()
+    caller.join()
+    assert [e["i"] for e in store.read("t")] == list(range(20))
+
+
+def test_reading_a_live_trace_sees_every_event_emitted(tmp_path: Path) -> None:
+    store = TraceStore(tmp_path)
+    w = store.writer(trace_id="t", run_id="r")
+    for i in range(5):
+        w.emit("step", i=i)
+    assert [e["i"] for e in store.read("t")] == list(range(5))
+    again = store.writer(trace_id="t", run_id="r")  # a second writer continues the sequence
+    again.emit("step", i=5)
+    again.close()
+    w.close()
+    assert [e["seq"] for e in store.read("t")] == list(range(1, 7))
+
+
+def test_emit_after_close_raises(tmp_path: Path) -> None:
+    w = TraceStore(tmp_path).writer(trace_id="t", run_id="r")
+    w.close()
+    with pytest.raises(ValueError, match="closed"):
+        w.emit("late")
 
 
 def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
