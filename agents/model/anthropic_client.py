@@ -38,6 +38,14 @@ was closed): with one pool and 400 calls in flight that walk was the largest sha
 loop's longest stalls in a burst (issue 15). One chat at a time uses the first pool only."""
 
 
+FIRST_REQUEST_IMPORTS = (
+    "httpcore2", "h11", "anyio.streams.tls", "anyio._backends._asyncio", "anyio.streams.memory",
+    "anyio.streams.stapled", "opentelemetry.propagate",
+)
+"""Modules the SDK imports when its first client is built and its first request is sent (anthropic
+2.14: 68 modules; these pull in the rest), imported by ``warm_up``'s thread instead."""
+
+
 class AnthropicModelClient:
     def __init__(
         self,
@@ -60,9 +68,20 @@ class AnthropicModelClient:
         """Start importing the SDK in a thread, if it is not imported yet; returns at once, with
         the import's future."""
         if self._loading is None:
-            self._loading = asyncio.ensure_future(
-                asyncio.to_thread(importlib.import_module, "anthropic"))
+            self._loading = asyncio.ensure_future(asyncio.to_thread(self._load))
         return self._loading
+
+    def _load(self) -> Any:
+        """In a thread: import the SDK and what its first client and first request would import,
+        and build the TLS context (reading the CA store). Done on the event loop, the first call
+        of a burst held it for ~100 ms (issue 15)."""
+        importlib.import_module("anthropic")
+        import httpx2
+
+        for name in FIRST_REQUEST_IMPORTS:
+            with contextlib.suppress(Exception):  # an optional module the SDK would skip too
+                importlib.import_module(name)
+        return httpx2.create_ssl_context()
 
     async def _ready(self) -> int:
         """The index of the client the next call goes to: the least busy (the first pool when
@@ -71,7 +90,9 @@ class AnthropicModelClient:
         if not self._clients:
             self.warm_up()
             assert self._loading is not None
-            await asyncio.shield(self._loading)  # a cancelled call leaves the import running
+            ssl = await asyncio.shield(self._loading)  # a cancel leaves the import running
+            if self._ssl is None:
+                self._ssl = ssl
             if not self._clients:
                 self._open_pool()
         best = min(range(len(self._clients)), key=self._busy.__getitem__)
