@@ -194,13 +194,21 @@ def _run_last(conn: sqlite3.Connection, earlier: Sequence[tuple[str, Params]], s
 
 def _finish(conn: sqlite3.Connection, commit: bool,
             earlier: Sequence[tuple[str, Params]] = ()) -> None:
-    if commit:
-        _run_queued(conn, earlier)
-    if conn.in_transaction:
+    """Commit (after any ``later`` statements) or roll back. A commit that fails is rolled back
+    in the same call: the write lock may already serve the next transaction, whose statements
+    queue behind this one on the writer thread, so nothing may be left open for them."""
+    try:
         if commit:
-            conn.commit()
-        else:
+            _run_queued(conn, earlier)
+        if conn.in_transaction:
+            if commit:
+                conn.commit()
+            else:
+                conn.rollback()
+    except BaseException:
+        if conn.in_transaction:
             conn.rollback()
+        raise
 
 
 class _WriteConnection:
@@ -212,6 +220,17 @@ class _WriteConnection:
         self.queued: list[tuple[str, Params]] = []
         self.ended = False
         """``last`` ran: the transaction is over (committed, or rolled back where it failed)."""
+        self.released = False
+        """The write lock was let go (``release``)."""
+
+    def release(self) -> None:
+        """Let the write lock go, once: after the transaction's final hop was handed to the
+        writer thread. The thread runs its work in order, so the next transaction's statements
+        run after that hop whatever the event loop does meanwhile: the lock is not held while
+        the loop gets round to resuming this caller (under a burst, ~10 ms a transaction)."""
+        if not self.released:
+            self.released = True
+            self._db._lock.release()
 
     def _take_queued(self) -> list[tuple[str, Params]]:
         if self.ended:
@@ -234,8 +253,24 @@ class _WriteConnection:
     async def last(self, sql: str, params: Params = (), /) -> FetchedCursor:
         queued = self._take_queued()
         self.ended = True
+        job = self._db._on_writer(_run_last, queued, sql, params)
+        self.release()  # it commits, or rolls back, on its own
         # shielded like the commit it carries: a cancellation does not stop it half-way
-        return await asyncio.shield(self._db._on_writer(_run_last, queued, sql, params))
+        return await asyncio.shield(job)
+
+
+async def _wake(batch: list[tuple[Any, asyncio.Future[FetchedCursor]]],
+                results: list[FetchedCursor | Exception]) -> None:
+    """Give a group commit's callers their results, ``WAKE_AT_ONCE`` per loop iteration: a batch
+    of hundreds woken into one iteration would stall everything else on the loop."""
+    for n, ((_, future), result) in enumerate(zip(batch, results, strict=True), 1):
+        if not future.done():
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+        if n % WAKE_AT_ONCE == 0 and n < len(batch):
+            await asyncio.sleep(0)
 
 
 class Database:
@@ -253,6 +288,7 @@ class Database:
         self._queued: list[tuple[Sequence[tuple[str, Params]],
                                  asyncio.Future[FetchedCursor]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._waking: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(cls, path: Path | str, *, migrate: bool = True) -> Self:
@@ -300,28 +336,29 @@ class Database:
     async def write(self) -> AsyncIterator[WriteConnection]:
         """Hold the write lock inside one transaction; commit on success, roll back on anything."""
         self._require(self._writer)
-        async with self._lock:
-            conn = _WriteConnection(self)
+        await self._lock.acquire()
+        conn = _WriteConnection(self)
+        try:
             try:
                 yield conn
             except BaseException:
-                # The writer thread runs requests in order, so this comes after any statement
-                # still on its way there (a cancelled task's statement still runs, or never
-                # starts); with no transaction open it does nothing. Shielded so a second
-                # cancellation cannot interrupt the rollback itself.
-                await asyncio.shield(self._on_writer(_finish, False))
-                raise
-            else:
-                if conn.ended:  # committed with its last statement
-                    return
-                # statements queued by ``later`` and never followed by another go with the
-                # commit; if one fails, the transaction is rolled back and the error raised
-                commit = self._on_writer(_finish, True, conn._take_queued())
-                try:
-                    await asyncio.shield(commit)
-                except BaseException:
+                if not conn.released:
+                    # The writer thread runs requests in order, so this comes after any
+                    # statement still on its way there (a cancelled task's statement still
+                    # runs, or never starts); with no transaction open it does nothing.
+                    # Shielded so a second cancellation cannot interrupt the rollback itself.
+                    # (After ``last`` the transaction ended on its own: nothing to undo.)
                     await asyncio.shield(self._on_writer(_finish, False))
-                    raise
+                raise
+            if conn.ended:  # committed with its last statement
+                return
+            # statements queued by ``later`` and never followed by another go with the commit;
+            # if one fails, the transaction is rolled back (in the same hop) and the error raised
+            commit = self._on_writer(_finish, True, conn._take_queued())
+            conn.release()
+            await asyncio.shield(commit)
+        finally:
+            conn.release()
 
     def _on_writer(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
         conn = self._require(self._writer)
@@ -370,28 +407,26 @@ class Database:
                 self._queued = []
                 if not batch:
                     continue
-                try:
-                    results = await asyncio.shield(self._on_writer(
-                        _run_batch, [statements for statements, _ in batch]))
-                except BaseException as exc:  # the commit itself failed: nothing was written
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc if isinstance(exc, Exception)
-                                                 else RuntimeError("write interrupted"))
-                    if not isinstance(exc, Exception):
-                        raise
-                    continue
-            for n, ((_, future), result) in enumerate(zip(batch, results, strict=True), 1):
-                if not future.done():
-                    if isinstance(result, BaseException):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
-                if n % WAKE_AT_ONCE == 0 and n < len(batch):
-                    # the callers go on in the next loop iteration; a few at a time, so a batch
-                    # of hundreds does not wake them all into one iteration (a stall for
-                    # everything else on the loop)
-                    await asyncio.sleep(0)
+                # handed to the writer thread under the lock, awaited after it: the batch is
+                # one hop that commits or rolls back on its own (see ``release``)
+                job = self._on_writer(_run_batch, [statements for statements, _ in batch])
+            try:
+                results = await asyncio.shield(job)
+            except BaseException as exc:  # the commit itself failed: nothing was written
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc if isinstance(exc, Exception)
+                                             else RuntimeError("write interrupted"))
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            # the next batch goes to the writer now; its callers are woken meanwhile by a
+            # task of their own (waking them here, a few an iteration, held every later write
+            # back for as many loop iterations as this batch had callers: ~3 s between a run's
+            # start and its model call in a second 1,000-chat burst, issue 15)
+            waking = asyncio.create_task(_wake(batch, results), name="keel-db-wake")
+            self._waking.add(waking)
+            waking.add_done_callback(self._waking.discard)
 
     # ------------------------------------------------------------ reads
 

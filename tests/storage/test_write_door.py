@@ -1,5 +1,6 @@
 import asyncio
 import re
+import threading
 from typing import Any
 
 import pytest
@@ -229,3 +230,62 @@ async def test_writes_waiting_together_commit_together_and_fail_alone(db: Databa
     # the refused write is undone whole (its first row too), the others are all there
     assert await _count(db) == 10
     assert await db.fetchval("SELECT COUNT(*) FROM conversations WHERE chat_id = 50") == 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # the writer thread and its lock are SQLite's
+@pytest.mark.parametrize("ending", ["last", "commit"])
+async def test_the_lock_is_free_once_the_final_hop_is_on_its_way(db: Database,
+                                                                  ending: str) -> None:
+    """A transaction's final hop (its commit) runs on the writer thread in order: the next
+    transaction may queue its statements behind it at once. Held until the event loop resumed
+    the first caller, the lock cost ~10 ms a transaction under a burst (issue 15)."""
+    busy = threading.Event()
+    blocker = db._on_writer(lambda conn: busy.wait(10))  # the writer thread is busy for now
+
+    async def first() -> None:
+        async with db.write() as conn:
+            await conn.later(INSERT, (1,))
+            if ending == "last":
+                await conn.last(INSERT + " RETURNING id", (2,))
+            else:
+                await conn.later(INSERT, (2,))
+
+    task = asyncio.create_task(first())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not task.done()  # its commit waits behind the blocker...
+    assert not db._lock.locked()  # ...without the lock
+    second = asyncio.create_task(db.execute_write(INSERT, (3,)))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    busy.set()
+    await asyncio.gather(blocker, task, second)
+    assert await _count(db) == 3
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_a_group_commit_does_not_wait_for_its_callers_to_wake(db: Database) -> None:
+    """Callers of a batch are woken a few per loop iteration; the next batch goes to the writer
+    meanwhile, not after the last of them (a batch of hundreds held every later write back for
+    hundreds of iterations)."""
+    events: list[str] = []
+    real = db._on_writer
+
+    def spying(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        events.append("batch sent")
+        return real(fn, *args, **kwargs)
+
+    db._on_writer = spying  # type: ignore[method-assign]
+
+    async def write(n: int) -> None:
+        await db.execute_write(INSERT, (n,))
+        events.append(f"woke {n}")
+        if n == 0:
+            await db.execute_write(INSERT, (10_000,))
+            events.append("second write done")
+
+    await asyncio.gather(*(write(n) for n in range(400)))
+    assert events.count("batch sent") == 2
+    second_sent = [i for i, e in enumerate(events) if e == "batch sent"][1]
+    assert second_sent < events.index("woke 100"), events[:12]
+    assert await _count(db) == 401
