@@ -176,13 +176,15 @@ async def route(
     needs_usd: NeedsFn | None = None,
     last_turn_age_s: float | None = None,
     continue_within_s: float = 0.0,
+    on_call: Callable[[], None] | None = None,
 ) -> RouteDecision:
     """Pick the agent for ``text``.
 
     ``left_usd`` (per agent: what its run may still spend, within its cap and the day's) and
     ``needs_usd`` (asked only when the router would be called: per agent, the least its first
     call reserves) leave out the agents that could not answer once the router is paid; ``gate``
-    holds the router call in the daily ledger."""
+    holds the router call in the daily ledger; ``on_call`` is told when the router call is
+    about to be sent (not when routing is skipped)."""
     candidates = routable(agents)
     fallback = current if current in candidates else default
     if len(candidates) == 1:
@@ -222,6 +224,8 @@ async def route(
             return RouteDecision(agent=fallback, excluded=excluded,
                                  reason=f"skipped: the daily budget of {halt.cap_name} cannot "
                                         f"cover routing")
+    if on_call is not None:
+        on_call()
     started = time.monotonic()
     try:
         response = await client.create(request)

@@ -533,7 +533,8 @@ class Runtime:
 
     async def route(self, text: str, *, current: str | None, deadline: float | None = None,
                     run_id: str | None = None, user_id: int | None = None,
-                    conversation_id: int | None = None) -> RouteDecision:
+                    conversation_id: int | None = None,
+                    on_call: Callable[[], None] | None = None) -> RouteDecision:
         """Pick the agent for a message with the router model (falls back to the default).
 
         Routing is bounded by ``deadline`` (``time.monotonic()``; the run's own deadline, which
@@ -551,7 +552,7 @@ class Runtime:
             async with asyncio.timeout(limit):
                 return await route(self.model, model=model, price=self.prices.require(model),
                                    agents=self.agents, text=text, current=current,
-                                   default=self.default_agent,
+                                   default=self.default_agent, on_call=on_call,
                                    **await self._route_budget(text, current, run_id, user_id,
                                                               conversation_id))
         except TimeoutError:

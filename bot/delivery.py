@@ -292,11 +292,14 @@ class Outbox:
     async def put(self, conn: Any, *, chat_id: int, thread_id: int | None, reply_to: int | None,
                   markdown: str, inbox_update_id: int | None = None, run_id: str | None = None,
                   buttons: list[list[Button]] | None = None,
-                  escalation_id: str | None = None, file: dict[str, Any] | None = None) -> int:
-        """Insert inside the caller's write transaction (``file``: a document, see OutboxItem)."""
+                  escalation_id: str | None = None, file: dict[str, Any] | None = None,
+                  last: bool = False) -> int:
+        """Insert inside the caller's write transaction (``file``: a document, see OutboxItem;
+        ``last``: see ``storage.outbox.OutboxRepo.put``)."""
         return await self.repo.put(
             conn, chat_id=chat_id, thread_id=thread_id, reply_to=reply_to, markdown=markdown,
             inbox_update_id=inbox_update_id, run_id=run_id, escalation_id=escalation_id, file=file,
+            last=last,
             buttons=[[OutboxButton(label=b.label, key=b.key) for b in row]
                      for row in buttons] if buttons else None)
 

@@ -71,6 +71,39 @@ class ConversationLocks:
         return len(self._locks)
 
 
+INTAKE_AT_ONCE = 64
+"""Messages between being taken and their first model call (the router's, or the run's) at once.
+Under a burst every message needs a few milliseconds of the event loop before its model call;
+with all of them interleaved, every one waited for nearly all the others (the first replies of a
+1,000-chat burst left after ~10 s, when the last model call had started). Taken in turn, the first
+model calls start, and their replies leave, while later messages are still being read."""
+
+
+class IntakeGate:
+    """At most ``limit`` messages at once on their way to a first model call, in arrival order."""
+
+    def __init__(self, limit: int = INTAKE_AT_ONCE) -> None:
+        self._slots = asyncio.Semaphore(limit)
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[Callable[[], None]]:
+        """A slot, held until the returned callable is called (the model call starts) or the
+        block ends, whichever comes first."""
+        await self._slots.acquire()
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self._slots.release()
+
+        try:
+            yield release
+        finally:
+            release()
+
+
 class KeelBot:
     def __init__(self, runtime: Runtime, bot: Bot) -> None:
         self.runtime = runtime
@@ -84,6 +117,7 @@ class KeelBot:
         self.notifier = OutboxNotifier(bot, self.outbox)
         self.inbox = Inbox(runtime.db)
         self.locks = ConversationLocks()
+        self.intake = IntakeGate()
         self.active: dict[tuple[int, int], str] = {}  # conversation → running run id
         self.routing: dict[tuple[int, int], asyncio.Task[Any]] = {}  # conversation → router call
         from bot.escalations import Escalations
@@ -167,17 +201,19 @@ class KeelBot:
             log.info("update %s is already answered; not answering twice", message.update_id)
             return
         key = message.conversation
-        async with self.locks.hold(key):
+        async with self.locks.hold(key), self.intake.slot() as started_calling:
             run_id = None
             try:
-                run_id = await self._answer(message)
+                run_id = await self._answer(message, started_calling)
             finally:
                 self.active.pop(key, None)
                 if run_id is not None:
                     self.runtime.forget_cancel(run_id)
 
-    async def _answer(self, message: IncomingMessage) -> str | None:
-        """Route and run one message; returns the run id it used (None before one was made)."""
+    async def _answer(self, message: IncomingMessage,
+                      started_calling: Callable[[], None] = lambda: None) -> str | None:
+        """Route and run one message; returns the run id it used (None before one was made).
+        ``started_calling``: called when the first model call is about to start."""
         # The run's deadline starts now, when the request is taken, and covers routing.
         started = time.monotonic()
         try:
@@ -210,7 +246,8 @@ class KeelBot:
                     agent = conversation.pinned_agent
                 else:
                     route = await self._route(message, text, conversation.current_agent,
-                                              conversation.id, started, run_id)
+                                              conversation.id, started, run_id,
+                                              started_calling)
                     if route is None:
                         await self.say(message, CANCELLED_BEFORE_START, run_id=run_id)
                         return run_id
@@ -224,7 +261,8 @@ class KeelBot:
                     on_progress=progress, run_id=run_id, route=route,
                     request_key=f"tg:{message.update_id}", started=started,
                     conversation=conversation,
-                    on_start=functools.partial(Inbox.taken_in, update_id=message.update_id),
+                    on_start=functools.partial(_run_started, update_id=message.update_id,
+                                               then=started_calling),
                     on_commit=self.outcome_commit(
                         chat_id=message.chat_id, thread_id=message.thread_id,
                         reply_to=None if message.is_private else message.message_id,
@@ -242,12 +280,14 @@ class KeelBot:
         return run_id
 
     async def _route(self, message: IncomingMessage, text: str, current: str | None,
-                     conversation_id: int, started: float, run_id: str) -> RouteDecision | None:
+                     conversation_id: int, started: float, run_id: str,
+                     on_call: Callable[[], None] | None = None) -> RouteDecision | None:
         """The router's choice, in a task of its own so /cancel can stop it; None if it was
         cancelled on request."""
         task = asyncio.ensure_future(self.runtime.route(
             text, current=current, deadline=started + self.settings.run_timeout_s,
-            run_id=run_id, user_id=message.user_id, conversation_id=conversation_id))
+            run_id=run_id, user_id=message.user_id, conversation_id=conversation_id,
+            on_call=on_call))
         self.routing[message.conversation] = task
         try:
             return await task
@@ -273,21 +313,29 @@ class KeelBot:
                 items.append(await self.escalations.ask_in(conn, result, chat_id=chat_id,
                                                            thread_id=thread_id, extra=items,
                                                            asker=asker))
-            else:
-                for file in files_sent(result.messages):  # send_file: delivered once, first
-                    items.append(await self.outbox.put(
-                        conn, chat_id=chat_id, thread_id=thread_id, reply_to=None,
-                        markdown=file.get("caption") or "", run_id=result.run_id, file=file))
-                rating = ratings.offer(self.runtime, result, asker)  # 👍/👎 when turned on
+                await close_inbox(conn, result)
+                return
+            for file in files_sent(result.messages):  # send_file: delivered once, first
                 items.append(await self.outbox.put(
-                    conn, chat_id=chat_id, thread_id=thread_id, reply_to=reply_to,
-                    markdown=answer_text(result), inbox_update_id=update_id,
-                    run_id=result.run_id, buttons=rating.buttons if rating else None))
-                if rating is not None:
-                    await rating.store(conn, outbox_id=items[-1], chat_id=chat_id)
-                if result.status == "budget_exceeded" and result.state is not None:
-                    items.append(await self.escalations.ask_budget_in(
-                        conn, result, chat_id=chat_id, thread_id=thread_id))
+                    conn, chat_id=chat_id, thread_id=thread_id, reply_to=None,
+                    markdown=file.get("caption") or "", run_id=result.run_id, file=file))
+            rating = ratings.offer(self.runtime, result, asker)  # 👍/👎 when turned on
+            budget = result.status == "budget_exceeded" and result.state is not None
+            await close_inbox(conn, result)
+            # usually the reply is the transaction's last statement: it commits in the same
+            # hop, so a finished run holds the write lock for one hop, not two (issue 15)
+            items.append(await self.outbox.put(
+                conn, chat_id=chat_id, thread_id=thread_id, reply_to=reply_to,
+                markdown=answer_text(result), inbox_update_id=update_id,
+                run_id=result.run_id, buttons=rating.buttons if rating else None,
+                last=rating is None and not budget))
+            if rating is not None:
+                await rating.store(conn, outbox_id=items[-1], chat_id=chat_id)
+            if budget:
+                items.append(await self.escalations.ask_budget_in(
+                    conn, result, chat_id=chat_id, thread_id=thread_id))
+
+        async def close_inbox(conn: Any, result: RunResult) -> None:
             if update_id is not None:
                 await Inbox.close(conn, update_id, "done", run_id=result.run_id)
             for part in parts:
@@ -399,3 +447,10 @@ def _update_from_payload(payload: dict[str, object], keel: KeelBot) -> Any:
     from telegram import Update
 
     return Update.de_json(payload, keel.bot)
+
+
+async def _run_started(conn: Any, *, update_id: int, then: Callable[[], None]) -> None:
+    """A run's first write (with its first budget hold, right before its model call): the
+    message becomes ``processing``, and its intake slot is free."""
+    await Inbox.taken_in(conn, update_id)
+    then()

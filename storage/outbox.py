@@ -60,22 +60,26 @@ class OutboxRepository:
     async def put(self, conn: WriteConnection, *, chat_id: int, thread_id: int | None,
                   reply_to: int | None, markdown: str, inbox_update_id: int | None = None,
                   run_id: str | None = None, buttons: list[list[OutboxButton]] | None = None,
-                  escalation_id: str | None = None, file: dict[str, Any] | None = None) -> int:
+                  escalation_id: str | None = None, file: dict[str, Any] | None = None,
+                  last: bool = False) -> int:
         """Insert inside the caller's write transaction; returns the row id. With ``file`` the
-        row is a document (kind 'document') and ``markdown`` its caption."""
+        row is a document (kind 'document') and ``markdown`` its caption. ``last``: the
+        transaction's last statement (``WriteConnection.last``: it commits in the same hop)."""
         payload: dict[str, Any] = {"markdown": markdown, "buttons": [
             [{"label": b.label, "key": b.key} for b in row] for row in buttons or []]}
         if file is not None:
             payload["file"] = file
-        async with conn.execute(
-            "INSERT INTO outbox (chat_id, thread_id, reply_to_message_id, kind, payload,"
-            " inbox_update_id, run_id, escalation_id, telegram_message_ids, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, '[]', ?) RETURNING id",
-            (chat_id, thread_id, reply_to, "document" if file is not None else "text",
-             json.dumps(payload, ensure_ascii=False), inbox_update_id, run_id, escalation_id,
-             now_iso()),
-        ) as cursor:
-            row = await cursor.fetchone()
+        sql = ("INSERT INTO outbox (chat_id, thread_id, reply_to_message_id, kind, payload,"
+               " inbox_update_id, run_id, escalation_id, telegram_message_ids, created_at)"
+               " VALUES (?, ?, ?, ?, ?, ?, ?, ?, '[]', ?) RETURNING id")
+        params = (chat_id, thread_id, reply_to, "document" if file is not None else "text",
+                  json.dumps(payload, ensure_ascii=False), inbox_update_id, run_id,
+                  escalation_id, now_iso())
+        if last:
+            row = await (await conn.last(sql, params)).fetchone()
+        else:
+            async with conn.execute(sql, params) as cursor:
+                row = await cursor.fetchone()
         return int(row[0]) if row is not None else 0
 
     async def get(self, item_id: int) -> OutboxItem | None:

@@ -8,10 +8,14 @@ transactions (group commit may merge statements, never split them)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from typing import Any
 
 import pytest
 
+from agents.model.anthropic_client import AnthropicModelClient
+from agents.runtime import Runtime
 from storage.db import Database
 from tests.e2e.conftest import BotWorld
 from tests.fakes.anthropic import RecordedRequest, Reply, reply
@@ -64,3 +68,89 @@ async def test_a_message_reaches_its_model_call_after_two_write_transactions(
         "SELECT r.status, i.status AS inbox FROM runs r JOIN inbox i ON i.run_id = r.id"
         " WHERE r.request_key = ?", (f"tg:{update['update_id']}",))
     assert row is not None and (row["status"], row["inbox"]) == ("completed", "done")
+
+
+async def test_a_burst_is_taken_a_few_messages_at_a_time(
+        bot_world: BotWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a burst, at most ``INTAKE_AT_ONCE`` messages are on their way to a first model call
+    at once (issue 15): interleaved, every message waited for nearly all the others before its
+    model call, so no reply could leave until the whole burst had been read."""
+    from bot.service import IntakeGate, KeelBot
+
+    w = bot_world
+    keel = w.app.bot_data["keel"]
+    keel.intake = IntakeGate(3)
+    w.telegram.inject_text(w.alice_chat, "warm up")  # the SDK is imported, its pool open
+    await w.telegram.next_bot_message(w.alice_chat.id, timeout=20)
+    groups = [w.telegram.supergroup(f"Burst {i}") for i in range(12)]
+    on_the_way: set[str] = set()
+    peak = 0
+    answer = KeelBot._answer
+
+    async def counted(self: KeelBot, message: Any, *args: Any) -> Any:
+        nonlocal peak
+        key = _question(message.text)
+        on_the_way.add(key)
+        peak = max(peak, len(on_the_way))
+        try:
+            return await answer(self, message, *args)
+        finally:
+            on_the_way.discard(key)
+
+    create = AnthropicModelClient.create
+
+    async def sent(self: AnthropicModelClient, request: Any, *args: Any, **kwargs: Any) -> Any:
+        # a model call (the router's, or the run's when not routed) leaves keel for the API
+        on_the_way.discard(_question(json.dumps(request.to_api()["messages"][-1])))
+        return await create(self, request, *args, **kwargs)
+
+    monkeypatch.setattr(KeelBot, "_answer", counted)
+    monkeypatch.setattr(AnthropicModelClient, "create", sent)
+    caps = Runtime.check_daily_caps
+
+    async def slow_caps(self: Runtime, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.05)  # a busy database: each message's way to its call takes time
+        return await caps(self, *args, **kwargs)
+
+    monkeypatch.setattr(Runtime, "check_daily_caps", slow_caps)
+    for i, group in enumerate(groups):
+        w.telegram.inject_text(group, f"question {i}", user=w.alice, mention_bot=True)
+    for i, group in enumerate(groups):
+        got = await w.telegram.next_bot_message(group.id, timeout=30)
+        assert got["text"].endswith(f"question {i}")
+    assert peak <= 3, peak
+
+
+def _question(text: str) -> str:
+    found = re.search(r"question \d+", text)
+    assert found is not None, text
+    return found.group(0)
+
+
+async def test_a_finished_run_commits_its_outcome_in_one_hop(
+        bot_world: BotWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The outcome of a run (its row, history, usage, inbox row and reply) is one transaction
+    whose last statement, the reply, carries the commit: one hop to the writer thread, so the
+    write lock is not held across a second hop while the event loop is busy (issue 15)."""
+    w = bot_world
+    w.telegram.inject_text(w.alice_chat, "/agent assistant")
+    await w.telegram.next_bot_message(w.alice_chat.id, timeout=20)
+    w.telegram.inject_text(w.alice_chat, "first")
+    await w.telegram.next_bot_message(w.alice_chat.id, timeout=20)
+    await asyncio.sleep(0.3)
+
+    hops: list[str] = []
+    on_writer = Database._on_writer
+
+    def spy(self: Database, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(fn.__name__)
+        return on_writer(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(Database, "_on_writer", spy)
+    w.telegram.inject_text(w.alice_chat, "second")
+    assert (await w.telegram.next_bot_message(w.alice_chat.id, timeout=20))["text"] == \
+        "echo: second"
+    await asyncio.sleep(0.3)
+    # every other write of the turn joins a group commit (one hop each); the outcome is a
+    # transaction of its own
+    assert [h for h in hops if h != "_run_batch"] == ["_run_last"], hops
