@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from storage.db import Database, Params, WriteConnection, now_iso
-from storage.usage import SYSTEM_USER, UsageDelta, today, usage_statement
+from storage.usage import SYSTEM_USER, UsageDelta, today, usage_statements
 
 MONEY_EPSILON = 1e-12
 """Float noise tolerated when comparing sums of USD amounts with a cap."""
@@ -253,7 +253,7 @@ Scope = Literal["all", "user", "schedule"]
 # Spent + held on a day within a scope, as one scalar subquery each. Constant SQL per scope,
 # parameters only; the scopes asked together are read in one statement (one round trip).
 _USED_SQL: dict[Scope, str] = {
-    "all": "(SELECT COALESCE(SUM(cost_usd), 0) FROM usage_ledger WHERE day = ?)"
+    "all": "(SELECT COALESCE(SUM(cost_usd), 0) FROM day_spend WHERE day = ?)"
            " + (SELECT COALESCE(SUM(amount_usd), 0) FROM budget_holds WHERE day = ?)",
     "user": "(SELECT COALESCE(SUM(cost_usd), 0) FROM usage_ledger WHERE day = ? AND user_id = ?)"
             " + (SELECT COALESCE(SUM(amount_usd), 0) FROM budget_holds"
@@ -360,8 +360,8 @@ _SCHEDULE_SPEND_SQL = (
 def _spend_statements(day: str, user_id: int, agent: str, schedule: str,
                       delta: UsageDelta) -> list[tuple[str, Params]]:
     """What a settled cost writes: the day's usage of (user, agent), and of its schedule."""
-    out: list[tuple[str, Params]] = [
-        usage_statement(day=day, user_id=user_id, agent=agent, delta=delta)]
+    out: list[tuple[str, Params]] = list(
+        usage_statements(day=day, user_id=user_id, agent=agent, delta=delta))
     if schedule:
         out.append((_SCHEDULE_SPEND_SQL, (day, schedule, delta.cost_usd, delta.model_calls)))
     return out

@@ -37,7 +37,7 @@ class UsageLedger:
         """USD spent on ``day`` (default today) by ``user_id``, or by everyone when None."""
         if user_id is None:
             value = await self.db.fetchval(
-                "SELECT COALESCE(SUM(cost_usd), 0) FROM usage_ledger WHERE day = ?", (day or today(),)
+                "SELECT COALESCE(SUM(cost_usd), 0) FROM day_spend WHERE day = ?", (day or today(),)
             )
         else:
             value = await self.db.fetchval(
@@ -51,11 +51,26 @@ async def record_usage(conn: WriteConnection, *, day: str, user_id: int, agent: 
                        delta: UsageDelta) -> None:
     """Add ``delta`` to the day's row of (user, agent), inside the caller's write transaction
     (with its next statement or its commit: nothing is read back)."""
-    await conn.later(*usage_statement(day=day, user_id=user_id, agent=agent, delta=delta))
+    for sql, params in usage_statements(day=day, user_id=user_id, agent=agent, delta=delta):
+        await conn.later(sql, params)
 
 
-def usage_statement(*, day: str, user_id: int, agent: str, delta: UsageDelta
-                    ) -> tuple[str, tuple[object, ...]]:
+DAY_SPEND_SQL = (
+    "INSERT INTO day_spend (day, cost_usd) VALUES (?, ?)"
+    " ON CONFLICT (day) DO UPDATE SET cost_usd = day_spend.cost_usd + excluded.cost_usd")
+
+
+def usage_statements(*, day: str, user_id: int, agent: str, delta: UsageDelta
+                     ) -> list[tuple[str, tuple[object, ...]]]:
+    """The statements that add ``delta`` to the day's row of (user, agent) and to the day's
+    total (``day_spend``): every write of spend goes through here, so the total stays the sum
+    of the rows."""
+    return [_usage_row(day=day, user_id=user_id, agent=agent, delta=delta),
+            (DAY_SPEND_SQL, (day, delta.cost_usd))]
+
+
+def _usage_row(*, day: str, user_id: int, agent: str, delta: UsageDelta
+               ) -> tuple[str, tuple[object, ...]]:
     """The statement that adds ``delta`` to the day's row of (user, agent)."""
     return (
         "INSERT INTO usage_ledger (day, user_id, agent, cost_usd, input_tokens, output_tokens,"

@@ -10,7 +10,7 @@ from tests.conftest import OpenDb
 EXPECTED_TABLES = {
     "agent_topics", "conversations", "escalations", "idempotency_keys", "inbox", "messages",
     "outbox", "runs", "schedule_fires", "schema_migrations", "sessions", "usage_ledger",
-    "budget_holds", "schedule_spend",
+    "budget_holds", "schedule_spend", "day_spend",
     "people", "stranger_replies",
     "files", "send_buckets",
     "memory_facts", "memory_buttons", "doc_files", "doc_chunks", "doc_terms",
@@ -103,3 +103,24 @@ def test_migration_names_are_numbered_in_order_and_unique() -> None:
     numbers = [int(n.split("_", 1)[0]) for n in names]
     assert len(set(numbers)) == len(numbers)  # one number, one migration
     assert numbers == sorted(numbers)  # applied in number order
+
+
+async def test_the_days_totals_start_from_the_spend_already_recorded(
+        open_db: OpenDb, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database migrated from before ``day_spend`` starts with each day's total."""
+    import storage.migrations as migrations
+
+    db = await open_db(migrated=False)
+    every = migrations.MIGRATIONS
+    monkeypatch.setattr(migrations, "MIGRATIONS", tuple(m for m in every if m.name < "0016"))
+    await migrate(db)
+    async with db.write() as conn:
+        for day, user, cost in (("2026-11-01", 1, 0.25), ("2026-11-01", 2, 0.5),
+                                ("2026-11-02", 1, 0.125)):
+            await conn.execute("INSERT INTO usage_ledger (day, user_id, agent, cost_usd)"
+                               " VALUES (?, ?, 'a', ?)", (day, user, cost))
+    monkeypatch.setattr(migrations, "MIGRATIONS", every)
+    assert "0016_day_spend" in await migrate(db)
+    rows = await db.fetchall("SELECT day, cost_usd FROM day_spend ORDER BY day")
+    assert [(r["day"], float(r["cost_usd"])) for r in rows] == [("2026-11-01", 0.75),
+                                                                 ("2026-11-02", 0.125)]

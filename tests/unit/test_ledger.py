@@ -98,6 +98,34 @@ async def test_a_forfeited_hold_is_spent_and_a_released_one_is_not(ledger: Ledge
     assert report.overall.spent_usd == pytest.approx(0.01) and report.overall.reserved_usd == 0
 
 
+async def test_the_days_total_is_the_sum_of_its_rows_and_caps_the_day(ledger: Ledger) -> None:
+    """The overall cap reads one row a day (``day_spend``), kept by the statements that write
+    spend: settled, forfeited, charged at recovery and recorded directly, it equals the day's
+    usage rows, and the overall cap holds against it."""
+    from storage.usage import UsageLedger
+
+    db = ledger.db
+    caps = DailyCaps(total_usd=0.05)
+    a = await ledger.hold(run_id="a", agent="a", user_id=1, schedule=None, caps=caps,
+                          want_usd=0.01, min_usd=0.001)
+    b = await ledger.hold(run_id="b", agent="b", user_id=2, schedule="digest", caps=caps,
+                          want_usd=0.01, min_usd=0.001)
+    assert isinstance(a, Hold) and isinstance(b, Hold)
+    await ledger.settle(a, UsageDelta(cost_usd=0.004))
+    await ledger.forfeit(b)
+    await ledger.hold(run_id="c", agent="a", user_id=3, schedule=None, caps=caps,
+                      want_usd=0.005, min_usd=0.001)
+    await ledger.release_stale()  # charged: 0.005
+    await UsageLedger(db).add(user_id=4, agent="a", delta=UsageDelta(cost_usd=0.02))
+    rows = await db.fetchval("SELECT SUM(cost_usd) FROM usage_ledger")
+    total = await db.fetchval("SELECT cost_usd FROM day_spend")
+    assert float(total) == pytest.approx(float(rows)) == pytest.approx(0.039)
+    assert await UsageLedger(db).spent() == pytest.approx(0.039)
+    got = await ledger.hold(run_id="d", agent="a", user_id=5, schedule=None, caps=caps,
+                            want_usd=0.05, min_usd=0.001)
+    assert isinstance(got, Hold) and got.amount_usd == pytest.approx(0.011)
+
+
 # ------------------------------------------------------------------ through the runtime
 
 
