@@ -6,8 +6,9 @@ files' fsyncs (a run's trace is fsynced when it closes), and under a burst those
 loop for hundreds of milliseconds (issue 15). The thread hands each line to the OS moments after
 ``emit``; a process killed mid-run leaves every event the thread wrote as a complete line (at most
 the last few, still queued, are missing). Closing a trace writes what is queued and fsyncs it, and
-reading a trace through the store first writes what this process has queued for it. Secrets are scrubbed before a line is written. Files of earlier days are
-gzipped (``.jsonl.gz``) and days past the retention are deleted by ``TraceStore.housekeep()``.
+reading a trace through the store first writes what this process has queued for it. Secrets are
+scrubbed before a line is queued. Files of earlier days are gzipped (``.jsonl.gz``) and days past
+the retention are deleted by ``TraceStore.housekeep()``.
 
 Opening a trace never lists the directory: its file is derived from the trace id and the UTC day it
 was first opened (which the runs table keeps as ``started_at``), so the cost is the same with ten
