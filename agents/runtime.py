@@ -52,7 +52,7 @@ from storage.idempotency import IdempotencyStore
 from storage.ledger import CostReport, DailyCaps, Ledger
 from storage.runs import RunRepository, RunTotals
 from storage.session_counts import SessionAnchor, SessionCounts
-from storage.traces import Redactor, TraceStore, day_of
+from storage.traces import Redactor, TraceStore, TraceWriter, day_of
 from storage.usage import UsageDelta, UsageLedger
 
 log = logging.getLogger(__name__)
@@ -604,7 +604,7 @@ class Runtime:
     def _tool_context(self, run: Run) -> ToolContext:
         return ToolContext(
             run_id=run.id, idempotency_key=run.request_key, agent=run.agent.name,
-            emit=run.trace.emit,
+            emit=functools.partial(_emit_durably, run.trace),
             idempotency=self.idempotency, default_timeout_s=run.limits.tool_timeout_s,
             user_id=run.user_id, chat_id=run.chat_id, thread_id=run.thread_id,
             timezone=self.settings.timezone,
@@ -728,3 +728,13 @@ def build_agents(settings: Settings, keel_file: KeelFile, registry: ToolRegistry
     if problems:
         raise ConfigError(describe(problems))
     return agents
+
+
+DURABLE_EVENTS = frozenset({"tool_call"})
+"""Tool events written to the file before the tool runs (its side effects may not be undone)."""
+
+
+async def _emit_durably(trace: TraceWriter, type_: str, **payload: Any) -> None:
+    trace.emit(type_, **payload)
+    if type_ in DURABLE_EVENTS:
+        await trace.adrain()

@@ -212,6 +212,15 @@ class TraceWriter:
                 log.warning("trace %s: could not write %d event(s): %s", self.path, len(lines),
                             exc)
 
+    async def adrain(self) -> None:
+        """Write the queued lines and wait for it, off the event loop: before something leaves
+        the process (a model request, a tool's side effect), its event is in the file, so a
+        process killed after it still has it."""
+        with self._lock:
+            if not self._pending:
+                return
+        await asyncio.wrap_future(_closer().submit(self.drain))
+
     async def aclose(self) -> None:
         """``close`` in a thread of its own pool (it waits for the disk)."""
         await asyncio.wrap_future(_closer().submit(self.close))

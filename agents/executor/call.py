@@ -201,6 +201,7 @@ async def _call_once(
         # request exactly as it was sent
         cache_breakpoints=_breakpoints(request.messages),
     )
+    await run.trace.adrain()  # a request that reached the API is in the trace, even if killed
     try:
         # streamed only where someone watches the text arrive; a plain call elsewhere
         response = await client.create(request, on_text=on_text if watched(on_text) else None)

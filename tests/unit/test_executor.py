@@ -209,3 +209,41 @@ async def test_a_hanging_tool_becomes_an_error_result_and_the_run_goes_on(make_r
     tool_result = model.requests[1].messages[-1]["content"][0]
     assert tool_result["is_error"] is True
     assert json.loads(tool_result["content"])["error"] == "timeout"
+
+
+async def test_a_model_request_and_a_tool_call_are_in_the_trace_file_before_they_happen(
+        make_runtime: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trace lines are written by a thread, not by ``emit``; a model request and a tool call
+    wait until their event is in the file, so a process killed once the request left (or the
+    tool's side effect began) still has it. The writer thread is stopped here: only that wait
+    can write the events."""
+    import agents.tools.registry as registry
+    import storage.traces as traces
+
+    monkeypatch.setattr(traces._SINK, "schedule", lambda writer: None)
+    seen: list[list[str]] = []
+
+    def in_the_file() -> list[str]:
+        [path] = runtime.traces.root.rglob("*.jsonl")
+        return [json.loads(line)["type"] for line in path.read_text().splitlines()]
+
+    class Checking(ScriptedModel):
+        async def create(self, request: Any, **kwargs: Any) -> Any:
+            seen.append(in_the_file())
+            return await super().create(request, **kwargs)
+
+    run_tool = registry.execute
+
+    async def checking_tool(*args: Any, **kwargs: Any) -> Any:
+        seen.append(in_the_file())
+        return await run_tool(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "execute", checking_tool)
+    model = Checking(tool_call("get_current_time", {"timezone": "UTC"}), reply("It is noon."))
+    runtime: Runtime = await make_runtime(model)
+    result = await runtime.run(task("what time is it?"))
+    assert result.status == "completed"
+    first_call, tool, second_call = seen
+    assert first_call[-1] == "model_request"
+    assert tool[-1] == "tool_call"
+    assert second_call[-1] == "model_request" and second_call.count("model_request") == 2
