@@ -123,14 +123,19 @@ CLOSE_THREADS = 4
 """Threads that close (and fsync) finished traces, apart from the default executor: queued
 there, a burst's fsyncs held up the ``open`` of every new run's trace behind them (a second
 1,000-chat burst waited ~4 s between a run's start and its model call, issue 15)."""
-_closers: ThreadPoolExecutor | None = None
+DRAIN_THREADS = 2
+"""Threads that write a run's queued lines while it waits (``TraceWriter.adrain``), apart from
+the closing ones, so a model request never waits behind other traces' fsyncs."""
+_pools: dict[str, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
 
 
-def _closer() -> ThreadPoolExecutor:
-    global _closers
-    if _closers is None:
-        _closers = ThreadPoolExecutor(CLOSE_THREADS, thread_name_prefix="keel-trace-close")
-    return _closers
+def _pool(name: str, threads: int) -> ThreadPoolExecutor:
+    with _pools_lock:
+        pool = _pools.get(name)
+        if pool is None:
+            pool = _pools[name] = ThreadPoolExecutor(threads, thread_name_prefix=name)
+        return pool
 
 
 class TraceWriter:
@@ -219,11 +224,11 @@ class TraceWriter:
         with self._lock:
             if not self._pending:
                 return
-        await asyncio.wrap_future(_closer().submit(self.drain))
+        await asyncio.wrap_future(_pool("keel-trace-drain", DRAIN_THREADS).submit(self.drain))
 
     async def aclose(self) -> None:
         """``close`` in a thread of its own pool (it waits for the disk)."""
-        await asyncio.wrap_future(_closer().submit(self.close))
+        await asyncio.wrap_future(_pool("keel-trace-close", CLOSE_THREADS).submit(self.close))
 
     def close(self) -> None:
         with self._io:
