@@ -295,7 +295,7 @@ class Outbox:
                   escalation_id: str | None = None, file: dict[str, Any] | None = None,
                   last: bool = False) -> int:
         """Insert inside the caller's write transaction (``file``: a document, see OutboxItem;
-        ``last``: see ``storage.outbox.OutboxRepo.put``)."""
+        ``last``: see ``storage.outbox.OutboxRepository.put``)."""
         return await self.repo.put(
             conn, chat_id=chat_id, thread_id=thread_id, reply_to=reply_to, markdown=markdown,
             inbox_update_id=inbox_update_id, run_id=run_id, escalation_id=escalation_id, file=file,

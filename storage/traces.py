@@ -97,11 +97,7 @@ class _TraceSink:
 
     def _run(self) -> None:
         while True:
-            writer = self._queue.get()
-            try:
-                writer.drain()
-            except Exception:  # never let one trace stop every other trace's writes
-                log.exception("trace %s: writing queued events failed", writer.path)
+            _drain(self._queue.get())
 
     def flush_all(self) -> None:
         """Write everything queued, in the calling thread (at exit: the daemon thread stops)."""
@@ -110,10 +106,14 @@ class _TraceSink:
                 writer = self._queue.get_nowait()
             except queue.Empty:
                 return
-            try:
-                writer.drain()
-            except Exception:
-                log.exception("trace %s: writing queued events failed", writer.path)
+            _drain(writer)
+
+
+def _drain(writer: TraceWriter) -> None:
+    try:
+        writer.drain()
+    except Exception:  # never let one trace stop every other trace's writes
+        log.exception("trace %s: writing queued events failed", writer.path)
 
 
 _SINK = _TraceSink()

@@ -61,7 +61,7 @@ class AnthropicModelClient:
         self._busy: list[int] = []
         """Calls in flight per client."""
         self._ssl: Any = None
-        """One TLS context for every pool (building one reads the CA store: ~30 ms)."""
+        """One TLS context for every pool (built by ``_load``: reading the CA store is ~30 ms)."""
         self._loading: asyncio.Future[Any] | None = None
 
     def warm_up(self) -> asyncio.Future[Any]:
@@ -90,9 +90,8 @@ class AnthropicModelClient:
         if not self._clients:
             self.warm_up()
             assert self._loading is not None
-            ssl = await asyncio.shield(self._loading)  # a cancel leaves the import running
-            if self._ssl is None:
-                self._ssl = ssl
+            # a cancel leaves the import running; its result is the shared TLS context
+            self._ssl = await asyncio.shield(self._loading)
             if not self._clients:
                 self._open_pool()
         best = min(range(len(self._clients)), key=self._busy.__getitem__)
@@ -104,8 +103,6 @@ class AnthropicModelClient:
         import anthropic
         import httpx2
 
-        if self._ssl is None:
-            self._ssl = httpx2.create_ssl_context()
         # The SDK keeps 100 idle connections by default; each request walks them all and asks
         # every socket whether the server closed it (~1.4 ms of CPU per call after a burst).
         http = anthropic.DefaultAsyncHttpxClient(verify=self._ssl, limits=httpx2.Limits(
