@@ -10,6 +10,7 @@ import asyncio
 import gc
 import logging
 import signal
+import ssl
 import time
 from typing import Any
 
@@ -32,7 +33,7 @@ from agents.model import warm_up
 from agents.runtime import Runtime
 from agents.schedule import Scheduler, jobs_from_config
 from agents.scheduled import ScheduledRunner
-from bot import memory_view, ratings, resend
+from bot import memory_view, ratings, render, resend, tls_context
 from bot import reload as config_reload
 from bot.access import gated, startup_hint
 from bot.commands import COMMANDS, bot_commands
@@ -64,6 +65,8 @@ def file_base_url(base_url: str) -> str:
 
 def build_application(settings: Settings, *, runtime: Runtime | None = None) -> Application[Any, Any, Any, Any, Any, Any]:
     token = settings.require_telegram_token()
+    # One TLS context for both pools: each would read the CA store (issue 15: start-up).
+    tls = tls_context()
     app = (
         ApplicationBuilder()
         .token(token)
@@ -73,7 +76,8 @@ def build_application(settings: Settings, *, runtime: Runtime | None = None) -> 
         # (bot/delivery.py: a 429 waits in its chat only), so neither the stock updater nor
         # AIORateLimiter, which pauses every chat for one chat's flood wait, is used.
         .updater(None)
-        .request(telegram_request())
+        .request(telegram_request(tls))
+        .get_updates_request(HTTPXRequest(connection_pool_size=1, httpx_kwargs={"verify": tls}))
         .post_init(_post_init)
         .post_shutdown(_post_shutdown)
         .build()
@@ -93,7 +97,7 @@ def build_application(settings: Settings, *, runtime: Runtime | None = None) -> 
     return app
 
 
-def telegram_request() -> HTTPXRequest:
+def telegram_request(tls: ssl.SSLContext) -> HTTPXRequest:
     """The connection pool for Telegram calls: python-telegram-bot's default keeps up to 256
     idle connections, and every request and every response walks all of them (asking each
     socket whether it is still open): after a burst that walk cost more CPU than the rest of a
@@ -101,8 +105,8 @@ def telegram_request() -> HTTPXRequest:
     import httpx
 
     return HTTPXRequest(connection_pool_size=TELEGRAM_CONNECTIONS, httpx_kwargs={
-        "limits": httpx.Limits(max_connections=TELEGRAM_CONNECTIONS,
-                               max_keepalive_connections=TELEGRAM_KEEP_ALIVE)})
+        "verify": tls, "limits": httpx.Limits(max_connections=TELEGRAM_CONNECTIONS,
+                                              max_keepalive_connections=TELEGRAM_KEEP_ALIVE)})
 
 
 def _gated(handler: Any) -> Any:
@@ -162,11 +166,14 @@ async def _post_init(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
 
 
 def _warm_up(model: object) -> None:
-    """The first update starts the model SDK's import; once it is in, its objects join the
-    frozen heap (see ``_serve``)."""
-    loading = warm_up(model)
-    if loading is not None:
-        loading.add_done_callback(lambda _: gc.freeze())
+    """The first update starts the model SDK's import and the Markdown parser's in threads; once
+    they are in, their objects join the frozen heap (see ``_serve``)."""
+    loading: list[asyncio.Future[Any]] = [
+        asyncio.ensure_future(asyncio.to_thread(render.load_parser))]
+    sdk = warm_up(model)
+    if sdk is not None:
+        loading.append(sdk)
+    asyncio.gather(*loading, return_exceptions=True).add_done_callback(lambda _: gc.freeze())
 
 
 async def start_scheduler(app: Application[Any, Any, Any, Any, Any, Any]) -> None:

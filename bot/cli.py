@@ -17,7 +17,7 @@ from agents.config import Settings, load_settings
 from agents.config_check import lenient_settings, load_configuration, require_data_dir
 from agents.errors import ConfigError, MissingSettingError
 from agents.logs import configure_logging
-from bot import cli_db_copy
+from bot import cli_db_copy, import_telegram, preload_tls
 from storage.db import DatabaseUnavailable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -176,6 +176,8 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             missing.append(str(exc))
     if missing:  # every missing variable at once, not one per attempt
         raise ConfigError("\n".join(missing))
+    preload_tls()
+    import_telegram()
     from telegram.error import Conflict, InvalidToken, TelegramError
 
     from bot.app import run_bot

@@ -21,8 +21,6 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import mistune
-
 __all__ = ["Chunk", "Entity", "EntityType", "format_markdown", "plain_chunks", "render"]
 
 EntityType = Literal[
@@ -63,9 +61,20 @@ _ASTRAL = re.compile("[\U00010000-\U0010ffff]")
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
 _GLUE = frozenset({"\u200d", "\ufe0f", "\ufe0e"})  # never cut next to these (emoji sequences)
 
-_parse = mistune.create_markdown(
-    renderer=None, plugins=["strikethrough", "table", "url", "task_lists"]
-)
+_parser: Any = None
+
+
+def load_parser() -> Any:
+    """The Markdown parser, built on first use: mistune is not needed until the first reply, and
+    importing it is ~10 ms of start-up (issue 15). The bot builds it in a thread when the first
+    update arrives (bot/app.py ``_warm_up``)."""
+    global _parser
+    if _parser is None:
+        import mistune
+
+        _parser = mistune.create_markdown(
+            renderer=None, plugins=["strikethrough", "table", "url", "task_lists"])
+    return _parser
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +224,7 @@ class _Writer:
 def _markdown_to_text(markdown: str) -> _Writer:
     writer = _Writer()
     if markdown.strip():
-        tokens = _parse(markdown)
+        tokens = load_parser()(markdown)
         assert isinstance(tokens, list)  # renderer=None gives the token list
         _blocks(writer, tokens, 2)
     return writer
