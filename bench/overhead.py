@@ -9,10 +9,16 @@ reaching it, minus the fake model's latency for every model call the turn made. 
 Baseline, same run: the very request bodies the bot sent, replayed directly with
 ``anthropic.AsyncAnthropic`` from a separate process against the same fake with the same latency;
 its time minus the latency is the floor any bot pays (client, HTTP, the fake's own work).
+
+Baseline bot, same run: the pinned turns again against ``bench/baseline_bot.py``
+(python-telegram-bot + AsyncAnthropic: no storage, no traces, no budgets, no typing action, no
+drafts, no streaming), on fakes of its own. Its CPU a turn is what the two libraries alone cost.
 """
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from bench.stage import Stage, direct_calls
@@ -90,6 +96,24 @@ def _figures(setup: dict[str, Any], direct: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def baseline_bot(*, latency: float, chats: int, rounds: int) -> dict[str, Any]:
+    """The pinned set-up's turns (same chats, rounds, question and latency) answered by
+    bench/baseline_bot.py: its CPU a turn and its overhead (reply - message - latency)."""
+    with tempfile.TemporaryDirectory(prefix="keel-bench-baseline-") as tmp:
+        stage = Stage(Path(tmp), capacity=chats, latency=latency, idle_settle_s=0.5,
+                      module=("bench.baseline_bot",))
+        await stage.open()
+        try:
+            stage.model.answer = _answer
+            setup = await _run_setup(stage, stage.new_chats(chats), pinned=False, rounds=rounds)
+        finally:
+            await stage.close()
+    figures = _keel_figures(setup["turns"])
+    return {"timed_turns": len(setup["turns"]), "overhead_s": figures["overhead_s"],
+            "turn_s": figures["turn_s"], "bot_cpu_ms_per_turn": setup["bot_cpu_ms_per_turn"],
+            "model_calls_per_turn": sorted({len(t["calls"]) for t in setup["turns"]})}
+
+
 def _job(setup: dict[str, Any]) -> dict[str, Any]:
     bodies = [[c.rec.body for c in t["calls"]] for t in setup["turns"]]
     return {"concurrent": False, "turns": bodies, "warmup": bodies[0][0]}
@@ -102,13 +126,16 @@ async def measure(stage: Stage, *, latency: float, chats: int, rounds: int,
     pinned = await _run_setup(stage, stage.new_chats(chats), pinned=True, rounds=rounds)
     routed = await _run_setup(stage, stage.new_chats(chats), pinned=False, rounds=routed_rounds)
     direct = await direct_calls(stage.anthropic.base_url, [_job(pinned), _job(routed)])
+    bare = await baseline_bot(latency=latency, chats=chats, rounds=rounds)
     return {
         "model_latency_s": latency,
         "how": "sequential turns round-robin over the chats; each chat's first turn is an "
                "untimed warm-up; overhead = reply sendMessage arrival - message injection - "
                "model latency x model calls in the turn; baseline = the same request bodies "
                "replayed with AsyncAnthropic (streamed when the bot streamed) from a separate "
-               "process, minus the same latency",
+               "process, minus the same latency; baseline_bot = bench/baseline_bot.py answering "
+               "the pinned set-up's turns on fakes of its own (its CPU: the libraries alone)",
         "pinned": _figures(pinned, direct[0]),
         "routed": _figures(routed, direct[1]),
+        "baseline_bot": bare,
     }

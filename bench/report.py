@@ -48,6 +48,15 @@ def _overhead_rows(r: dict[str, Any]) -> list[list[str]]:
                      f"{_ms(o['keel_added_p50_s'])} at p50"
                      + (f"; bot CPU {o['keel']['bot_cpu_ms_per_turn']:.1f} ms a turn"
                         if "bot_cpu_ms_per_turn" in o["keel"] else "")])
+    bare = r.get("baseline_bot")
+    if bare is not None:
+        k = r["pinned"]["keel"]
+        rows.append([f"Bot CPU per turn · overhead p50 — pinned turns, keel vs a bot with no keel "
+                     f"({bare['timed_turns']} turns)",
+                     f"{k['bot_cpu_ms_per_turn']:.1f} ms · {_ms(k['overhead_s']['p50'])}",
+                     f"{bare['bot_cpu_ms_per_turn']:.1f} ms · {_ms(bare['overhead_s']['p50'])} "
+                     "(baseline bot: PTB + SDK, plain call, no typing, drafts or storage)",
+                     f"{_x(k['bot_cpu_ms_per_turn'] / bare['bot_cpu_ms_per_turn'])} CPU"])
     return rows
 
 
@@ -116,7 +125,10 @@ def _target_rows(results: dict[str, Any]) -> list[list[str]]:
     o = results.get("overhead", {}).get("pinned")
     if o is not None:
         cpu = o["keel"].get("bot_cpu_ms_per_turn")
-        row("CPU per turn, router off", "n/a" if cpu is None else f"{cpu:.1f} ms", "≤ 8 ms",
+        bare = results["overhead"].get("baseline_bot", {}).get("bot_cpu_ms_per_turn")
+        row("CPU per turn, router off",
+            ("n/a" if cpu is None else f"{cpu:.1f} ms")
+            + ("" if bare is None else f" (baseline bot, no keel: {bare:.1f} ms)"), "≤ 8 ms",
             None if cpu is None else cpu <= 8)
         row("keel's added latency per turn over the direct SDK, p50",
             _ms(o["keel_added_p50_s"]), "≤ 10 ms", o["keel_added_p50_s"] <= 0.010)

@@ -55,6 +55,8 @@ class Stage:
     idle_rss_kb: int | None = None
     profile: Path | None = None
     """Where the bot writes a sampling profile of its event loop at exit (bench.instrumented)."""
+    module: tuple[str, ...] = ("bench.instrumented", "run")
+    """The bot: keel under bench.instrumented, or ``("bench.baseline_bot",)``."""
     _next_id: int = FIRST_USER_ID
     _turns: dict[int, int] = field(default_factory=dict)
     last_update_id: dict[int, int] = field(default_factory=dict)
@@ -73,7 +75,7 @@ class Stage:
         elif self.profile is not None:
             env["KEEL_BENCH_PROFILE"] = str(self.profile)
         self.bot = BotProcess(self.telegram, self.anthropic, self.workdir, allowed_ids=ids,
-                              extra_env=env, module=("bench.instrumented", "run"))
+                              extra_env=env, module=self.module)
         await self.bot.start()
         self.first_poll_s = await self.bot.wait_first_poll()
         await asyncio.sleep(self.idle_settle_s)
