@@ -573,11 +573,12 @@ class Runtime:
         caps = self.daily_caps()
         out["gate"] = LedgerGate(self.ledger, caps, run_id=run_id, agent=ROUTER_AGENT,
                                  user_id=user_id)
-        report = await self.ledger.report(caps)
-        day_left = [line.left_usd for line in (report.overall, report.users.get(user_id or 0))
-                    if line is not None and line.left_usd is not None]
-        if user_id is not None and caps.per_user_usd is not None and user_id not in report.users:
-            day_left.append(caps.per_user_usd)
+        # what the day's caps have left: one read (the cost report's sums over every person
+        # and schedule grew with the day's users, on every routed message)
+        used = await self.ledger.used(caps, user_id=user_id, schedule=None)
+        day_left = [max(0.0, cap - used.get(scope, 0.0)) for scope, cap in (
+            ("all", caps.total_usd), ("user", caps.per_user_usd if user_id is not None else None))
+            if cap is not None]
         left = {name: min([spec.limits.budget_usd, *day_left])
                 for name, spec in routable(self.agents).items()}
         out["left_usd"] = left

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from agents.router import is_acknowledgement
+from agents.router import is_acknowledgement, routable
 from agents.runtime import Runtime
 from agents.sessions import Sessions
+from storage.usage import UsageDelta, UsageLedger
 from tests.fakes.scripted_model import ScriptedModel, reply, tool_call
 
 
@@ -119,3 +120,33 @@ async def test_the_router_chooses_only_among_agents_that_could_answer(make_runti
     decision = await runtime.route("hello there", current=None, run_id="r1", user_id=1)
     assert decision.agent == "cheap" and decision.reason == "only_affordable"
     assert set(decision.excluded) == {"pricey"} and model.requests == []
+
+
+async def test_what_the_day_has_left_for_routing_is_this_persons_and_everyones(
+        make_runtime: Any) -> None:
+    """The router's budget is what the day's caps have left (one read of the ledger): another
+    person's spend counts against the overall cap only, this person's against their own."""
+    runtime: Runtime = await make_runtime(ScriptedModel(), KEEL_DAILY_BUDGET_USD_PER_USER="0.05",
+                                          KEEL_DAILY_BUDGET_USD="0.5")
+    await UsageLedger(runtime.db).add(user_id=2, agent="assistant",
+                                      delta=UsageDelta(cost_usd=0.04))
+    budget = await runtime._route_budget("hi", None, "r1", 1, None)
+    assert budget["left_usd"] == {name: pytest.approx(min(0.05, spec.limits.budget_usd))
+                                  for name, spec in routable(runtime.agents).items()}
+    await UsageLedger(runtime.db).add(user_id=1, agent="assistant",
+                                      delta=UsageDelta(cost_usd=0.045))
+    budget = await runtime._route_budget("hi", None, "r2", 1, None)
+    assert all(v == pytest.approx(0.005) for v in budget["left_usd"].values())
+    await UsageLedger(runtime.db).add(user_id=3, agent="assistant",
+                                      delta=UsageDelta(cost_usd=0.414))
+    reads: list[str] = []
+    read = runtime.db.fetchall  # (fetchone and fetchval read through it)
+
+    def counted(sql: str, *args: Any) -> Any:
+        reads.append(sql)
+        return read(sql, *args)
+
+    runtime.db.fetchall = counted  # type: ignore[method-assign]
+    budget = await runtime._route_budget("hi", None, "r3", 1, None)
+    assert all(v == pytest.approx(0.001) for v in budget["left_usd"].values())
+    assert len(reads) == 1, reads  # not a sum per person and per schedule of the whole day
