@@ -49,7 +49,7 @@ from storage.conversations import ConversationRepository
 from storage.db import Database, WriteConnection, now_iso
 from storage.files import Blobs
 from storage.idempotency import IdempotencyStore
-from storage.ledger import CostReport, DailyCaps, Ledger
+from storage.ledger import CostReport, DailyCaps, Ledger, Scope
 from storage.runs import RunRepository, RunTotals
 from storage.session_counts import SessionAnchor, SessionCounts
 from storage.traces import Redactor, TraceStore, TraceWriter, day_of
@@ -576,9 +576,10 @@ class Runtime:
         # what the day's caps have left: one read (the cost report's sums over every person
         # and schedule grew with the day's users, on every routed message)
         used = await self.ledger.used(caps, user_id=user_id, schedule=None)
-        day_left = [max(0.0, cap - used.get(scope, 0.0)) for scope, cap in (
-            ("all", caps.total_usd), ("user", caps.per_user_usd if user_id is not None else None))
-            if cap is not None]
+        scoped: list[tuple[Scope, float | None]] = [
+            ("all", caps.total_usd), ("user", caps.per_user_usd if user_id is not None else None)]
+        day_left = [max(0.0, cap - used.get(scope, 0.0)) for scope, cap in scoped
+                    if cap is not None]
         left = {name: min([spec.limits.budget_usd, *day_left])
                 for name, spec in routable(self.agents).items()}
         out["left_usd"] = left
