@@ -72,6 +72,9 @@ class Progress:
         self._last_edit = 0.0
         self._started = time.monotonic()
         self._editing = asyncio.Lock()
+        self._showing: asyncio.Task[None] | None = None
+        """The draft or preview on its way to Telegram. The answer's stream is read on
+        meanwhile: awaited in line, each one held the stream for a round trip to Telegram."""
 
     async def __aenter__(self) -> Progress:
         if not self._quiet:
@@ -85,7 +88,17 @@ class Progress:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._typing
         self._preview_ok = False
+        await self.shown()  # a draft or preview still on its way lands before the answer
         await self._remove_preview()
+
+    async def shown(self) -> None:
+        """Wait until the draft or preview on its way (if any) has been sent or refused."""
+        if self._showing is not None:
+            try:
+                await self._showing
+            except Exception:  # cosmetic: never the run's failure
+                log.exception("progress update failed in chat %s", self.chat_id)
+            self._showing = None
 
     def streams_text(self) -> bool:
         """Whether streamed answer text is shown now (a private chat's draft, a group's
@@ -99,8 +112,17 @@ class Progress:
             self._text += value
         elif kind == "retract":  # an answer that broke off mid-stream is asked again
             self._text = self._text[:max(0, len(self._text) - int(value))]
-        await self._draft()
-        await self._preview()
+        if self._showing is not None and not self._showing.done():
+            return  # one at a time: the next piece of text tries again
+        draft, shown = self._draft_due(), self._preview_due()
+        if draft is not None or shown is not None:
+            self._showing = asyncio.create_task(self._show(draft, shown))
+
+    async def _show(self, draft: str | None, shown: str | None) -> None:
+        if draft is not None:
+            await self._send_draft(draft)
+        if shown is not None:
+            await self._send_preview(shown)
 
     async def _keep_typing(self) -> None:
         while True:
@@ -111,16 +133,18 @@ class Progress:
                 log.debug("typing action failed: %s", exc)
             await asyncio.sleep(TYPING_EVERY_S)
 
-    async def _draft(self) -> None:
+    def _draft_due(self) -> str | None:
+        """The draft to send now, if one is due."""
         if not self._drafts_ok:
-            return
+            return None
         now = time.monotonic()
         if now - self._last_draft < DRAFT_EVERY_S:
-            return
+            return None
         self._last_draft = now
         preview = self._text[-DRAFT_PREVIEW_CHARS:] if self._text else self._status
-        if not preview:
-            return
+        return preview or None
+
+    async def _send_draft(self, preview: str) -> None:
         try:
             await self.bot.send_message_draft(self.chat_id, self.draft_id, preview,
                                               message_thread_id=self.thread_id)
@@ -130,24 +154,27 @@ class Progress:
 
     # ------------------------------------------------------------------ groups and topics
 
-    async def _preview(self) -> None:
-        """Send or edit the group preview when enough new text came and enough time passed,
-        and the budget allows; otherwise skip (the next piece of text tries again)."""
+    def _preview_due(self) -> str | None:
+        """The group preview's text when it is to be sent or edited now: enough new text came,
+        enough time passed, and the budget allows; otherwise None (the next piece of text tries
+        again)."""
         if not self._preview_ok or self._editing.locked():
-            return
+            return None
         text = self._text.strip()
         if len(text) < GROUP_MIN_NEW_CHARS or len(self._shown) >= GROUP_PREVIEW_CHARS:
-            return
+            return None
         if len(text) - len(self._shown) < GROUP_MIN_NEW_CHARS:
-            return
+            return None
         now = time.monotonic()
         if now - self._last_edit < GROUP_EDIT_EVERY_S or (
                 self.preview_id is None and now - self._started < GROUP_FIRST_PREVIEW_S):
-            return
+            return None
         assert self._budget is not None
         if not self._budget.try_cosmetic(self.chat_id):
-            return  # shed: the answers need the group's budget more
-        shown = text[:GROUP_PREVIEW_CHARS]
+            return None  # shed: the answers need the group's budget more
+        return text[:GROUP_PREVIEW_CHARS]
+
+    async def _send_preview(self, shown: str) -> None:
         async with self._editing:
             self._last_edit = time.monotonic()
             try:

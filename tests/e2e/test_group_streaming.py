@@ -5,6 +5,7 @@ first: a budget that says no, or a 429, stops them and the answer still comes.""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -82,6 +83,7 @@ async def _stream(bot: Bot, chat_id: int, thread_id: int, budget: Budget,
                         budget=budget) as p:
         for _ in range(pieces):
             await p("text", PARAGRAPH)
+            await p.shown()  # a stream's pieces come apart in time; here, once each is shown
     return p
 
 
@@ -119,3 +121,23 @@ async def test_a_429_on_a_preview_edit_stops_this_runs_previews(
     edits = fake_telegram.calls("editMessageText")
     assert len(edits) == 1 and edits[0].status == 429  # no edit after the flood answer
     assert budget.asked == 2  # the send, the refused edit; then it stopped asking
+
+
+async def test_a_slow_draft_never_holds_the_answers_stream(fake_telegram: FakeTelegram) -> None:
+    """A private chat's draft goes out beside the stream: with Telegram answering the draft a
+    second late, the answer's pieces are taken at once, and the draft has landed before the run
+    lets the answer go."""
+    chat = fake_telegram.private_chat(fake_telegram.user("Dana"))
+    fake_telegram.slow_next("sendMessageDraft", 1.0)
+    loop = asyncio.get_running_loop()
+    async with Bot(fake_telegram.token, base_url=fake_telegram.base_url) as bot:
+        p = Progress(bot, chat.id, None, private=True, draft_id=7)
+        async with p:
+            started = loop.time()
+            for _ in range(20):
+                await p("text", PARAGRAPH)
+            taken = loop.time() - started
+        finished = loop.time() - started
+    assert taken < 0.5, taken  # before: the first piece waited the whole second
+    drafts = fake_telegram.calls("sendMessageDraft")
+    assert len(drafts) == 1 and finished >= 1.0  # the one draft due, answered before the exit

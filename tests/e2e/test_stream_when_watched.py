@@ -43,10 +43,11 @@ async def test_an_answer_that_breaks_off_mid_stream_is_asked_once_more(
     # The API's stream can end in an error event (overloaded_error) after part of the answer
     # arrived. The SDK does not retry that; keel asks once more, and the person gets the whole
     # answer once. The broken call may be billed: it is charged at its worst case.
-    monkeypatch.setattr(bot.progress, "DRAFT_EVERY_S", 0.0)  # a draft for every piece
+    monkeypatch.setattr(bot.progress, "DRAFT_EVERY_S", 0.0)  # a draft whenever none is on its way
     world = bot_world
     answer = "Green tea: two minutes at 80 °C. " * 20
-    calls = iter([mid_stream_overload(answer, after_events=6), reply(answer.strip())])
+    calls = iter([mid_stream_overload(answer, after_events=6, stream_delay=0.02),
+                  reply(answer.strip(), stream_delay=0.02)])
     world.answer(lambda req: next(calls))
     world.telegram.inject_text(world.alice_chat, "how long for green tea?")
     message = await world.telegram.next_bot_message(world.alice_chat.id)
