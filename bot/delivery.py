@@ -310,27 +310,34 @@ class Outbox:
     async def pending(self) -> list[OutboxItem]:
         return await self.repo.pending()
 
-    async def deliver(self, item_id: int) -> Delivered | None:
+    async def deliver(self, item_id: int, *, chat_id: int | None = None) -> Delivered | None:
         """Send what is left of the item. Returns the message ids (0 for an unconfirmed chunk),
         None if the item is gone or already finished; raises DeliveryError when it could not be
         sent (the item is then ``failed``, or still ``pending`` for the sweep when Telegram was
-        unreachable)."""
-        item = await self.repo.get(item_id)
-        if item is None:
-            log.error("outbox item %s vanished before delivery", item_id)
-            return None
-        async with self._chat(item.chat_id):
+        unreachable). ``chat_id``: the item's chat, when the caller knows it (its row is then
+        read once, in the chat's turn; an item of another chat, an escalation asked in the
+        approver's chat, is then delivered in its own chat's turn)."""
+        if chat_id is None:
+            item = await self.repo.get(item_id)
+            if item is None:
+                log.error("outbox item %s vanished before delivery", item_id)
+                return None
+            chat_id = item.chat_id
+        async with self._chat(chat_id):
             item = await self.repo.get(item_id)  # another delivery may have finished it
             if item is None or item.status != "pending":
                 return None
-            if not await self.repo.lease(item_id):  # another process is delivering it
-                log.info("outbox %s is being delivered by another process", item_id)
-                return None
-            try:
-                delivered = await self._deliver(item)
-            except BaseException:
-                await asyncio.shield(self.repo.release(item_id))
-                raise  # (a delivered row's lease was cleared with its status, in one write)
+            if item.chat_id == chat_id:
+                if not await self.repo.lease(item_id):  # another process is delivering it
+                    log.info("outbox %s is being delivered by another process", item_id)
+                    return None
+                try:
+                    delivered = await self._deliver(item)
+                except BaseException:
+                    await asyncio.shield(self.repo.release(item_id))
+                    raise  # (a delivered row's lease was cleared with its status, in one write)
+        if item.chat_id != chat_id:
+            return await self.deliver(item_id)
         if item_id in self._maybe_lost:  # after the chat's lock: the notice is a row of its own
             self._maybe_lost.discard(item_id)
             await self._tell_maybe_lost(item)

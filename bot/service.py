@@ -192,7 +192,7 @@ class KeelBot:
                 reply_to=None if message.is_private else message.message_id, markdown=markdown,
                 inbox_update_id=message.update_id, run_id=run_id)
             await Inbox.close(conn, message.update_id, "done", run_id=run_id)
-        await self._deliver([item])
+        await self._deliver([item], message.chat_id)
 
     async def process(self, message: IncomingMessage, *, taken: bool = False) -> None:
         """Answer a message with a run. ``taken``: the caller already owns the inbox row (a
@@ -272,7 +272,7 @@ class KeelBot:
         except KeelError as exc:
             await self.say(message, f"⚠️ {exc}", run_id=run_id)
             return run_id
-        await self._deliver(items)
+        await self._deliver(items, message.chat_id)
         # Compaction is its own step after the reply is committed and sent: a crash before it
         # loses nothing and repeats nothing (the next turn compacts instead).
         await self.sessions.maybe_compact(turn.session_id, user_id=message.user_id,
@@ -343,10 +343,11 @@ class KeelBot:
 
         return commit
 
-    async def _deliver(self, items: list[int]) -> None:
+    async def _deliver(self, items: list[int], chat_id: int) -> None:
+        """Deliver a message's replies (every one in its chat)."""
         for item in items:
             try:
-                await self.outbox.deliver(item)
+                await self.outbox.deliver(item, chat_id=chat_id)
             except DeliveryError as exc:
                 log.error("outbox item %s not delivered: %s", item, exc)
 

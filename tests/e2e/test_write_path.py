@@ -154,3 +154,29 @@ async def test_a_finished_run_commits_its_outcome_in_one_hop(
     # every other write of the turn joins a group commit (one hop each); the outcome is a
     # transaction of its own
     assert [h for h in hops if h != "_run_batch"] == ["_run_last"], hops
+
+
+async def test_a_reply_is_read_once_to_be_delivered(
+        bot_world: BotWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run knows its reply's chat, so delivery takes the chat's turn first and reads the
+    outbox row once, inside it (issue 15: a read less a turn; it read the row, took the chat's
+    turn, and read it again)."""
+    from storage.outbox import OutboxRepository
+
+    w = bot_world
+    w.telegram.inject_text(w.alice_chat, "/agent assistant")
+    await w.telegram.next_bot_message(w.alice_chat.id, timeout=20)
+    await asyncio.sleep(0.3)
+    reads: list[int] = []
+    get = OutboxRepository.get
+
+    async def counted(self: OutboxRepository, item_id: int) -> Any:
+        reads.append(item_id)
+        return await get(self, item_id)
+
+    monkeypatch.setattr(OutboxRepository, "get", counted)
+    w.telegram.inject_text(w.alice_chat, "hello")
+    assert (await w.telegram.next_bot_message(w.alice_chat.id, timeout=20))["text"] == \
+        "echo: hello"
+    await asyncio.sleep(0.3)
+    assert len(reads) == 1, reads
