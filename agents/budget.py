@@ -20,8 +20,8 @@ from typing import Literal
 
 from agents.errors import KeelError
 from agents.pricing import PER_MILLION, Price, Usage, cost_of, dearest_input_rate
-from storage.db import WriteConnection
-from storage.ledger import DailyCaps, Hold, Ledger, Shortfall
+from storage.db import Params, WriteConnection
+from storage.ledger import DailyCaps, Hold, Ledger, Shortfall, settle_statements
 from storage.usage import UsageDelta
 
 WARN_FRACTION = 0.70
@@ -156,16 +156,27 @@ class LedgerGate:
         self.unwritten: Callable[[WriteConnection], Awaitable[None]] | None = None
         """A write still owed before this run's first hold (its ``runs`` row: ``Runtime.run``);
         it commits with that hold, or with the run's outcome if it never calls the model."""
+        self.defer_last_settle = False
+        """A run's gate (``Runtime.attach_ledger``): the settlement of a call that ends the
+        run's model work is written with the run's next write, its outcome (or the next
+        hold, when a retry or a grader calls again) instead of in a transaction of its own."""
+        self._settled: list[tuple[str, Params]] = []
+        """Statements of a settled call not written yet (``defer_last_settle``)."""
 
     async def hold(self, price: Price, reservation: Reservation) -> tuple[Reservation, Hold]:
         """Hold ``reservation`` (shrunk to what every daily cap has left), or BudgetHalt."""
         per_output = price.output / PER_MILLION
         floor = min(MIN_USEFUL_OUTPUT_TOKENS, reservation.max_tokens)
+        owed = self.owed()
+        # Handed over before the write: never written twice. If the hold's transaction fails
+        # (or its caller is cancelled before it is known), a settlement it carried may be lost;
+        # that call's hold then stays and is charged as spent at the run's end or at start-up:
+        # never under the real cost, never counted twice.
+        self.unwritten, self._settled = None, []
         got = await self.ledger.hold(
             run_id=self.run_id, agent=self.agent, user_id=self.user_id, schedule=self.schedule,
             caps=self.caps, want_usd=reservation.worst_case_usd,
-            min_usd=reservation.input_usd + floor * per_output, first=self.unwritten)
-        self.unwritten = None  # committed with the hold (or with the shortfall's transaction)
+            min_usd=reservation.input_usd + floor * per_output, first=owed)
         if isinstance(got, Shortfall):
             raise BudgetHalt(got.left_usd, reservation.input_usd + floor * per_output,
                              max_tokens=floor, scope="daily", cap_name=got.scope,
@@ -176,11 +187,36 @@ class LedgerGate:
                      max_tokens=reservation.max_tokens, input_rate=reservation.input_rate)
         return fitted, got
 
-    async def settle(self, hold: Hold, usage: Usage, cost: float) -> None:
-        """The call's real cost replaces its hold (one transaction)."""
-        await self.ledger.settle(hold, UsageDelta(
+    async def settle(self, hold: Hold, usage: Usage, cost: float, *, last: bool = False) -> None:
+        """The call's real cost replaces its hold (one transaction). ``last``: the call ended
+        the run's model work (no tool to run); with ``defer_last_settle`` it is written with the
+        run's next write, a few milliseconds later, instead of in a transaction of its own."""
+        delta = UsageDelta(
             cost_usd=cost, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-            cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens))
+            cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens)
+        if last and self.defer_last_settle:
+            self._settled += settle_statements(hold, delta)
+            return
+        await self.ledger.settle(hold, delta)
+
+    def owed(self) -> Callable[[WriteConnection], Awaitable[None]] | None:
+        """What the run still owes the database (its ``runs`` row, a settled call), as the
+        first writes of its next transaction; None when nothing is owed."""
+        start, settled = self.unwritten, list(self._settled)
+        if start is None and not settled:
+            return None
+
+        async def write(conn: WriteConnection) -> None:
+            if start is not None:
+                await start(conn)
+            for sql, params in settled:
+                await conn.later(sql, params)
+
+        return write
+
+    def written(self) -> None:
+        """What ``owed`` returned was handed to a transaction."""
+        self.unwritten, self._settled = None, []
 
     async def release(self, hold: Hold) -> None:
         """The call was answered with an error: nothing was billed."""

@@ -275,7 +275,10 @@ class ReplayGate(LedgerGate):
             return fitted, _hold(float(held))
         return reservation, _hold(reservation.worst_case_usd)
 
-    async def settle(self, hold: Hold, usage: Usage, cost: float) -> None:
+    async def settle(self, hold: Hold, usage: Usage, cost: float, *, last: bool = False) -> None:
+        return None
+
+    def owed(self) -> None:
         return None
 
     async def release(self, hold: Hold) -> None:

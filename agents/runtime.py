@@ -257,8 +257,10 @@ class Runtime:
         """Hold every model call of ``run`` in the daily ledger, against every daily cap that
         applies (overall, its user's, its schedule's). Call once a Run exists, before it calls
         the model: new, resumed and continued runs alike."""
-        run.budget.gate = LedgerGate(self.ledger, self.daily_caps(schedule), run_id=run.id,
-                                     agent=run.agent.name, user_id=run.user_id, schedule=schedule)
+        gate = LedgerGate(self.ledger, self.daily_caps(schedule), run_id=run.id,
+                          agent=run.agent.name, user_id=run.user_id, schedule=schedule)
+        gate.defer_last_settle = True  # written with the outcome (``_finish``): one hop less
+        run.budget.gate = gate
 
     async def cost_report(self) -> CostReport:
         """Today's spend for ``/cost`` and ``keel cost``: spent, reserved and left, overall, per
@@ -676,9 +678,11 @@ class Runtime:
             await run.trace.aclose()
             async with self.db.write() as conn:
                 gate = run.budget.gate
-                if isinstance(gate, LedgerGate) and gate.unwritten is not None:
-                    await gate.unwritten(conn)  # it ended before its first model call
-                    gate.unwritten = None
+                owed = gate.owed() if isinstance(gate, LedgerGate) else None
+                if owed is not None:  # its row, if it never called the model; its last call
+                    assert isinstance(gate, LedgerGate)
+                    gate.written()
+                    await owed(conn)
                 await self.runs.finish(run.id, status=result.status, detail=result.detail,
                                        output=result.output, totals=totals,
                                        state=None if result.state is None

@@ -151,9 +151,7 @@ class Ledger:
     async def settle(self, hold: Hold, delta: UsageDelta) -> None:
         """Record the call's real cost and drop its hold, in one transaction (in the group
         commit: nothing is read back)."""
-        await self.db.write_many([("DELETE FROM budget_holds WHERE id = ?", (hold.id,)),
-                                  *_spend_statements(hold.day, hold.user_id, hold.agent,
-                                                     hold.schedule, delta)])
+        await self.db.write_many(settle_statements(hold, delta))
 
     async def release(self, hold: Hold) -> None:
         """Drop a hold whose call cost nothing (the API answered with an error)."""
@@ -355,6 +353,13 @@ _SCHEDULE_SPEND_SQL = (
     " ON CONFLICT (day, schedule) DO UPDATE SET"
     " cost_usd = schedule_spend.cost_usd + excluded.cost_usd,"
     " model_calls = schedule_spend.model_calls + excluded.model_calls")
+
+
+def settle_statements(hold: Hold, delta: UsageDelta) -> list[tuple[str, Params]]:
+    """What settling ``hold`` at ``delta`` writes: the hold dropped, the real cost spent. Not
+    idempotent: written once (``Ledger.settle``, or by a run with its next write)."""
+    return [("DELETE FROM budget_holds WHERE id = ?", (hold.id,)),
+            *_spend_statements(hold.day, hold.user_id, hold.agent, hold.schedule, delta)]
 
 
 def _spend_statements(day: str, user_id: int, agent: str, schedule: str,

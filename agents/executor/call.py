@@ -222,7 +222,9 @@ async def _call_once(
     anchor.update(response.usage, len(messages))
     run.last_call_shrunk = reservation.max_tokens < wanted
     if hold is not None and gate is not None:
-        await asyncio.shield(gate.settle(hold, response.usage, cost))
+        # a call after which no tool runs settles with the run's next write (its outcome)
+        await asyncio.shield(gate.settle(hold, response.usage, cost,
+                                         last=response.stop_reason != "tool_use"))
     run.trace.emit(
         "model_response",
         n=n,

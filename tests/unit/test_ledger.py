@@ -140,6 +140,28 @@ async def test_a_runs_calls_are_recorded_once_and_leave_no_hold(make_runtime: An
     assert report.overall.reserved_usd == 0
 
 
+async def test_a_runs_last_call_settles_with_its_outcome_and_a_tool_call_before_its_tool(
+        make_runtime: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call after which a tool runs settles at once (its hold does not stand while the tool
+    works); the call that ends the run settles in the run's outcome transaction, one write
+    transaction less a turn (issue 15). Either way the day's spend is the run's cost."""
+    settled: list[float] = []
+    settle = Ledger.settle
+
+    async def counted(self: Ledger, hold: Any, delta: Any) -> None:
+        settled.append(delta.cost_usd)
+        await settle(self, hold, delta)
+
+    monkeypatch.setattr(Ledger, "settle", counted)
+    model = ScriptedModel(tool_call("get_current_time", {"timezone": "UTC"}), reply("Noon."))
+    runtime: Runtime = await make_runtime(model)
+    result = await runtime.run(replace(task("time?"), user_id=5))
+    assert result.status == "completed" and result.model_calls == 2
+    assert len(settled) == 1 and 0 < settled[0] < result.cost_usd  # the tool call's, alone
+    assert await runtime.ledger.held() == 0
+    assert await runtime.usage.spent(user_id=5) == pytest.approx(result.cost_usd)
+
+
 async def test_a_daily_cap_halts_before_the_call_and_offers_no_continuation(
     make_runtime: Any,
 ) -> None:
