@@ -168,15 +168,17 @@ class LedgerGate:
         per_output = price.output / PER_MILLION
         floor = min(MIN_USEFUL_OUTPUT_TOKENS, reservation.max_tokens)
         owed = self.owed()
-        # Handed over before the write: never written twice. If the hold's transaction fails
-        # (or its caller is cancelled before it is known), a settlement it carried may be lost;
+        # A settlement is handed over before the write: never written twice. If the hold's
+        # transaction fails (or its caller is cancelled before it is known), it may be lost;
         # that call's hold then stays and is charged as spent at the run's end or at start-up:
-        # never under the real cost, never counted twice.
-        self.unwritten, self._settled = None, []
+        # never under the real cost, never counted twice. The run's row is written again with
+        # the outcome in that case (``runs.start`` is idempotent).
+        self._settled = []
         got = await self.ledger.hold(
             run_id=self.run_id, agent=self.agent, user_id=self.user_id, schedule=self.schedule,
             caps=self.caps, want_usd=reservation.worst_case_usd,
             min_usd=reservation.input_usd + floor * per_output, first=owed)
+        self.unwritten = None  # committed with the hold (or with the shortfall's transaction)
         if isinstance(got, Shortfall):
             raise BudgetHalt(got.left_usd, reservation.input_usd + floor * per_output,
                              max_tokens=floor, scope="daily", cap_name=got.scope,
