@@ -145,6 +145,8 @@ class Runtime:
         self.patterns = Patterns(self, request_type=RunRequest)
         self._active: dict[str, tuple[Run, asyncio.Task[Any]]] = {}
         self._cancel_at_start: set[str] = set()  # /cancel arrived before the run began
+        self._closing: set[asyncio.Future[None]] = set()
+        """Finished runs' traces being fsynced and closed, off their replies' path."""
 
     # ------------------------------------------------------------------ assembly
 
@@ -182,6 +184,8 @@ class Runtime:
                    prices=prices, keel_file=keel_file)
 
     async def close(self) -> None:
+        if self._closing:  # finished runs' traces are on disk before the process goes
+            await asyncio.gather(*self._closing, return_exceptions=True)
         close: Callable[[], Any] | None = getattr(self.model, "close", None)
         if close is not None:
             await close()
@@ -661,6 +665,11 @@ class Runtime:
         await self.runs.fail_interrupted(detail, [r.id for r in records])
         return len(records)
 
+    def _trace_closed(self, closing: asyncio.Future[None]) -> None:
+        self._closing.discard(closing)
+        if not closing.cancelled() and closing.exception() is not None:
+            log.warning("a finished run's trace could not be closed: %s", closing.exception())
+
     async def _finish(self, run: Run, result: RunResult, on_commit: OnCommit | None = None) -> None:
         totals = RunTotals(
             cost_usd=result.cost_usd, steps=result.steps, model_calls=result.model_calls,
@@ -673,9 +682,12 @@ class Runtime:
         run.trace.emit("run_end", **summary)
 
         async def record() -> None:
-            # the trace is on disk (fsync) before the outcome commits, as before; the fsync
-            # waits in a thread, not on the event loop every other chat needs
-            await run.trace.aclose()
+            # The run's lines are in the file before its outcome commits (a process killed
+            # after the commit keeps them); the fsync and close follow off the reply's path.
+            # SQLite commits with synchronous=NORMAL: the outcome itself reaches the disk only
+            # at a later checkpoint, so waiting for the trace's fsync first put a disk flush
+            # on every reply's path and made nothing more durable (issue 15).
+            await run.trace.adrain()
             async with self.db.write() as conn:
                 gate = run.budget.gate
                 owed = gate.owed() if isinstance(gate, LedgerGate) else None
@@ -690,7 +702,12 @@ class Runtime:
                 if on_commit is not None:
                     await on_commit(conn, result)
 
-        await asyncio.shield(record())
+        try:
+            await asyncio.shield(record())
+        finally:
+            closing = asyncio.ensure_future(run.trace.aclose())
+            self._closing.add(closing)
+            closing.add_done_callback(self._trace_closed)
         if result.status in ("cancelled", "timeout", "failed"):
             # a hold whose taking was interrupted (cancelled while it committed) never reached
             # the run, so nothing settles it: charged as spent now rather than at the next

@@ -243,3 +243,4 @@ async def test_a_run_that_ends_abnormally_leaves_no_hold_behind(make_runtime: An
     report = await runtime.cost_report()
     assert report.overall.reserved_usd == 0  # the orphan is charged, as a crash's would be
     assert report.users[5].spent_usd >= 0.01 + result.cost_usd
+
