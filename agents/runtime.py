@@ -113,6 +113,9 @@ class RunRequest:
     on_start: Callable[[WriteConnection], Awaitable[None]] | None = None
     """Written in the transaction that records the run's start (with its first model call's
     hold): what the run's start means for the request it serves (its inbox row taken)."""
+    daily_caps_checked: bool = False
+    """The caller checked the daily caps a moment ago and called no model since: the run's
+    start does not read them again (each model call's hold still holds them)."""
     purpose: Literal["turn", "compaction"] = "turn"
     """``compaction``: the agent summarises its own session over the prefix its last turn cached
     (``agents.sessions``): the chat's model, no graders, free text whatever its output type."""
@@ -300,7 +303,8 @@ class Runtime:
             spec = replace(spec, output_type=None)
         model_name, model_source = await self._model_for(spec, request)
         price = self.prices.require(model_name)
-        await self.check_daily_caps(request.user_id, request.schedule)
+        if not request.daily_caps_checked:
+            await self.check_daily_caps(request.user_id, request.schedule)
         limits = request.limits or spec.limits
         trace_id, rid = new_id(), run_id or new_id()
         trace = await self.traces.open_new(trace_id=trace_id, run_id=rid)

@@ -25,6 +25,7 @@ at a turn boundary and never in the middle of a tool loop.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -122,24 +123,30 @@ class Sessions:
         on_start: Callable[[Any], Awaitable[None]] | None = None,
         compact: bool | None = None,
         conversation: Any | None = None,
+        daily_caps_checked: bool = False,
     ) -> TurnResult:
         """One person's message through one run. The turn's history commits in the same
         transaction as the run's outcome (and whatever ``on_commit`` adds: its reply), so a crash
         can neither lose a turn nor record it twice. Compaction is left to the caller
         (``maybe_compact`` after the reply is out) when ``on_commit`` is given; otherwise it
-        follows here. ``conversation``: the chat's row when the caller just read it."""
+        follows here. ``conversation``: the chat's row when the caller just read it.
+        ``daily_caps_checked``: the caller just refused the turn if a daily cap had nothing left,
+        and made no model call since (the run does not read the caps again)."""
         if conversation is None:
             conversation = await self.repo.get_or_create(chat_id, thread_id)
         session_id = await self.repo.live_session(conversation.id, agent)
-        history = await self.repo.history(session_id)
+        # two reads at once (the database has several readers)
+        history, anchor = await asyncio.gather(self.repo.history(session_id),
+                                               self.counts.anchor(session_id))
         messages = to_messages(history)
         task = {"role": "user", "content": content}
         request = RunRequest(
             agent=agent, messages=[*messages, task], new_from=len(messages),
             kind="chat" if kind == "chat" else "cli", user_id=user_id, chat_id=chat_id,
             thread_id=thread_id, session_id=session_id, route=route, request_key=request_key,
-            started=started, session_anchor=(anchor := await self.counts.anchor(session_id)),
+            started=started, session_anchor=anchor,
             cache_forecast=await self._forecast(session_id, history, anchor), on_start=on_start,
+            daily_caps_checked=daily_caps_checked,
         )
 
         appended = 0

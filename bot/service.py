@@ -260,7 +260,7 @@ class KeelBot:
                     content=intake.content, user_id=message.user_id,
                     on_progress=progress, run_id=run_id, route=route,
                     request_key=f"tg:{message.update_id}", started=started,
-                    conversation=conversation,
+                    conversation=conversation, daily_caps_checked=route is None,
                     on_start=functools.partial(_run_started, update_id=message.update_id,
                                                then=started_calling),
                     on_commit=self.outcome_commit(

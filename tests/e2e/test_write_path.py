@@ -180,3 +180,25 @@ async def test_a_reply_is_read_once_to_be_delivered(
         "echo: hello"
     await asyncio.sleep(0.3)
     assert len(reads) == 1, reads
+
+
+async def test_a_pinned_turn_reads_the_daily_caps_once(
+        bot_world: BotWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bot refuses a turn whose day is spent before anything else; with no router call
+    since, the run does not read the caps again (its model call's hold still holds them)."""
+    w = bot_world
+    w.telegram.inject_text(w.alice_chat, "/agent assistant")
+    await w.telegram.next_bot_message(w.alice_chat.id, timeout=20)
+    await asyncio.sleep(0.3)
+    checks: list[int | None] = []
+    check = Runtime.check_daily_caps
+
+    async def counted(self: Runtime, user_id: int | None, schedule: str | None = None) -> None:
+        checks.append(user_id)
+        await check(self, user_id, schedule)
+
+    monkeypatch.setattr(Runtime, "check_daily_caps", counted)
+    w.telegram.inject_text(w.alice_chat, "hello")
+    assert (await w.telegram.next_bot_message(w.alice_chat.id, timeout=20))["text"] == \
+        "echo: hello"
+    assert checks == [w.alice.id]
