@@ -293,13 +293,13 @@ class Outbox:
                   markdown: str, inbox_update_id: int | None = None, run_id: str | None = None,
                   buttons: list[list[Button]] | None = None,
                   escalation_id: str | None = None, file: dict[str, Any] | None = None,
-                  last: bool = False) -> int:
+                  last: bool = False, leased: bool = False) -> int:
         """Insert inside the caller's write transaction (``file``: a document, see OutboxItem;
-        ``last``: see ``storage.outbox.OutboxRepository.put``)."""
+        ``last`` and ``leased``: see ``storage.outbox.OutboxRepository.put``)."""
         return await self.repo.put(
             conn, chat_id=chat_id, thread_id=thread_id, reply_to=reply_to, markdown=markdown,
             inbox_update_id=inbox_update_id, run_id=run_id, escalation_id=escalation_id, file=file,
-            last=last,
+            last=last, leased=leased,
             buttons=[[OutboxButton(label=b.label, key=b.key) for b in row]
                      for row in buttons] if buttons else None)
 
@@ -328,7 +328,9 @@ class Outbox:
             if item is None or item.status != "pending":
                 return None
             if item.chat_id == chat_id:
-                if not await self.repo.lease(item_id):  # another process is delivering it
+                # a row this process committed to deliver at once was born with its lease
+                if not item.leased_to_this_process() and not await self.repo.lease(item_id):
+                    # another process is delivering it
                     log.info("outbox %s is being delivered by another process", item_id)
                     return None
                 try:

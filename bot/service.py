@@ -190,7 +190,7 @@ class KeelBot:
             item = await self.outbox.put(
                 conn, chat_id=message.chat_id, thread_id=message.thread_id,
                 reply_to=None if message.is_private else message.message_id, markdown=markdown,
-                inbox_update_id=message.update_id, run_id=run_id)
+                inbox_update_id=message.update_id, run_id=run_id, leased=True)
             await Inbox.close(conn, message.update_id, "done", run_id=run_id)
         await self._deliver([item], message.chat_id)
 
@@ -328,7 +328,7 @@ class KeelBot:
                 conn, chat_id=chat_id, thread_id=thread_id, reply_to=reply_to,
                 markdown=answer_text(result), inbox_update_id=update_id,
                 run_id=result.run_id, buttons=rating.buttons if rating else None,
-                last=rating is None and not budget))
+                last=rating is None and not budget, leased=True))
             if rating is not None:
                 await rating.store(conn, outbox_id=items[-1], chat_id=chat_id)
             if budget:

@@ -47,6 +47,13 @@ class OutboxItem:
     ``markdown`` as its caption (one chunk, under the same in-flight rules)."""
     file: dict[str, Any] | None = None
     """For a document: ``{"sha256", "filename", "media_type", "size"}`` of a stored blob."""
+    leased_by: str | None = None
+    leased_until: str | None = None
+
+    def leased_to_this_process(self) -> bool:
+        """This process holds the row's delivery lease, with time left on it."""
+        return self.leased_by == this_process() and \
+            (self.leased_until or "") > iso(datetime.now(UTC))
 
     @property
     def sent_chunks(self) -> int:
@@ -61,20 +68,24 @@ class OutboxRepository:
                   reply_to: int | None, markdown: str, inbox_update_id: int | None = None,
                   run_id: str | None = None, buttons: list[list[OutboxButton]] | None = None,
                   escalation_id: str | None = None, file: dict[str, Any] | None = None,
-                  last: bool = False) -> int:
+                  last: bool = False, leased: bool = False) -> int:
         """Insert inside the caller's write transaction; returns the row id. With ``file`` the
         row is a document (kind 'document') and ``markdown`` its caption. ``last``: the
-        transaction's last statement (``WriteConnection.last``: it commits in the same hop)."""
+        transaction's last statement (``WriteConnection.last``: it commits in the same hop).
+        ``leased``: the caller delivers it as soon as it commits, so the row is born with this
+        process's delivery lease (``lease`` takes a read and a write)."""
         payload: dict[str, Any] = {"markdown": markdown, "buttons": [
             [{"label": b.label, "key": b.key} for b in row] for row in buttons or []]}
         if file is not None:
             payload["file"] = file
         sql = ("INSERT INTO outbox (chat_id, thread_id, reply_to_message_id, kind, payload,"
-               " inbox_update_id, run_id, escalation_id, telegram_message_ids, created_at)"
-               " VALUES (?, ?, ?, ?, ?, ?, ?, ?, '[]', ?) RETURNING id")
+               " inbox_update_id, run_id, escalation_id, telegram_message_ids, created_at,"
+               " leased_by, leased_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, '[]', ?, ?, ?)"
+               " RETURNING id")
         params = (chat_id, thread_id, reply_to, "document" if file is not None else "text",
                   json.dumps(payload, ensure_ascii=False), inbox_update_id, run_id,
-                  escalation_id, now_iso())
+                  escalation_id, now_iso(), this_process() if leased else None,
+                  iso(datetime.now(UTC) + timedelta(seconds=LEASE_S)) if leased else None)
         if last:
             row = await (await conn.last(sql, params)).fetchone()
         else:
@@ -191,4 +202,5 @@ def _item(row: Any) -> OutboxItem:
         inflight_chunk=row["inflight_chunk"], status=row["status"],
         inbox_update_id=row["inbox_update_id"], run_id=row["run_id"],
         escalation_id=row["escalation_id"], kind=row["kind"], file=payload.get("file"),
+        leased_by=row["leased_by"], leased_until=row["leased_until"],
     )

@@ -160,7 +160,7 @@ async def test_a_reply_is_read_once_to_be_delivered(
         bot_world: BotWorld, monkeypatch: pytest.MonkeyPatch) -> None:
     """The run knows its reply's chat, so delivery takes the chat's turn first and reads the
     outbox row once, inside it (issue 15: a read less a turn; it read the row, took the chat's
-    turn, and read it again)."""
+    turn, and read it again); the row was committed with this process's delivery lease."""
     from storage.outbox import OutboxRepository
 
     w = bot_world
@@ -175,11 +175,25 @@ async def test_a_reply_is_read_once_to_be_delivered(
         return await get(self, item_id)
 
     monkeypatch.setattr(OutboxRepository, "get", counted)
+    leases: list[int] = []
+    lease = OutboxRepository.lease
+
+    async def leasing(self: OutboxRepository, item_id: int, **kw: Any) -> bool:
+        leases.append(item_id)
+        return await lease(self, item_id, **kw)
+
+    monkeypatch.setattr(OutboxRepository, "lease", leasing)
     w.telegram.inject_text(w.alice_chat, "hello")
     assert (await w.telegram.next_bot_message(w.alice_chat.id, timeout=20))["text"] == \
         "echo: hello"
     await asyncio.sleep(0.3)
     assert len(reads) == 1, reads
+    # born with this process's delivery lease: no read and write to take it; cleared when sent
+    assert leases == []
+    runtime = w.app.bot_data["runtime"]
+    [(status, holder)] = [tuple(r) for r in await runtime.db.fetchall(
+        "SELECT status, leased_by FROM outbox WHERE id = ?", (reads[0],))]
+    assert status == "sent" and holder is None
 
 
 async def test_a_pinned_turn_reads_the_daily_caps_once(
