@@ -85,7 +85,7 @@ class OutboxRepository:
         params = (chat_id, thread_id, reply_to, "document" if file is not None else "text",
                   json.dumps(payload, ensure_ascii=False), inbox_update_id, run_id,
                   escalation_id, now_iso(), this_process() if leased else None,
-                  iso(datetime.now(UTC) + timedelta(seconds=LEASE_S)) if leased else None)
+                  _lease_until() if leased else None)
         if last:
             row = await (await conn.last(sql, params)).fetchone()
         else:
@@ -151,7 +151,7 @@ class OutboxRepository:
         renewed with it)."""
         await self.db.execute_write(
             "UPDATE outbox SET inflight_chunk = ?, attempts = attempts + 1, leased_until = ?"
-            " WHERE id = ?", (chunk, iso(datetime.now(UTC) + timedelta(seconds=LEASE_S)), item_id))
+            " WHERE id = ?", (chunk, _lease_until(), item_id))
 
     async def accepted(self, item_id: int, message_ids: list[int], *,
                        finished: bool = False) -> None:
@@ -189,6 +189,11 @@ class OutboxRepository:
         await self.db.execute_write(
             "UPDATE outbox SET status = 'failed', last_error = ?, inflight_chunk = NULL,"
             " leased_by = NULL, leased_until = NULL WHERE id = ?", (error, item_id))
+
+
+def _lease_until(seconds: float = LEASE_S) -> str:
+    """When a lease taken (or renewed) now ends."""
+    return iso(datetime.now(UTC) + timedelta(seconds=seconds))
 
 
 def _item(row: Any) -> OutboxItem:

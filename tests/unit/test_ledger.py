@@ -244,3 +244,49 @@ async def test_a_run_that_ends_abnormally_leaves_no_hold_behind(make_runtime: An
     assert report.overall.reserved_usd == 0  # the orphan is charged, as a crash's would be
     assert report.users[5].spent_usd >= 0.01 + result.cost_usd
 
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # holds the SQLite writer thread
+async def test_a_settlement_carried_by_a_cancelled_hold_is_never_counted_twice(
+        ledger: Ledger) -> None:
+    """A run's last call settles with the run's next write (issue 15). When that write is a
+    hold whose caller is cancelled while it commits, the run cannot know whether the settlement
+    went in: it must not write it again with its outcome (spend counted twice). The day's spend
+    is the settled cost once, and the cancelled hold is charged when the run ends."""
+    import threading
+
+    from agents.budget import LedgerGate, Reservation
+    from agents.pricing import Price, Usage
+
+    db = ledger.db
+    price = Price(input=1.0, output=5.0, cache_write_5m=1.25, cache_write_1h=2.0, cache_read=0.1)
+    gate = LedgerGate(ledger, CAPS, run_id="r1", agent="a", user_id=1)
+    gate.defer_last_settle = True
+    want = Reservation(max_tokens=1000, worst_case_usd=0.006, input_estimate=1000, input_rate=1.0)
+    _, first = await gate.hold(price, want)
+    await gate.settle(first, Usage(input_tokens=1000, output_tokens=200), 0.002, last=True)
+    assert await ledger.held() == pytest.approx(0.006)  # owed, not written yet
+
+    blocker = threading.Event()
+    assert db._write_thread is not None
+    db._write_thread.submit(blocker.wait)  # the next hold's batch waits behind the writer
+    holding = asyncio.create_task(gate.hold(price, want))  # a retry's call: carries the settle
+    for _ in range(500):
+        await asyncio.sleep(0.01)
+        if db._queued == [] and db._flusher is not None and not db._flusher.done():
+            break
+    else:
+        raise AssertionError("the hold never left for the writer")
+    holding.cancel()
+    blocker.set()
+    with pytest.raises(asyncio.CancelledError):
+        await holding
+    await asyncio.sleep(0.05)
+    owed = gate.owed()  # what the outcome transaction would write (Runtime._finish)
+    if owed is not None:
+        async with db.write() as conn:
+            await owed(conn)
+    spent = await db.fetchval("SELECT COALESCE(SUM(cost_usd), 0) FROM usage_ledger")
+    assert float(spent) == pytest.approx(0.002)  # once, by the cancelled hold's transaction
+    assert await ledger.release_run("r1", charge=True) == pytest.approx(0.006)
+    assert await db.fetchval("SELECT SUM(cost_usd) FROM usage_ledger") == pytest.approx(0.008)
