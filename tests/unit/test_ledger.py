@@ -31,6 +31,15 @@ async def hold(ledger: Ledger, want: float, *, user: int | None = 1, schedule: s
                              want_usd=want, min_usd=floor)
 
 
+async def left_for_the_writer(db: Any) -> None:
+    """Until the group commit took the queued batch and sent it to the (busy) writer thread."""
+    for _ in range(500):
+        await asyncio.sleep(0.01)
+        if db._queued == [] and db._flusher is not None and not db._flusher.done():
+            return
+    raise AssertionError("the hold never left for the writer")
+
+
 async def test_a_hold_gets_what_the_tightest_cap_has_left(ledger: Ledger) -> None:
     first = await hold(ledger, 0.025)
     assert isinstance(first, Hold) and first.amount_usd == 0.025
@@ -204,12 +213,7 @@ async def test_a_run_cancelled_while_its_first_hold_commits_still_records_its_ou
     holding = asyncio.create_task(ledger.hold(run_id="r1", agent="a", user_id=1, schedule=None,
                                               caps=CAPS, want_usd=0.01, min_usd=0.001,
                                               first=first))
-    for _ in range(500):  # until the group commit took the batch (and sent it to the writer)
-        await asyncio.sleep(0.01)
-        if db._queued == [] and db._flusher is not None and not db._flusher.done():
-            break
-    else:
-        raise AssertionError("the hold never left for the writer")
+    await left_for_the_writer(db)
     holding.cancel()
     blocker.set()
     with pytest.raises(asyncio.CancelledError):
@@ -271,12 +275,7 @@ async def test_a_settlement_carried_by_a_cancelled_hold_is_never_counted_twice(
     assert db._write_thread is not None
     db._write_thread.submit(blocker.wait)  # the next hold's batch waits behind the writer
     holding = asyncio.create_task(gate.hold(price, want))  # a retry's call: carries the settle
-    for _ in range(500):
-        await asyncio.sleep(0.01)
-        if db._queued == [] and db._flusher is not None and not db._flusher.done():
-            break
-    else:
-        raise AssertionError("the hold never left for the writer")
+    await left_for_the_writer(db)
     holding.cancel()
     blocker.set()
     with pytest.raises(asyncio.CancelledError):
