@@ -86,7 +86,8 @@ class GcTimer:
             return
         ms = (time.perf_counter() - self.started) * 1000
         if ms >= RECORD_MS:
-            self.out.write(f"gc {info.get('generation')} {time.time() - ms / 1000:.4f} {ms:.1f}\n")
+            self.out.write(f"gc {info.get('generation')} {time.time() - ms / 1000:.4f} {ms:.1f}"
+                           f" {info.get('collected')}\n")
 
 
 class Sampler(threading.Thread):
@@ -249,15 +250,19 @@ def read_lag(path: Path, start: float, end: float) -> dict[str, Any]:
     except OSError:
         return {"measured": False}
     gcs: list[float] = []
+    generations: dict[str, int] = {}
+    longest: list[tuple[float, str, str]] = []
     for line in lines:
         first, _, second = line.partition(" ")
         if first == "ticks":
             ticking = True
             continue
         if first == "gc":
-            _, at_text, ms_text = second.split()
+            generation, at_text, ms_text, *collected = second.split()
             if start <= float(at_text) <= end:
                 gcs.append(float(ms_text))
+                longest.append((float(ms_text), generation, "".join(collected[:1]) or "?"))
+                generations[generation] = generations.get(generation, 0) + 1
             continue
         try:
             at, lag = float(first), float(second)
@@ -268,7 +273,9 @@ def read_lag(path: Path, start: float, end: float) -> dict[str, Any]:
     return {"measured": ticking, "max_ms": round(max(stalls), 1) if stalls else 0.0,
             "over_50ms": sum(1 for s in stalls if s > 50),
             "over_10ms": len(stalls), "total_stalled_s": round(sum(stalls) / 1000, 3),
-            "gc_over_10ms": len(gcs), "gc_max_ms": round(max(gcs), 1) if gcs else 0.0}
+            "gc_over_10ms": len(gcs), "gc_max_ms": round(max(gcs), 1) if gcs else 0.0,
+            "gc_over_10ms_by_generation": dict(sorted(generations.items())),
+            "gc_longest_ms_generation_collected": sorted(longest, reverse=True)[:5]}
 
 
 if __name__ == "__main__":

@@ -26,21 +26,13 @@ if TYPE_CHECKING:
     import anthropic
 
 MAX_CONNECTIONS = 1000
-"""Model calls in flight at once per pool (the SDK's default)."""
+"""Model calls in flight at once (the SDK's default)."""
 KEEP_ALIVE = 20
 """Idle connections kept for the next calls (the SDK keeps 100)."""
-POOLS = 16
-POOL_BUSY = 32
-"""Calls go to the least busy of up to ``POOLS`` SDK clients, each with its own connection pool;
-another pool opens when every open one has ``POOL_BUSY`` calls in flight. Every request and every
-response walks its pool's connections (asking each whether it can take the request, or whether it
-was closed): with one pool and 400 calls in flight that walk was the largest share of the event
-loop's longest stalls in a burst (issue 15). One chat at a time uses the first pool only."""
 
 
 FIRST_REQUEST_IMPORTS = (
-    "httpcore2", "h11", "anyio.streams.tls", "anyio._backends._asyncio", "anyio.streams.memory",
-    "anyio.streams.stapled", "opentelemetry.propagate",
+    "aiohttp", "anthropic._vendor.httpx_aiohttp.transport", "opentelemetry.propagate",
 )
 """Modules the SDK imports when its first client is built and its first request is sent (anthropic
 2.14: 68 modules; these pull in the rest), imported by ``warm_up``'s thread instead."""
@@ -57,9 +49,7 @@ class AnthropicModelClient:
     ) -> None:
         self._options: dict[str, Any] = {"api_key": api_key, "base_url": base_url,
                                          "max_retries": max_retries, "timeout": timeout_s}
-        self._clients: list[anthropic.AsyncAnthropic] = []
-        self._busy: list[int] = []
-        """Calls in flight per client."""
+        self._client: anthropic.AsyncAnthropic | None = None
         self._ssl: Any = None
         """One TLS context for every pool (built by ``_load``: reading the CA store is ~30 ms)."""
         self._loading: asyncio.Future[Any] | None = None
@@ -83,46 +73,33 @@ class AnthropicModelClient:
                 importlib.import_module(name)
         return httpx2.create_ssl_context()
 
-    async def _ready(self) -> int:
-        """The index of the client the next call goes to: the least busy (the first pool when
-        it is as free as any), opening another pool when all are busy (the SDK is imported on
-        the first call, waited for here)."""
-        if not self._clients:
+    async def _ready(self) -> anthropic.AsyncAnthropic:
+        """The SDK client (the SDK is imported on the first call, waited for here)."""
+        if self._client is None:
             self.warm_up()
             assert self._loading is not None
             # a cancel leaves the import running; its result is the shared TLS context
             self._ssl = await asyncio.shield(self._loading)
-            if not self._clients:
-                self._open_pool()
-        best = min(range(len(self._clients)), key=self._busy.__getitem__)
-        if self._busy[best] >= POOL_BUSY and len(self._clients) < POOLS:
-            best = self._open_pool()
-        return best
+            if self._client is None:
+                self._client = self._open()
+        return self._client
 
-    def _open_pool(self) -> int:
+    def _open(self) -> anthropic.AsyncAnthropic:
         import anthropic
         import httpx2
 
-        # The SDK keeps 100 idle connections by default; each request walks them all and asks
-        # every socket whether the server closed it (~1.4 ms of CPU per call after a burst).
-        http = anthropic.DefaultAsyncHttpxClient(verify=self._ssl, limits=httpx2.Limits(
+        # aiohttp carries the calls (the SDK's own option, its `aiohttp` extra): httpx's pool
+        # walks every connection it holds on each request and each response and asks every
+        # idle socket whether the server closed it (two system calls each), which was half of
+        # the event loop's work in the longest stalls of a 1,000-chat burst (issue 15). aiohttp
+        # takes a kept connection without the walk and parses HTTP in C.
+        http = anthropic.DefaultAioHttpClient(verify=self._ssl, limits=httpx2.Limits(
             max_connections=MAX_CONNECTIONS, max_keepalive_connections=KEEP_ALIVE))
-        self._clients.append(anthropic.AsyncAnthropic(**self._options, http_client=http))
-        self._busy.append(0)
-        return len(self._clients) - 1
-
-    @contextlib.asynccontextmanager
-    async def _pool(self) -> AsyncIterator[anthropic.AsyncAnthropic]:
-        index = await self._ready()
-        self._busy[index] += 1
-        try:
-            yield self._clients[index]
-        finally:
-            self._busy[index] -= 1
+        return anthropic.AsyncAnthropic(**self._options, http_client=http)
 
     async def close(self) -> None:
-        if self._clients:
-            await asyncio.gather(*(c.close() for c in self._clients), return_exceptions=True)
+        if self._client is not None:
+            await self._client.close()
         elif self._loading is not None and not self._loading.done():
             await asyncio.gather(self._loading, return_exceptions=True)
 
@@ -132,8 +109,8 @@ class AnthropicModelClient:
         import anthropic
 
         try:
-            async with self._pool() as client:
-                result = await client.messages.count_tokens(**body)
+            client = await self._ready()
+            result = await client.messages.count_tokens(**body)
         except anthropic.APIStatusError as exc:
             raise ModelCallError(f"count_tokens answered {exc.status_code}: {_error_message(exc)}",
                                  status=exc.status_code) from None
@@ -144,38 +121,39 @@ class AnthropicModelClient:
     async def create(self, request: ModelRequest, *, on_text: OnText | None = None) -> ModelResponse:
         body = request.to_api()
         started = time.monotonic()
-        async with self._pool() as client:  # (the SDK is imported by then)
-            import anthropic
-            import httpx2
+        client = await self._ready()  # (the SDK is imported by then)
+        import aiohttp
+        import anthropic
+        import httpx2
 
-            try:
-                if on_text is None:
-                    raw = await client.messages.with_raw_response.create(**body)
-                    # the body as the API sent it: building the SDK's models only to dump them
-                    # back to the same dict was most of the client's CPU for a plain call
-                    dumped = _without_none(raw.http_response.json())
-                    request_id = raw.headers.get("request-id")
-                else:
-                    # the events read as the API sends them (the SDK's stream builds a typed
-                    # model of every event and re-parses a tool's whole input at each piece)
-                    async with client.messages.with_streaming_response.create(
-                            **body, stream=True) as streamed:
-                        request_id = streamed.headers.get("request-id")
-                        dumped = _without_none(await _accumulate(
-                            _sse_events(streamed.http_response.aiter_lines()), on_text))
-            except anthropic.APIStatusError as exc:
-                raise ModelCallError(
-                    f"model API answered {exc.status_code}: {_error_message(exc)}",
-                    status=exc.status_code,
-                    retryable=exc.status_code in (408, 409, 429) or exc.status_code >= 500,
-                ) from None
-            except anthropic.APIConnectionError as exc:
-                raise ModelCallError(f"model API unreachable: {exc}", retryable=True) from None
-            except anthropic.APIError as exc:
-                raise ModelCallError(f"model API error: {exc}", retryable=True) from None
-            except httpx2.HTTPError as exc:  # the connection broke while the answer streamed
-                raise ModelCallError(f"model API stream broke off: {exc!r}", retryable=True,
-                                     partial=True) from None
+        try:
+            if on_text is None:
+                raw = await client.messages.with_raw_response.create(**body)
+                # the body as the API sent it: building the SDK's models only to dump them
+                # back to the same dict was most of the client's CPU for a plain call
+                dumped = _without_none(raw.http_response.json())
+                request_id = raw.headers.get("request-id")
+            else:
+                # the events read as the API sends them (the SDK's stream builds a typed
+                # model of every event and re-parses a tool's whole input at each piece)
+                async with client.messages.with_streaming_response.create(
+                        **body, stream=True) as streamed:
+                    request_id = streamed.headers.get("request-id")
+                    dumped = _without_none(await _accumulate(
+                        _sse_events(streamed.http_response.aiter_lines()), on_text))
+        except anthropic.APIStatusError as exc:
+            raise ModelCallError(
+                f"model API answered {exc.status_code}: {_error_message(exc)}",
+                status=exc.status_code,
+                retryable=exc.status_code in (408, 409, 429) or exc.status_code >= 500,
+            ) from None
+        except anthropic.APIConnectionError as exc:
+            raise ModelCallError(f"model API unreachable: {exc}", retryable=True) from None
+        except anthropic.APIError as exc:
+            raise ModelCallError(f"model API error: {exc}", retryable=True) from None
+        except (httpx2.HTTPError, aiohttp.ClientError) as exc:  # it broke while the answer streamed
+            raise ModelCallError(f"model API stream broke off: {exc!r}", retryable=True,
+                                 partial=True) from None
         return ModelResponse(
             id=dumped.get("id", ""),
             model=dumped.get("model", request.model),

@@ -91,7 +91,8 @@ async def test_keel_reads_a_stream_as_the_sdk_accumulates_it(
 
     try:
         ours = await client.create(request, on_text=on_text)
-        async with client._pool() as sdk, sdk.messages.stream(**request.to_api()) as stream:
+        sdk = await client._ready()
+        async with sdk.messages.stream(**request.to_api()) as stream:
             sdk_pieces = [event.text async for event in stream if event.type == "text"]
             message = await stream.get_final_message()
     finally:
@@ -133,32 +134,69 @@ async def test_an_error_event_in_the_stream_is_retryable_and_maybe_billed(
     assert "Overloaded" in str(raised.value) and "529" in str(raised.value)
 
 
-async def test_a_burst_is_spread_over_pools_and_one_chat_uses_one(
-        fake_anthropic: FakeAnthropic) -> None:
-    from agents.model import anthropic_client as ac
+async def test_after_a_burst_a_call_does_not_probe_every_kept_connection(
+        fake_anthropic: FakeAnthropic, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: httpx's pool asked each of its idle connections whether the server had closed
+    it (a ``poll`` and a ``getpeername`` system call each) on every request and every response,
+    so after a burst every call paid for the whole pool: half of the event loop's work in the
+    longest stalls of a 1,000-chat burst. keel's client must not grow a call's cost with the
+    connections it keeps."""
+    import select
+    import socket
 
-    fake_anthropic.default_latency = 0.3  # the calls overlap
+    fake_anthropic.default_latency = 0.3  # the calls overlap, so the burst opens many connections
+    fake_anthropic.responder = lambda req: reply("ok")
+    client = AnthropicModelClient(api_key="sk-ant-test-key-0123456789",
+                                  base_url=fake_anthropic.base_url, max_retries=0)
+    request = ModelRequest(model="claude-sonnet-4-6", max_tokens=64,
+                           messages=[{"role": "user", "content": "tea?"}])
+    probes = {"poll": 0, "getpeername": 0}
+    real_poll, real_peer = select.poll, socket.socket.getpeername
+
+    def poll() -> Any:
+        probes["poll"] += 1
+        return real_poll()
+
+    def getpeername(sock: socket.socket) -> Any:
+        probes["getpeername"] += 1
+        return real_peer(sock)
+
+    try:
+        answers = await asyncio.gather(*(client.create(request) for _ in range(60)))
+        assert all(a.content for a in answers)
+        fake_anthropic.default_latency = 0.0
+        monkeypatch.setattr(select, "poll", poll)
+        monkeypatch.setattr(socket.socket, "getpeername", getpeername)
+        for _ in range(10):  # one at a time, each on a kept connection
+            assert (await client.create(request)).content
+            await client.create(request, on_text=_ignore)
+    finally:
+        monkeypatch.undo()
+        await client.close()
+    # httpx: 20 kept connections x 2 walks x 20 calls = 800 of each
+    assert probes == {"poll": 0, "getpeername": 0}
+
+
+async def test_a_cancelled_call_leaves_the_client_usable(fake_anthropic: FakeAnthropic) -> None:
+    fake_anthropic.default_latency = 0.3
     fake_anthropic.responder = lambda req: reply("ok")
     client = AnthropicModelClient(api_key="sk-ant-test-key-0123456789",
                                   base_url=fake_anthropic.base_url, max_retries=0)
     request = ModelRequest(model="claude-sonnet-4-6", max_tokens=64,
                            messages=[{"role": "user", "content": "tea?"}])
     try:
-        for _ in range(3):  # one at a time: the first pool only
-            await client.create(request)
-        assert len(client._clients) == 1
-        answers = await asyncio.gather(*(client.create(request) for _ in range(150)))
-        assert all(a.content for a in answers)
-        # 150 at once: no pool took more than its share before another opened
-        assert 150 // ac.POOL_BUSY <= len(client._clients) <= ac.POOLS
-        assert client._busy == [0] * len(client._clients)
-        # a cancelled call gives its place back
-        call = asyncio.create_task(client.create(request))
+        calls = [asyncio.create_task(client.create(request, on_text=_ignore)) for _ in range(5)]
         await asyncio.sleep(0.1)
-        assert sum(client._busy) == 1
-        call.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await call
-        assert sum(client._busy) == 0
+        for call in calls:
+            call.cancel()
+        for call in calls:
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        answers = await asyncio.gather(*(client.create(request) for _ in range(5)))
+        assert [a.content for a in answers] == [[{"type": "text", "text": "ok"}]] * 5
     finally:
         await client.close()
+
+
+async def _ignore(piece: str) -> None:
+    return None
