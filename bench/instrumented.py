@@ -219,8 +219,43 @@ class _Policy(asyncio.DefaultEventLoopPolicy):
         return loop
 
 
+class GarbageCensus:
+    """What the cyclic garbage collector frees (KEEL_BENCH_GARBAGE=path): the type names of the
+    objects it found unreachable, written at exit. Objects in reference cycles live until a
+    collection frees them, and freeing tens of thousands at once stalls the loop."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.types: Counter[str] = Counter()
+        self.collections = 0
+        gc.set_debug(gc.DEBUG_SAVEALL)
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase != "stop" or not gc.garbage:
+            return
+        self.collections += 1
+        big = len(gc.garbage) >= 1000
+        for obj in gc.garbage:
+            kind = type(obj)
+            name = getattr(obj, "__qualname__", "") if kind.__name__ in ("function", "code") \
+                else ""
+            self.types[f"{kind.__module__}.{kind.__qualname__}{' ' + name if name else ''}"] += 1
+        gc.garbage.clear()
+        if big:  # a stop that runs out of time kills the process before atexit
+            self.dump()
+
+    def dump(self) -> None:
+        self.path.write_text(json.dumps({"collections": self.collections,
+                                         "types": dict(self.types.most_common(80))}, indent=0))
+
+
 def main() -> int:
     asyncio.set_event_loop_policy(_Policy())
+    garbage = os.environ.get("KEEL_BENCH_GARBAGE")
+    if garbage:
+        census = GarbageCensus(Path(garbage))
+        gc.callbacks.append(census)
+        atexit.register(census.dump)
     profile = os.environ.get("KEEL_BENCH_PROFILE")
     if profile:
         sampler = Sampler(Path(profile))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sqlite3
 import sys
@@ -70,6 +71,8 @@ class Stage:
         self.replies = Replies(self.telegram)
         ids = range(FIRST_USER_ID, FIRST_USER_ID + self.capacity)
         env = {**BOT_ENV, "KEEL_BENCH_LAG_FILE": str(self.lag_file)}
+        if os.environ.get("BENCH_GARBAGE"):  # what the bot's GC frees (bench.instrumented)
+            env["KEEL_BENCH_GARBAGE"] = os.environ["BENCH_GARBAGE"]
         if self.profile is not None and self.profile.suffix == ".prof":
             env["KEEL_BENCH_CPROFILE"] = str(self.profile)  # cProfile's stats (pstats)
         elif self.profile is not None:

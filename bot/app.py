@@ -12,8 +12,10 @@ import logging
 import signal
 import ssl
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 from telegram import Update
 from telegram.error import TelegramError
 from telegram.ext import (
@@ -77,7 +79,8 @@ def build_application(settings: Settings, *, runtime: Runtime | None = None) -> 
         # AIORateLimiter, which pauses every chat for one chat's flood wait, is used.
         .updater(None)
         .request(telegram_request(tls))
-        .get_updates_request(HTTPXRequest(connection_pool_size=1, httpx_kwargs={"verify": tls}))
+        .get_updates_request(HTTPXRequest(connection_pool_size=1, httpx_kwargs={
+            "verify": tls, "event_hooks": {"response": [unbind_response]}}))
         .post_init(_post_init)
         .post_shutdown(_post_shutdown)
         .build()
@@ -102,11 +105,37 @@ def telegram_request(tls: ssl.SSLContext) -> HTTPXRequest:
     idle connections, and every request and every response walks all of them (asking each
     socket whether it is still open): after a burst that walk cost more CPU than the rest of a
     reply (issue 15). Replies are paced at ~30 a second, so a few dozen kept open serve them."""
-    import httpx
-
     return HTTPXRequest(connection_pool_size=TELEGRAM_CONNECTIONS, httpx_kwargs={
         "verify": tls, "limits": httpx.Limits(max_connections=TELEGRAM_CONNECTIONS,
-                                              max_keepalive_connections=TELEGRAM_KEEP_ALIVE)})
+                                              max_keepalive_connections=TELEGRAM_KEEP_ALIVE),
+        "event_hooks": {"response": [unbind_response]}})
+
+
+class _Unbinding(httpx.AsyncByteStream):
+    """A response's body stream that lets go of the response once closed (``unbind_response``)."""
+
+    def __init__(self, stream: httpx.AsyncByteStream) -> None:
+        self._stream: httpx.AsyncByteStream | None = stream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._stream is not None:
+            async for chunk in self._stream:
+                yield chunk
+
+    async def aclose(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            await stream.aclose()
+
+
+async def unbind_response(response: httpx.Response) -> None:
+    """httpx links a response and its body's stream both ways, so every Telegram call left ~45
+    objects in a reference cycle that only the garbage collector frees: in a 1,000-chat burst,
+    collections freeing 13,000-40,000 of them at once stopped the event loop for 87-100 ms
+    (issue 15). Once the body is read and closed, the response no longer reaches back to
+    itself, and its objects are freed as soon as python-telegram-bot drops it."""
+    if isinstance(response.stream, httpx.AsyncByteStream):
+        response.stream = _Unbinding(response.stream)
 
 
 def _gated(handler: Any) -> Any:
