@@ -216,3 +216,32 @@ async def test_a_pinned_turn_reads_the_daily_caps_once(
     assert (await w.telegram.next_bot_message(w.alice_chat.id, timeout=20))["text"] == \
         "echo: hello"
     assert checks == [w.alice.id]
+
+
+async def test_a_slow_download_holds_no_other_chat_back(bot_world: BotWorld) -> None:
+    """A message's intake slot is given back while its files download: with the slots few (16),
+    a handful of photos on a slow connection to Telegram's file server would otherwise hold
+    every other chat's message back from its model call."""
+    from bot.service import IntakeGate
+
+    w = bot_world
+    keel = w.app.bot_data["keel"]
+    keel.intake = IntakeGate(1)
+    w.answer(lambda req: reply(f"echo: {req.last_user_text}"))
+    w.telegram.inject_text(w.alice_chat, "warm up")
+    await w.telegram.next_bot_message(w.alice_chat.id, timeout=20)
+    w.telegram.hang_next("getFile")  # the photo's download stalls at its first step
+    w.telegram.inject_photo(w.alice_chat, caption="what is on this photo?")
+    for _ in range(100):
+        if w.telegram.hung:
+            break
+        await asyncio.sleep(0.05)
+    assert w.telegram.hung, "the photo's download never started"
+    group = w.telegram.supergroup("Elsewhere")
+    w.telegram.inject_text(group, "question 1", user=w.bob, mention_bot=True)
+    got = await w.telegram.next_bot_message(group.id, timeout=10)
+    assert got["text"].endswith("question 1")
+    assert w.telegram.hung  # answered while the photo still waits for its file
+    w.telegram.release_hung()
+    photo_answer = await w.telegram.next_bot_message(w.alice_chat.id, timeout=20)
+    assert "what is on this photo?" in photo_answer["text"]
