@@ -216,7 +216,8 @@ class KeelBot:
     async def _answer(self, message: IncomingMessage,
                       started_calling: Callable[[], None] = lambda: None) -> str | None:
         """Route and run one message; returns the run id it used (None before one was made).
-        ``started_calling``: called when the first model call is about to start."""
+        ``started_calling``: gives the intake slot back; called when the first model call is about
+        to start, or before the message's files download."""
         # The run's deadline starts now, when the request is taken, and covers routing.
         started = time.monotonic()
         if message.files or message.media_group_id:
