@@ -3,6 +3,10 @@
 Sections run one after another (never two at once: the machine has few cores and the fakes share
 this process's event loop). A section that fails is reported as not measured, with its error; the
 others still run.
+
+With ``BENCH_GARBAGE=path`` in the environment, the live bot also writes there what its garbage
+collector freed, by type (``bench.instrumented.GarbageCensus``): objects left in reference cycles
+live until a collection, and a collection that frees tens of thousands at once stalls the loop.
 """
 
 from __future__ import annotations
