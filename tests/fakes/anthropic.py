@@ -196,6 +196,9 @@ class Reply:
     latency: float | None = None
     stream_delay: float = 0.0  # pause between SSE events
     stream_error_after: int | None = None  # SSE: overloaded `event: error` after N events
+    drop_after: int | None = None
+    """The connection is cut after N SSE events (a plain call: after half its body is sent),
+    with no end to the chunked body: a network failure mid-answer, billed by the real API."""
 
 
 @dataclass
@@ -222,6 +225,11 @@ def refusal(
     details = {"type": "refusal", "category": category, "explanation": explanation}
     content = [text(partial_text)] if partial_text else []
     return Reply(content, stop_reason="refusal", stop_details=details, **kw)
+
+
+def mid_stream_drop(*blocks: JSON | str, after_events: int = 3, **kw: Any) -> Reply:
+    """The connection is cut after ``after_events`` events (a plain call: mid-body)."""
+    return reply(*blocks, drop_after=after_events, **kw)
 
 
 def mid_stream_overload(*blocks: JSON | str, after_events: int = 3, **kw: Any) -> Reply:
@@ -703,6 +711,9 @@ class FakeAnthropic:
         scripted: Reply | None = None,
     ) -> web.StreamResponse:
         rec.usage = message["usage"]
+        drop_after = scripted.drop_after if scripted else None
+        if not rec.stream and drop_after is not None:
+            return await self._cut_body(request, rec, message)
         if not rec.stream:
             return self._json(rec, 200, message)
         rec.status, rec.response = 200, message
@@ -722,6 +733,9 @@ class FakeAnthropic:
                         },
                     )
                     rec.error = data["error"]
+                if drop_after is not None and n >= drop_after:
+                    _cut(request)
+                    return resp
                 rec.events.append((event, data))
                 await resp.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
                 if event == "error":
@@ -731,6 +745,18 @@ class FakeAnthropic:
             await resp.write_eof()
         except ConnectionError:  # the client went away mid-stream
             pass
+        return resp
+
+    async def _cut_body(self, request: web.Request, rec: RecordedRequest,
+                        message: JSON) -> web.StreamResponse:
+        """A plain answer whose connection is cut halfway through its body."""
+        body = json.dumps(message).encode()
+        rec.status, rec.response = 200, message
+        resp = web.StreamResponse(status=200, headers=self._headers(rec, "application/json"))
+        resp.content_length = len(body)
+        await resp.prepare(request)
+        await resp.write(body[: len(body) // 2])
+        _cut(request)
         return resp
 
     def _events(self, message: JSON) -> list[tuple[str, JSON]]:
@@ -842,3 +868,10 @@ __all__ = [
     "thinking",
     "tool_use",
 ]
+
+
+def _cut(request: web.Request) -> None:
+    """Close the connection under a response being sent: the client sees its body end early."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()

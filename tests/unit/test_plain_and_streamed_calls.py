@@ -14,6 +14,7 @@ from agents.model.types import ModelRequest, usage_from_api
 from tests.fakes.anthropic import (
     FakeAnthropic,
     Reply,
+    mid_stream_drop,
     mid_stream_overload,
     refusal,
     reply,
@@ -132,6 +133,31 @@ async def test_an_error_event_in_the_stream_is_retryable_and_maybe_billed(
     # no HTTP error status: the stream began, so the call may be billed (its hold is forfeited)
     assert raised.value.status is None
     assert "Overloaded" in str(raised.value) and "529" in str(raised.value)
+
+
+@pytest.mark.parametrize("streamed", [True, False], ids=["streamed", "plain"])
+async def test_a_connection_cut_mid_answer_is_a_retryable_partial_error(
+        fake_anthropic: FakeAnthropic, streamed: bool) -> None:
+    """The connection breaks while the answer is on its way (after the API began answering, so
+    the call may be billed): keel gets a ModelCallError it retries and counts as possibly spent,
+    never an exception of the HTTP library (aiohttp's, since model calls go over it)."""
+    fake_anthropic.responder = lambda req: mid_stream_drop("A long answer " * 40, after_events=3)
+    client = AnthropicModelClient(api_key="sk-ant-test-key-0123456789",
+                                  base_url=fake_anthropic.base_url, max_retries=0)
+    request = ModelRequest(model="claude-sonnet-4-6", max_tokens=512,
+                           messages=[{"role": "user", "content": "tea?"}])
+    try:
+        with pytest.raises(ModelCallError) as raised:
+            await client.create(request, on_text=_ignore if streamed else None)
+        # and the client still answers the next call
+        fake_anthropic.responder = lambda req: reply("ok")
+        assert (await client.create(request)).content == [{"type": "text", "text": "ok"}]
+    finally:
+        await client.close()
+    assert raised.value.retryable
+    assert raised.value.status is None  # no HTTP error status: the answer had begun
+    if streamed:
+        assert raised.value.partial
 
 
 async def test_after_a_burst_a_call_does_not_probe_every_kept_connection(
