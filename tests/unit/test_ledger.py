@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Awaitable
 from dataclasses import replace
 from typing import Any
 
@@ -31,13 +33,25 @@ async def hold(ledger: Ledger, want: float, *, user: int | None = 1, schedule: s
                              want_usd=want, min_usd=floor)
 
 
-async def left_for_the_writer(db: Any) -> None:
-    """Until the group commit took the queued batch and sent it to the (busy) writer thread."""
+async def cancel_while_it_commits(db: Any, write: Awaitable[Any]) -> None:
+    """Start ``write`` while the SQLite writer thread is busy, cancel its caller once the group
+    commit sent its batch to that thread, then let the thread go: the caller sees the cancel,
+    and the batch commits all the same."""
+    blocker = threading.Event()
+    assert db._write_thread is not None
+    db._write_thread.submit(blocker.wait)  # the writer is busy: the batch waits behind it
+    task = asyncio.ensure_future(write)
     for _ in range(500):
         await asyncio.sleep(0.01)
         if db._queued == [] and db._flusher is not None and not db._flusher.done():
-            return
-    raise AssertionError("the hold never left for the writer")
+            break
+    else:
+        raise AssertionError("the write never left for the writer")
+    task.cancel()
+    blocker.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.05)
 
 
 async def test_a_hold_gets_what_the_tightest_cap_has_left(ledger: Ledger) -> None:
@@ -196,29 +210,17 @@ async def test_a_continued_run_is_held_against_the_daily_cap_too(make_runtime: A
 @pytest.mark.parametrize("backend", ["sqlite"])  # holds the SQLite writer thread
 async def test_a_run_cancelled_while_its_first_hold_commits_still_records_its_outcome(
         ledger: Ledger) -> None:
-    import threading
-
     from storage.runs import RunRepository, RunTotals
 
     db = ledger.db
     runs = RunRepository(db)
-    blocker = threading.Event()
-    assert db._write_thread is not None
-    db._write_thread.submit(blocker.wait)  # the writer is busy: the hold's batch waits behind it
-
     async def first(conn: Any) -> None:  # the run's own row goes with its first hold
         await runs.start(run_id="r1", trace_id="t1", agent="a", kind="chat", budget_usd=0.1,
                          conn=conn)
 
-    holding = asyncio.create_task(ledger.hold(run_id="r1", agent="a", user_id=1, schedule=None,
-                                              caps=CAPS, want_usd=0.01, min_usd=0.001,
-                                              first=first))
-    await left_for_the_writer(db)
-    holding.cancel()
-    blocker.set()
-    with pytest.raises(asyncio.CancelledError):
-        await holding
-    await asyncio.sleep(0.05)
+    await cancel_while_it_commits(db, ledger.hold(run_id="r1", agent="a", user_id=1,
+                                                  schedule=None, caps=CAPS, want_usd=0.01,
+                                                  min_usd=0.001, first=first))
     # the hold and the run's row were committed, but the run cannot know: it writes its row
     # again with its outcome, and that must not undo the outcome
     async with db.write() as conn:
@@ -249,7 +251,6 @@ async def test_a_run_that_ends_abnormally_leaves_no_hold_behind(make_runtime: An
     assert report.users[5].spent_usd >= 0.01 + result.cost_usd
 
 
-
 @pytest.mark.parametrize("backend", ["sqlite"])  # holds the SQLite writer thread
 async def test_a_settlement_carried_by_a_cancelled_hold_is_never_counted_twice(
         ledger: Ledger) -> None:
@@ -257,8 +258,6 @@ async def test_a_settlement_carried_by_a_cancelled_hold_is_never_counted_twice(
     hold whose caller is cancelled while it commits, the run cannot know whether the settlement
     went in: it must not write it again with its outcome (spend counted twice). The day's spend
     is the settled cost once, and the cancelled hold is charged when the run ends."""
-    import threading
-
     from agents.budget import LedgerGate, Reservation
     from agents.pricing import Price, Usage
 
@@ -271,16 +270,8 @@ async def test_a_settlement_carried_by_a_cancelled_hold_is_never_counted_twice(
     await gate.settle(first, Usage(input_tokens=1000, output_tokens=200), 0.002, last=True)
     assert await ledger.held() == pytest.approx(0.006)  # owed, not written yet
 
-    blocker = threading.Event()
-    assert db._write_thread is not None
-    db._write_thread.submit(blocker.wait)  # the next hold's batch waits behind the writer
-    holding = asyncio.create_task(gate.hold(price, want))  # a retry's call: carries the settle
-    await left_for_the_writer(db)
-    holding.cancel()
-    blocker.set()
-    with pytest.raises(asyncio.CancelledError):
-        await holding
-    await asyncio.sleep(0.05)
+    # a retry's call: its hold carries the settlement
+    await cancel_while_it_commits(db, gate.hold(price, want))
     owed = gate.owed()  # what the outcome transaction would write (Runtime._finish)
     if owed is not None:
         async with db.write() as conn:
