@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 import logging
 import signal
 import ssl
+import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
@@ -43,6 +45,7 @@ from bot.events import from_update
 from bot.model_choice import MODEL_BUTTONS, on_model_button
 from bot.poller import Poller
 from bot.service import KeelBot
+from bot.telegram_http import TelegramRequest
 from storage.retention import housekeep
 
 log = logging.getLogger(__name__)
@@ -69,6 +72,10 @@ def build_application(settings: Settings, *, runtime: Runtime | None = None) -> 
     token = settings.require_telegram_token()
     # One TLS context for both pools: each would read the CA store (issue 15: start-up).
     tls = tls_context()
+    # httpx until the first update has aiohttp imported, then aiohttp (bot/telegram_http.py)
+    calls = TelegramRequest(telegram_request(tls), tls=tls, connections=TELEGRAM_CONNECTIONS)
+    updates = TelegramRequest(HTTPXRequest(connection_pool_size=1, httpx_kwargs={
+        "verify": tls, "event_hooks": {"response": [unbind_response]}}), tls=tls, connections=1)
     app = (
         ApplicationBuilder()
         .token(token)
@@ -78,14 +85,14 @@ def build_application(settings: Settings, *, runtime: Runtime | None = None) -> 
         # (bot/delivery.py: a 429 waits in its chat only), so neither the stock updater nor
         # AIORateLimiter, which pauses every chat for one chat's flood wait, is used.
         .updater(None)
-        .request(telegram_request(tls))
-        .get_updates_request(HTTPXRequest(connection_pool_size=1, httpx_kwargs={
-            "verify": tls, "event_hooks": {"response": [unbind_response]}}))
+        .request(calls)
+        .get_updates_request(updates)
         .post_init(_post_init)
         .post_shutdown(_post_shutdown)
         .build()
     )
     app.bot_data["settings"] = settings
+    app.bot_data["telegram_requests"] = (calls, updates)
     if runtime is not None:
         app.bot_data["runtime"] = runtime
     # No user filter here: strangers must reach the gate, which answers them at most once a day.
@@ -173,7 +180,8 @@ async def _post_init(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
     poller = Poller(app.bot, store=keel.inbox.store,
                     dispatch=app.bot_data.get("dispatch") or _dispatcher(app, keel),
                     order_key=conversation_key, allowed_updates=ALLOWED_UPDATES,
-                    secrets=settings.secrets(), warm_up=lambda: _warm_up(runtime.model))
+                    secrets=settings.secrets(), warm_up=lambda: _warm_up(runtime.model,
+                                                     app.bot_data.get("telegram_requests", ())))
     app.bot_data["poller"] = poller
     keel.dispatch = poller.submit
     if role != "all":  # several processes: each role recovers its own part (bot/workers.py)
@@ -194,15 +202,41 @@ async def _post_init(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
         log.warning("budget: %s", line)
 
 
-def _warm_up(model: object) -> None:
+def _warm_up(model: object, telegram: Sequence[TelegramRequest] = ()) -> None:
     """The first update starts the model SDK's import and the Markdown parser's in threads; once
-    they are in, their objects join the frozen heap (see ``_serve``)."""
+    they are in, their objects join the frozen heap (see ``_serve``), and Telegram calls move to
+    aiohttp (``bot.telegram_http``)."""
     loading: list[asyncio.Future[Any]] = [
         asyncio.ensure_future(asyncio.to_thread(render.load_parser))]
     sdk = warm_up(model)
     if sdk is not None:
         loading.append(sdk)
-    asyncio.gather(*loading, return_exceptions=True).add_done_callback(lambda _: gc.freeze())
+    loaded = asyncio.gather(*loading, return_exceptions=True)
+    loaded.add_done_callback(lambda _: gc.freeze())
+    if telegram:
+        loaded.add_done_callback(lambda _: _upgrade(telegram))
+
+
+def _upgrade(requests: Sequence[TelegramRequest]) -> None:
+    """Telegram calls over aiohttp from now on: at once when the model SDK's warm-up imported
+    it, otherwise once a thread has (never on the event loop: ~0.2 s)."""
+    def move() -> None:
+        for request in requests:
+            request.upgrade()
+
+    if "aiohttp" in sys.modules:
+        move()
+        return
+
+    def imported(done: asyncio.Future[Any]) -> None:
+        if done.cancelled() or done.exception() is not None:
+            log.warning("Telegram calls stay on httpx: aiohttp could not be imported (%s)",
+                        None if done.cancelled() else done.exception())
+        else:
+            move()
+
+    asyncio.ensure_future(asyncio.to_thread(importlib.import_module, "aiohttp")
+                          ).add_done_callback(imported)
 
 
 async def start_scheduler(app: Application[Any, Any, Any, Any, Any, Any]) -> None:

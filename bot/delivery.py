@@ -41,6 +41,7 @@ from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, Time
 
 from agents.notify import Button, Delivered, DeliveryError
 from bot.render import Chunk, render
+from bot.telegram_http import RequestNotSent
 from storage.db import Database
 from storage.files import Blobs
 from storage.inbox import Inbox
@@ -60,9 +61,11 @@ GLOBAL_RATE = 30.0
 GROUP_RATE = (20, 60.0)
 """Messages per window in one group (Telegram: 20 a minute)."""
 
-# httpx errors raised before a request was fully written: Telegram cannot have processed it.
+# Errors raised before a request was fully written: Telegram cannot have processed it. httpx's
+# (start-up calls, and every call until aiohttp is imported) and bot/telegram_http.py's marker.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteError,
-             httpx.WriteTimeout, httpx.UnsupportedProtocol, httpx.LocalProtocolError)
+             httpx.WriteTimeout, httpx.UnsupportedProtocol, httpx.LocalProtocolError,
+             RequestNotSent)
 
 
 class NotSent(DeliveryError):

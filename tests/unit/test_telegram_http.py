@@ -1,0 +1,166 @@
+"""Telegram calls over aiohttp (bot/telegram_http.py): the same answers as python-telegram-bot's
+httpx client, and errors that still tell delivery whether Telegram may have the request.
+
+Delivery resends only what certainly never left (``never_reached_telegram``): an error classed
+"not sent" when it may have arrived sends a reply twice; one classed "may have arrived" when it
+never left loses it (the chunk is kept as unconfirmed, not resent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import socket
+import ssl
+from typing import Any
+
+import pytest
+from telegram import Bot
+from telegram.error import NetworkError, TimedOut
+from telegram.request import HTTPXRequest
+
+from agents.config import load_settings
+from bot.app import build_application
+from bot.delivery import never_reached_telegram
+from bot.telegram_http import TelegramRequest
+from tests.fakes.telegram import FakeTelegram
+
+API_KEY = "sk-ant-test-key-0123456789"
+
+
+def _request(connections: int = 8) -> TelegramRequest:
+    return TelegramRequest(HTTPXRequest(connection_pool_size=connections),
+                           tls=ssl.create_default_context(), connections=connections)
+
+
+async def _upgraded_bot(fake: FakeTelegram, *, base_url: str | None = None,
+                        connections: int = 8) -> tuple[Bot, TelegramRequest]:
+    """A bot whose calls go over aiohttp (initialised without getMe: the server may be gone)."""
+    request = _request(connections)
+    bot = Bot(fake.token, base_url=base_url or fake.base_url, request=request,
+              get_updates_request=_request(1))
+    await request.initialize()
+    request.upgrade()
+    assert request.upgraded
+    bot._initialized = True  # no getMe: these tests call a server that may not answer it
+    return bot, request
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_the_bot_moves_to_aiohttp_after_its_first_update_and_answers_the_same(
+        fake_telegram: FakeTelegram) -> None:
+    chat = fake_telegram.private_chat(fake_telegram.user("Alice", id=1001))
+    settings = load_settings(_env_file=None, TELEGRAM_BOT_TOKEN=fake_telegram.token,
+                             TELEGRAM_API_BASE_URL=fake_telegram.base_url,
+                             ANTHROPIC_API_KEY=API_KEY)
+    app = build_application(settings)
+    calls, updates = app.bot_data["telegram_requests"]
+    bot = app.bot
+    await bot.initialize()  # getMe over httpx: start-up does not wait for aiohttp's import
+    try:
+        assert not calls.upgraded and not updates.upgraded
+        before = await bot.send_message(chat.id, "before *the* switch")
+        from bot.app import _upgrade
+
+        _upgrade([calls, updates])
+        assert calls.upgraded and updates.upgraded
+        after = await bot.send_message(chat.id, "after *the* switch")
+        assert after.message_id == before.message_id + 1
+        assert after.text == "after *the* switch"
+        # a file: multipart with the caption and the bytes as sent
+        sent = await bot.send_document(chat.id, document=b"\x00\x01 report bytes \xff",
+                                       filename="report.bin", caption="the report")
+        assert sent.caption == "the report"
+        [doc] = fake_telegram.documents(chat.id)
+        assert (doc["filename"], doc["data"]) == ("report.bin", b"\x00\x01 report bytes \xff")
+        # a download (GET on the file URL)
+        incoming = fake_telegram.inject_document(chat, "notes.txt", b"plain notes")
+        updates_seen = await bot.get_updates(timeout=0)
+        document = next(u.message.document for u in updates_seen
+                        if u.update_id == incoming["update_id"])
+        data = await (await document.get_file()).download_as_bytearray()
+        assert bytes(data) == b"plain notes"
+    finally:
+        await bot.shutdown()
+    assert not calls.upgraded  # shut down: the aiohttp session is closed
+
+
+async def test_no_connection_at_all_is_known_not_sent(fake_telegram: FakeTelegram) -> None:
+    bot, request = await _upgraded_bot(
+        fake_telegram, base_url=f"http://127.0.0.1:{_closed_port()}/bot")
+    try:
+        with pytest.raises(NetworkError) as caught:
+            await bot.send_message(1001, "hello")
+    finally:
+        await request.shutdown()
+    assert never_reached_telegram(caught.value), repr(caught.value.__cause__)
+
+
+async def test_waiting_for_a_free_connection_too_long_is_known_not_sent(
+        fake_telegram: FakeTelegram) -> None:
+    chat = fake_telegram.private_chat(fake_telegram.user("Alice", id=1001))
+    bot, request = await _upgraded_bot(fake_telegram, connections=1)
+    fake_telegram.hang_next("sendMessage")
+    held = asyncio.create_task(bot.send_message(chat.id, "first", read_timeout=10))
+    try:
+        for _ in range(500):
+            if fake_telegram.hung:
+                break
+            await asyncio.sleep(0.01)
+        with pytest.raises(TimedOut) as caught:
+            await bot.send_message(chat.id, "second", pool_timeout=0.2, connect_timeout=0.2)
+        assert never_reached_telegram(caught.value), repr(caught.value.__cause__)
+        fake_telegram.release_hung()
+        await held
+    finally:
+        held.cancel()
+        await request.shutdown()
+    assert [m["text"] for m in fake_telegram.sent(chat.id)] == ["first"]
+
+
+@pytest.mark.parametrize("fault", ["dropped after processing", "dropped before processing",
+                                   "answered too late"])
+async def test_a_request_that_reached_telegram_is_never_called_not_sent(
+        fake_telegram: FakeTelegram, fault: str) -> None:
+    chat = fake_telegram.private_chat(fake_telegram.user("Alice", id=1001))
+    bot, request = await _upgraded_bot(fake_telegram)
+    if fault == "answered too late":
+        fake_telegram.slow_next("sendMessage", 2.0)
+    else:
+        fake_telegram.fail_next("sendMessage", drop_connection=True,
+                                after_processing=fault == "dropped after processing")
+    kwargs: dict[str, Any] = {"read_timeout": 0.3} if fault == "answered too late" else {}
+    try:
+        with pytest.raises(NetworkError) as caught:
+            await bot.send_message(chat.id, "hello", **kwargs)
+    finally:
+        await request.shutdown()
+    assert not never_reached_telegram(caught.value), repr(caught.value.__cause__)
+    if fault == "answered too late":
+        assert isinstance(caught.value, TimedOut)
+
+
+async def test_aiohttp_calls_leave_no_reference_cycles(fake_telegram: FakeTelegram) -> None:
+    chat = fake_telegram.private_chat(fake_telegram.user("Alice", id=1001))
+    bot, request = await _upgraded_bot(fake_telegram)
+    try:
+        for _ in range(3):
+            await bot.send_message(chat.id, "warm")
+            await bot.send_chat_action(chat.id, "typing")
+        gc.collect()
+        gc.disable()
+        try:
+            for n in range(20):
+                await bot.send_message(chat.id, f"message {n}")
+                await bot.send_chat_action(chat.id, "typing")
+            found = gc.collect()
+        finally:
+            gc.enable()
+    finally:
+        await request.shutdown()
+    assert found < 40, f"{found} objects in reference cycles after 40 Telegram calls"
