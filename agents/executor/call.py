@@ -23,7 +23,7 @@ from agents.executor.prepare import Prefix, build_request
 from agents.model.types import ModelClient, ModelRequest, ModelResponse, OnText, watched
 from agents.pricing import Usage, input_rate_bound, request_cache_ttl
 from agents.run import Run
-from agents.tokens import bound, messages_digest
+from agents.tokens import MessagesDigest, bound
 from storage.ledger import Hold
 from storage.session_counts import SessionAnchor
 
@@ -51,6 +51,14 @@ class InputAnchor:
     def __init__(self) -> None:
         self.tokens: int | None = None
         self.messages: int = 0
+        self._digest: MessagesDigest | None = None
+        self._digest_prefix = ""
+        """The run's messages hashed so far (``seeded`` then ``kept``: each message once)."""
+
+    def _digest_of(self, prefix: Prefix, messages: list[dict[str, Any]], count: int) -> str:
+        if self._digest is None or self._digest_prefix != prefix.sha256:
+            self._digest, self._digest_prefix = MessagesDigest(prefix.sha256), prefix.sha256
+        return self._digest.of(messages, count)
 
     def bound(self, prefix: Prefix, messages: list[dict[str, Any]]) -> int:
         """Input tokens of the next call that the API will not exceed."""
@@ -71,7 +79,7 @@ class InputAnchor:
         that count still describes the head of ``messages`` under ``prefix`` (same digest)."""
         anchor = cls()
         if kept is not None and kept.messages <= len(messages) and kept.digest == \
-                messages_digest(prefix.sha256, messages[:kept.messages]):
+                anchor._digest_of(prefix, messages, kept.messages):
             anchor.tokens, anchor.messages = kept.tokens, kept.messages
         return anchor
 
@@ -80,7 +88,7 @@ class InputAnchor:
         if self.tokens is None or self.messages > len(messages):
             return None
         return SessionAnchor(tokens=self.tokens, messages=self.messages,
-                             digest=messages_digest(prefix.sha256, messages[:self.messages]))
+                             digest=self._digest_of(prefix, messages, self.messages))
 
 
 STREAM_RETRIES = 1

@@ -74,10 +74,11 @@ async def test_the_bot_moves_to_aiohttp_after_its_first_update_and_answers_the_s
         assert after.text == "after *the* switch"
         # a file: multipart with the caption and the bytes as sent
         sent = await bot.send_document(chat.id, document=b"\x00\x01 report bytes \xff",
-                                       filename="report.bin", caption="the report")
-        assert sent.caption == "the report"
+                                       filename="résumé \"draft\".bin", caption="the report ✓")
+        assert sent.caption == "the report ✓"
         [doc] = fake_telegram.documents(chat.id)
-        assert (doc["filename"], doc["data"]) == ("report.bin", b"\x00\x01 report bytes \xff")
+        assert (doc["filename"], doc["data"]) == ('résumé "draft".bin',
+                                                  b"\x00\x01 report bytes \xff")
         # a download (GET on the file URL)
         incoming = fake_telegram.inject_document(chat, "notes.txt", b"plain notes")
         updates_seen = await bot.get_updates(timeout=0)
