@@ -235,8 +235,13 @@ def _upgrade(requests: Sequence[TelegramRequest]) -> None:
         else:
             move()
 
-    asyncio.ensure_future(asyncio.to_thread(importlib.import_module, "aiohttp")
-                          ).add_done_callback(imported)
+    importing = asyncio.ensure_future(asyncio.to_thread(importlib.import_module, "aiohttp"))
+    _IMPORTING.add(importing)  # the loop keeps only a weak reference to a task
+    importing.add_done_callback(_IMPORTING.discard)
+    importing.add_done_callback(imported)
+
+
+_IMPORTING: set[asyncio.Future[Any]] = set()
 
 
 async def start_scheduler(app: Application[Any, Any, Any, Any, Any, Any]) -> None:

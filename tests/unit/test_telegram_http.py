@@ -165,3 +165,34 @@ async def test_aiohttp_calls_leave_no_reference_cycles(fake_telegram: FakeTelegr
     finally:
         await request.shutdown()
     assert found < 40, f"{found} objects in reference cycles after 40 Telegram calls"
+
+
+async def test_when_aiohttp_is_not_imported_yet_a_thread_imports_it_then_calls_move(
+        fake_telegram: FakeTelegram, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import threading
+
+    from bot import app as app_module
+
+    importers: list[str] = []
+    real_import = app_module.importlib.import_module
+
+    def recording_import(name: str) -> Any:
+        importers.append(threading.current_thread().name)
+        return real_import(name)
+
+    monkeypatch.delitem(sys.modules, "aiohttp")  # as in the bot before its first update
+    monkeypatch.setattr(app_module.importlib, "import_module", recording_import)
+    request = _request()
+    await request.initialize()
+    try:
+        app_module._upgrade([request])
+        assert not request.upgraded  # not on the event loop
+        for _ in range(500):
+            if request.upgraded:
+                break
+            await asyncio.sleep(0.01)
+        assert request.upgraded
+        assert importers and importers[0] != threading.current_thread().name
+    finally:
+        await request.shutdown()
