@@ -9,7 +9,6 @@ never left loses it (the chunk is kept as unconfirmed, not resent).
 from __future__ import annotations
 
 import asyncio
-import gc
 import socket
 import ssl
 from typing import Any
@@ -144,27 +143,6 @@ async def test_a_request_that_reached_telegram_is_never_called_not_sent(
     assert not never_reached_telegram(caught.value), repr(caught.value.__cause__)
     if fault == "answered too late":
         assert isinstance(caught.value, TimedOut)
-
-
-async def test_aiohttp_calls_leave_no_reference_cycles(fake_telegram: FakeTelegram) -> None:
-    chat = fake_telegram.private_chat(fake_telegram.user("Alice", id=1001))
-    bot, request = await _upgraded_bot(fake_telegram)
-    try:
-        for _ in range(3):
-            await bot.send_message(chat.id, "warm")
-            await bot.send_chat_action(chat.id, "typing")
-        gc.collect()
-        gc.disable()
-        try:
-            for n in range(20):
-                await bot.send_message(chat.id, f"message {n}")
-                await bot.send_chat_action(chat.id, "typing")
-            found = gc.collect()
-        finally:
-            gc.enable()
-    finally:
-        await request.shutdown()
-    assert found < 40, f"{found} objects in reference cycles after 40 Telegram calls"
 
 
 async def test_when_aiohttp_is_not_imported_yet_a_thread_imports_it_then_calls_move(
