@@ -301,7 +301,7 @@ async def serve_ingress(settings: Settings, stop: asyncio.Event) -> int:
 
 async def serve_worker(settings: Settings, stop: asyncio.Event, *, concurrency: int = 20) -> int:
     """``keel worker``: run the update jobs through keel's handlers; lead when elected."""
-    from bot.app import _dispatcher, build_application, start_scheduler, stop_app
+    from bot.app import _dispatcher, _upgrade, build_application, start_scheduler, stop_app
 
     url = require_postgres(settings)
     await ensure_job_schema(url)
@@ -311,6 +311,9 @@ async def serve_worker(settings: Settings, stop: asyncio.Event, *, concurrency: 
     if app.post_init is not None:
         await app.post_init(app)
     await app.start()
+    # a worker polls nothing, so no first update moves its Telegram calls to aiohttp: they move
+    # once a thread has imported it (bot/telegram_http.py)
+    _upgrade(app.bot_data["telegram_requests"])
     keel = app.bot_data["keel"]
     dispatch = _dispatcher(app, keel)
     jobs = job_app(url)

@@ -152,6 +152,11 @@ async def test_two_workers_one_killed_answer_every_message_once_and_in_order(
                                           else f"Tell me about {tokens[(c, m)]}.")
         total = CHATS * PER_CHAT
         await fake_telegram.wait_for(lambda: len(replies()) >= total // 5, timeout=120)
+        # by now the workers call Telegram over aiohttp (bot/telegram_http.py): the kill below
+        # attacks that path
+        for name in ("worker-1", "worker-2"):
+            worker_log = (deployment.workdir / f"{name}.log").read_text("utf-8", "replace")
+            assert "Telegram calls go over aiohttp" in worker_log, deployment.log()
         # mid-way, with replies on their way to Telegram: the fake holds the next few sends;
         # worker-1's are never processed (their client is gone), worker-2's go on when released
         fake_telegram.hang_next("sendMessage", times=4)
