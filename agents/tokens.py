@@ -115,6 +115,7 @@ class MessagesDigest:
     by block and then again as a whole, twice a turn."""
 
     def __init__(self, prefix_sha256: str) -> None:
+        self.prefix = prefix_sha256
         self._start = prefix_sha256.encode()
         self._hash = hashlib.sha256(self._start)
         self._hashed: list[int] = []

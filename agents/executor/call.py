@@ -52,12 +52,11 @@ class InputAnchor:
         self.tokens: int | None = None
         self.messages: int = 0
         self._digest: MessagesDigest | None = None
-        self._digest_prefix = ""
         """The run's messages hashed so far (``seeded`` then ``kept``: each message once)."""
 
     def _digest_of(self, prefix: Prefix, messages: list[dict[str, Any]], count: int) -> str:
-        if self._digest is None or self._digest_prefix != prefix.sha256:
-            self._digest, self._digest_prefix = MessagesDigest(prefix.sha256), prefix.sha256
+        if self._digest is None or self._digest.prefix != prefix.sha256:
+            self._digest = MessagesDigest(prefix.sha256)
         return self._digest.of(messages, count)
 
     def bound(self, prefix: Prefix, messages: list[dict[str, Any]]) -> int:

@@ -32,6 +32,7 @@ async def _cycles_after_60_calls(fake_telegram: FakeTelegram, *, aiohttp: bool) 
     try:
         if aiohttp:
             _upgrade(app.bot_data["telegram_requests"])
+            assert all(r.upgraded for r in app.bot_data["telegram_requests"])
         for _ in range(3):  # first calls: connections, lazy imports, caches
             await bot.send_message(chat.id, "warm")
             await bot.get_updates(timeout=0)
