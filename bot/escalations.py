@@ -286,9 +286,7 @@ class Escalations:
         when no question is pending there."""
         if not message.is_private:
             return False
-        waiting = [e for e in await self.repo.pending()
-                   if e.kind == "question" and e.chat_id == message.chat_id
-                   and (e.thread_id or 0) == (message.thread_id or 0)]
+        waiting = await self.repo.pending_questions(message.chat_id, message.thread_id)
         if not waiting:
             return False
         question = waiting[-1]

@@ -17,7 +17,7 @@ class ConversationModels:
     async def get(self, chat_id: int, thread_id: int | None) -> str | None:
         row = await self.db.fetchone(
             "SELECT model FROM conversations WHERE chat_id = ? AND thread_id = ?",
-            (chat_id, thread_id or NO_THREAD))
+            (chat_id, thread_id or NO_THREAD), quick=True)
         return row["model"] if row is not None else None
 
     async def set(self, chat_id: int, thread_id: int | None, model: str | None) -> None:

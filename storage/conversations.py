@@ -58,8 +58,8 @@ class ConversationRepository:
         # a conversation is created once and read on every message: a read first, and a write
         # transaction (which waits its turn behind every other write) only the first time
         row = await self.db.fetchone(
-            "SELECT * FROM conversations WHERE chat_id = ? AND thread_id = ?", (chat_id, thread)
-        )
+            "SELECT * FROM conversations WHERE chat_id = ? AND thread_id = ?", (chat_id, thread),
+            quick=True)
         if row is not None:
             return _conversation(row)
         now = now_iso()
@@ -69,8 +69,8 @@ class ConversationRepository:
             (chat_id, thread, now, now),
         )
         row = await self.db.fetchone(
-            "SELECT * FROM conversations WHERE chat_id = ? AND thread_id = ?", (chat_id, thread)
-        )
+            "SELECT * FROM conversations WHERE chat_id = ? AND thread_id = ?", (chat_id, thread),
+            quick=True)
         assert row is not None
         return _conversation(row)
 
@@ -92,7 +92,7 @@ class ConversationRepository:
         """The live session's id for (conversation, agent), created on first use."""
         live = await self.db.fetchval(
             "SELECT id FROM sessions WHERE conversation_id = ? AND agent = ?"
-            " AND archived_at IS NULL", (conversation_id, agent))
+            " AND archived_at IS NULL", (conversation_id, agent), quick=True)
         if live is not None:  # read first: a write transaction only to create it
             return int(live)
         # created unless live, then read, in the group commit
@@ -154,7 +154,7 @@ class ConversationRepository:
         rows = await self.db.fetchall(
             "SELECT id, seq, role, content, kind, tokens, run_id FROM messages"
             " WHERE session_id = ? AND archived_at IS NULL ORDER BY seq",
-            (session_id,),
+            (session_id,), quick=True,
         )
         return [_message(r) for r in rows]
 

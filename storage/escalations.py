@@ -197,6 +197,15 @@ class EscalationRepository:
             "SELECT * FROM escalations WHERE stage = 'pending' ORDER BY created_at")
         return [_escalation(r) for r in rows]
 
+    async def pending_questions(self, chat_id: int, thread_id: int | None) -> list[Escalation]:
+        """The questions waiting for an answer in one chat (or topic), oldest first: read on
+        every private message, so by the chat's index, not every pending escalation's row."""
+        rows = await self.db.fetchall(
+            "SELECT * FROM escalations WHERE chat_id = ? AND stage = 'pending'"
+            " AND kind = 'question' AND COALESCE(thread_id, 0) = ? ORDER BY created_at",
+            (chat_id, thread_id or 0), quick=True)
+        return [_escalation(r) for r in rows]
+
 
 def _escalation(row: Any) -> Escalation:
     data = dict(row)

@@ -95,7 +95,8 @@ class Inbox:
             " WHERE update_id = ?", (status, run_id, now_iso(), update_id))
 
     async def status(self, update_id: int) -> InboxStatus | None:
-        value = await self.db.fetchval("SELECT status FROM inbox WHERE update_id = ?", (update_id,))
+        value = await self.db.fetchval("SELECT status FROM inbox WHERE update_id = ?",
+                                       (update_id,), quick=True)
         return value  # type: ignore[no-any-return,unused-ignore]
 
     async def mark(self, update_id: int, status: InboxStatus, *, run_id: str | None = None) -> None:

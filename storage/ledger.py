@@ -284,7 +284,7 @@ async def _used(db: Database, day: str, scopes: list[Scope], user_id: int,
     params: list[object] = []
     for scope in scopes:
         params += _used_params(scope, day, user_id, schedule)
-    row = await db.fetchone(sql, params)
+    row = await db.fetchone(sql, params, quick=True)
     return {scope: float(row[i] if row else 0.0) for i, scope in enumerate(scopes)}
 
 

@@ -94,7 +94,8 @@ class OutboxRepository:
         return int(row[0]) if row is not None else 0
 
     async def get(self, item_id: int) -> OutboxItem | None:
-        row = await self.db.fetchone("SELECT * FROM outbox WHERE id = ?", (item_id,))
+        row = await self.db.fetchone("SELECT * FROM outbox WHERE id = ?", (item_id,),
+                                     quick=True)
         return _item(row) if row else None
 
     async def pending(self, *, chat_id: int | None = None) -> list[OutboxItem]:

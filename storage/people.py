@@ -44,7 +44,8 @@ class PeopleRepository:
         return added
 
     async def get(self, user_id: int) -> Person | None:
-        row = await self.db.fetchone("SELECT * FROM people WHERE user_id = ?", (user_id,))
+        row = await self.db.fetchone("SELECT * FROM people WHERE user_id = ?", (user_id,),
+                                     quick=True)
         return None if row is None else _person(row)
 
     async def set_role(self, user_id: int, role: StoredRole, *, by: int) -> None:

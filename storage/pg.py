@@ -283,7 +283,7 @@ class PostgresDatabase(Database):
 
     # ------------------------------------------------------------ reads
 
-    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+    async def fetchall(self, sql: str, params: Params = (), *, quick: bool = False) -> list[Row]:
         async with self._require_pool().connection() as conn:
             cursor = conn.cursor(row_factory=_rows)
             await cursor.execute(pyformat(sql), _params(params))

@@ -34,13 +34,13 @@ class SessionCounts:
         """The live session of (conversation, agent), or None (nothing is created)."""
         value = await self.db.fetchval(
             "SELECT id FROM sessions WHERE conversation_id = ? AND agent = ? AND archived_at IS NULL",
-            (conversation_id, agent))
+            (conversation_id, agent), quick=True)
         return int(value) if value is not None else None
 
     async def anchor(self, session_id: int) -> SessionAnchor | None:
         row = await self.db.fetchone(
             "SELECT anchor_tokens, anchor_messages, anchor_digest FROM sessions WHERE id = ?",
-            (session_id,))
+            (session_id,), quick=True)
         if row is None or row["anchor_tokens"] is None or row["anchor_digest"] is None:
             return None
         return SessionAnchor(tokens=int(row["anchor_tokens"]),
@@ -60,7 +60,7 @@ class SessionCounts:
         """Seconds since the session's last stored message (None: it has none)."""
         value = await self.db.fetchval(
             "SELECT MAX(created_at) FROM messages WHERE session_id = ? AND archived_at IS NULL",
-            (session_id,))
+            (session_id,), quick=True)
         if value is None:
             return None
         last = datetime.strptime(str(value), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)

@@ -121,3 +121,29 @@ def test_an_escalation_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPat
     drawn = iter(["-AbCdEfGhIjK", "_AbCdEfGhIjK"])
     monkeypatch.setattr(secrets, "token_urlsafe", lambda n: next(drawn))
     assert escalations.new_key() == "_AbCdEfGhIjK"
+
+
+async def test_the_questions_pending_in_a_chat_are_read_by_that_chat_alone(db: Database) -> None:
+    """Read on every private message: this chat's (and topic's) pending questions, oldest first;
+    not another chat's, not another topic's, not an approval or a budget, not an answered one."""
+    for n in range(6):
+        await _parked_run(db, f"q{n}")
+    repo = EscalationRepository(db)
+
+    async def ask(run: str, chat: int, thread: int | None, kind: str = "question") -> str:
+        e = await repo.create(run_id=run, tool_use_id="tu", chat_id=chat, thread_id=thread,
+                              reason=run, context="", options=["A"], ttl=timedelta(hours=1),
+                              kind=kind)  # type: ignore[arg-type]
+        return e.id
+
+    first = await ask("q0", 10, None)
+    await ask("q1", 11, None)  # another chat
+    await ask("q2", 10, 7)  # a topic of the same group
+    await ask("q3", 10, None, kind="approval")
+    answered = await ask("q4", 10, 0)  # thread 0 is no topic, as None
+    assert await repo.answer(answered, answer="A", user_id=1, user_name="Ann")
+    second = await ask("q5", 10, 0)
+    assert [e.id for e in await repo.pending_questions(10, None)] == [first, second]
+    assert [e.reason for e in await repo.pending_questions(10, 7)] == ["q2"]
+    assert [e.reason for e in await repo.pending_questions(11, 0)] == ["q1"]
+    assert await repo.pending_questions(12, None) == []

@@ -142,9 +142,9 @@ async def test_what_the_day_has_left_for_routing_is_this_persons_and_everyones(
     reads: list[str] = []
     read = runtime.db.fetchall  # (fetchone and fetchval read through it)
 
-    def counted(sql: str, *args: Any) -> Any:
+    def counted(sql: str, *args: Any, **kwargs: Any) -> Any:
         reads.append(sql)
-        return read(sql, *args)
+        return read(sql, *args, **kwargs)
 
     runtime.db.fetchall = counted  # type: ignore[method-assign]
     budget = await runtime._route_budget("hi", None, "r3", 1, None)
