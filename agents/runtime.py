@@ -307,7 +307,7 @@ class Runtime:
             await self.check_daily_caps(request.user_id, request.schedule)
         limits = request.limits or spec.limits
         trace_id, rid = new_id(), run_id or new_id()
-        trace = await self.traces.open_new(trace_id=trace_id, run_id=rid)
+        trace = self.traces.new_writer(trace_id=trace_id, run_id=rid)  # no I/O on the loop
         run = Run(agent=spec, model=model_name, price=price, limits=limits, trace=trace,
                   kind=request.kind, id=rid, trace_id=trace_id, user_id=request.user_id,
                   chat_id=request.chat_id, thread_id=request.thread_id,

@@ -42,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 log = logging.getLogger(__name__)
 
@@ -158,22 +158,19 @@ class TraceWriter:
         self._failed = False
         self._closed = False
         self._on_close = on_close
-        if new:  # a fresh id: nothing to continue, and the day's folder is usually there
-            self._seq, torn = 0, False
-            try:
-                self._file = path.open("a", encoding="utf-8")
-            except FileNotFoundError:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = path.open("a", encoding="utf-8")
+        self._file: TextIO | None = None
+        self._ended = False
+        if new:  # a fresh id: nothing to continue; the file is made by whoever writes first
+            self._seq = 0
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         self._seq, torn = _tail_state(path)
-        self._file = path.open("a", encoding="utf-8")
+        self._file = file = path.open("a", encoding="utf-8")
         if torn:
             # A crash cut the last line short: end it, so the next event starts a line of its own
             # instead of being glued to the fragment (and lost with it when read back).
-            self._file.write("\n")
-            self._file.flush()
+            file.write("\n")
+            file.flush()
 
     @property
     def seq(self) -> int:
@@ -203,26 +200,44 @@ class TraceWriter:
         with self._io:
             self._write_pending()
 
+    def _opened(self) -> TextIO:
+        """The trace's file, under ``_io``. A new trace's file is created here, by the first
+        write (the sink's thread, a drain's or a close's), never on the event loop: creating a
+        file can wait on the file system's journal behind other fsyncs (issue 15), and a hop
+        to a thread only to create it cost every run ~1 ms before its first model call."""
+        if self._file is None:
+            try:
+                self._file = self.path.open("a", encoding="utf-8")
+            except FileNotFoundError:  # the day's first trace
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = self.path.open("a", encoding="utf-8")
+        return self._file
+
     def _write_pending(self) -> None:
         with self._lock:
             lines, self._pending, self._scheduled = self._pending, [], False
-        if not lines or self._file.closed:
+        if not lines or self._ended:
             return
         try:
-            self._file.write("\n".join(lines) + "\n")
-            self._file.flush()
+            file = self._opened()
+            file.write("\n".join(lines) + "\n")
+            file.flush()
         except (OSError, ValueError) as exc:
-            if not self._failed:  # once per trace: a full disk must not flood the log
-                self._failed = True
-                log.warning("trace %s: could not write %d event(s): %s", self.path, len(lines),
-                            exc)
+            self._warn(f"could not write {len(lines)} event(s): {exc}")
+
+    def _warn(self, what: str) -> None:
+        if not self._failed:  # once per trace: a full disk must not flood the log
+            self._failed = True
+            log.warning("trace %s: %s", self.path, what)
 
     async def adrain(self) -> None:
         """Write the queued lines and wait for it, off the event loop: before something leaves
         the process (a model request, a tool's side effect), its event is in the file, so a
         process killed after it still has it."""
         with self._lock:
-            if not self._pending:
+            # nothing queued and nobody writing (the sink takes lines under ``_io`` and holds
+            # it until they are in the file): every event emitted so far is written
+            if not self._pending and not self._io.locked():
                 return
         await asyncio.wrap_future(_pool("keel-trace-drain", DRAIN_THREADS).submit(self.drain))
 
@@ -232,23 +247,25 @@ class TraceWriter:
 
     def close(self) -> None:
         with self._io:
-            if self._file.closed:
+            if self._ended:
                 return
             with self._lock:
                 self._closed = True
             try:
                 self._write_pending()
-                self._file.flush()
-                os.fsync(self._file.fileno())
+                self._ended = True
+                try:
+                    file = self._opened()  # a trace that had nothing to say still has its file
+                    file.flush()
+                    os.fsync(file.fileno())
+                except OSError as exc:
+                    self._warn(f"could not be kept: {exc}")
             finally:
-                self._file.close()
+                self._ended = True
+                if self._file is not None:
+                    self._file.close()
                 if self._on_close is not None:
                     self._on_close(self)
-
-
-def _close_opened(opening: asyncio.Future[TraceWriter]) -> None:
-    if not opening.cancelled() and opening.exception() is None:
-        opening.result().close()
 
 
 def _json_default(value: Any) -> Any:
@@ -351,7 +368,8 @@ class TraceStore:
 
     def new_writer(self, *, trace_id: str, run_id: str) -> TraceWriter:
         """Start the trace of a fresh id (``agents.run.new_id``: no file can have it yet): no
-        look-up, no tail to read, one ``open`` where ``writer`` makes up to eight calls."""
+        look-up, no tail to read, and no I/O here: the file is created by the first write, off
+        the event loop (``TraceWriter._opened``), with one ``open``."""
         if not _valid_id(trace_id):
             raise ValueError(f"not a trace id: {trace_id!r}")
         path = self.path_for(trace_id)
@@ -367,18 +385,6 @@ class TraceStore:
         with self._lock:
             self._writers.setdefault(path, []).append(writer)
         return writer
-
-    async def open_new(self, *, trace_id: str, run_id: str) -> TraceWriter:
-        """``new_writer`` in a thread: creating a file can wait on the file system's journal
-        (behind other processes' and threads' fsyncs), which stalled the event loop for tens of
-        milliseconds under a burst (issue 15)."""
-        opening = asyncio.ensure_future(
-            asyncio.to_thread(self.new_writer, trace_id=trace_id, run_id=run_id))
-        try:
-            return await asyncio.shield(opening)
-        except asyncio.CancelledError:  # the thread goes on: close what it opens
-            opening.add_done_callback(_close_opened)
-            raise
 
     async def open_writer(self, *, trace_id: str, run_id: str,
                           day: date | None = None) -> TraceWriter:

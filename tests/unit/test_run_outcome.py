@@ -41,13 +41,13 @@ async def test_an_outcome_commits_with_its_trace_written_but_not_waiting_for_its
         return await finish(run_id, **kw)
 
     result_trace: list[str] = []
-    open_new = runtime.traces.open_new
+    new_writer = runtime.traces.new_writer
 
-    async def opened(*, trace_id: str, run_id: str) -> Any:
+    def opened(*, trace_id: str, run_id: str) -> Any:
         result_trace.append(trace_id)
-        return await open_new(trace_id=trace_id, run_id=run_id)
+        return new_writer(trace_id=trace_id, run_id=run_id)
 
-    monkeypatch.setattr(runtime.traces, "open_new", opened)
+    monkeypatch.setattr(runtime.traces, "new_writer", opened)
     monkeypatch.setattr(runtime.runs, "finish", finishing)
     result = await asyncio.wait_for(runtime.run(task("time?")), 5)
     assert result.status == "completed" and not flushed
