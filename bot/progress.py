@@ -27,7 +27,15 @@ from telegram.error import BadRequest, RetryAfter, TelegramError
 log = logging.getLogger(__name__)
 
 TYPING_EVERY_S = 4.5  # Telegram shows "typing…" for about 5 seconds
+TYPING_AFTER_S = 0.05
+"""The typing action goes out this long after the request is taken: by then the model request
+has left (~5 ms), so the call no longer competes with it for the event loop (~1 ms of a turn's
+latency, issue 15); nobody sees 50 ms, and an answer ready sooner needs no typing at all."""
 DRAFT_EVERY_S = 1.5  # stay well inside the 1 message/s per chat flood limit
+FIRST_DRAFT_AFTER_S = 0.25
+"""A private draft appears only for a run still working this long after its first progress
+(text or a tool): an answer whole sooner arrives as the message itself, without a draft
+flickering before it and without a Telegram call competing with the reply's path."""
 DRAFT_PREVIEW_CHARS = 1000
 GROUP_FIRST_PREVIEW_S = 2.0
 """A group preview appears only for an answer still streaming after this long: a quick answer
@@ -62,6 +70,9 @@ class Progress:
         self._text = ""
         self._status = ""
         self._last_draft = 0.0
+        self._first_progress: float | None = None
+        self._wake_up: asyncio.TimerHandle | None = None
+        """Shows the first draft when it falls due with no new piece of text to do it."""
         self._drafts_ok = private and not quiet
         self._quiet = quiet
         self._budget = budget
@@ -83,6 +94,9 @@ class Progress:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
+        if self._wake_up is not None:
+            self._wake_up.cancel()
+        self._drafts_ok = False
         if self._typing is not None:
             self._typing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -112,11 +126,18 @@ class Progress:
             self._text += value
         elif kind == "retract":  # an answer that broke off mid-stream is asked again
             self._text = self._text[:max(0, len(self._text) - int(value))]
+        self._show_due()
+
+    def _show_due(self) -> None:
         if self._showing is not None and not self._showing.done():
             return  # one at a time: the next piece of text tries again
         draft, shown = self._draft_due(), self._preview_due()
         if draft is not None or shown is not None:
             self._showing = asyncio.create_task(self._show(draft, shown))
+
+    def _woken(self) -> None:
+        self._wake_up = None
+        self._show_due()
 
     async def _show(self, draft: str | None, shown: str | None) -> None:
         if draft is not None:
@@ -125,6 +146,7 @@ class Progress:
             await self._send_preview(shown)
 
     async def _keep_typing(self) -> None:
+        await asyncio.sleep(TYPING_AFTER_S)
         while True:
             try:
                 await self.bot.send_chat_action(self.chat_id, ChatAction.TYPING,
@@ -138,6 +160,14 @@ class Progress:
         if not self._drafts_ok:
             return None
         now = time.monotonic()
+        if self._first_progress is None:
+            self._first_progress = now
+        first_due = self._first_progress + FIRST_DRAFT_AFTER_S
+        if now < first_due:
+            if self._wake_up is None:
+                self._wake_up = asyncio.get_running_loop().call_later(first_due - now,
+                                                                      self._woken)
+            return None
         if now - self._last_draft < DRAFT_EVERY_S:
             return None
         self._last_draft = now

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -28,7 +28,7 @@ BOB_ID = 1002
 MALLORY_ID = 6666
 API_KEY = "sk-ant-test-key-0123456789"
 
-AgentAnswer = Callable[[RecordedRequest], Reply]
+AgentAnswer = Callable[[RecordedRequest], Reply | Awaitable[Reply]]
 
 
 def is_router(req: RecordedRequest) -> bool:
@@ -62,7 +62,7 @@ class BotWorld:
     def answer(self, fn: AgentAnswer) -> None:
         self.agent_answer = fn
 
-    def _respond(self, req: RecordedRequest) -> Reply:
+    def _respond(self, req: RecordedRequest) -> Reply | Awaitable[Reply]:
         if is_router(req):
             return reply(tool_use("route", {"agent": self.route_to(req.last_user_text)}))
         if is_compactor(req):

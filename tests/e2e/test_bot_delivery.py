@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from tests.e2e.conftest import BotWorld
@@ -37,7 +39,8 @@ async def test_flood_control_is_waited_out_and_the_answer_arrives_once(bot_world
 async def test_progress_shows_typing_and_a_draft_of_the_tool_in_use(bot_world: BotWorld) -> None:
     w = bot_world
 
-    def answer(req: RecordedRequest) -> Reply:
+    async def answer(req: RecordedRequest) -> Reply:
+        await asyncio.sleep(0.4)  # a model that takes its time, as real ones do
         if not req.tool_results:
             return reply(tool_use("get_current_time", {"timezone": "UTC"}))
         return reply("It is time.")

@@ -133,6 +133,8 @@ async def test_a_slow_draft_never_holds_the_answers_stream(fake_telegram: FakeTe
     async with Bot(fake_telegram.token, base_url=fake_telegram.base_url) as bot:
         p = Progress(bot, chat.id, None, private=True, draft_id=7)
         async with p:
+            await p("text", PARAGRAPH)
+            await asyncio.sleep(progress.FIRST_DRAFT_AFTER_S + 0.1)  # the first draft is due
             started = loop.time()
             for _ in range(20):
                 await p("text", PARAGRAPH)
@@ -140,4 +142,36 @@ async def test_a_slow_draft_never_holds_the_answers_stream(fake_telegram: FakeTe
         finished = loop.time() - started
     assert taken < 0.5, taken  # before: the first piece waited the whole second
     drafts = fake_telegram.calls("sendMessageDraft")
-    assert len(drafts) == 1 and finished >= 1.0  # the one draft due, answered before the exit
+    assert len(drafts) == 1 and finished >= 0.5  # the one draft due, answered before the exit
+
+
+async def test_an_answer_whole_at_once_goes_out_without_typing_or_a_draft(
+        fake_telegram: FakeTelegram) -> None:
+    """Neither the typing action nor a draft competes with a reply that is ready at once
+    (issue 15): both wait a moment, and the reply is the first thing the person sees."""
+    chat = fake_telegram.private_chat(fake_telegram.user("Dana"))
+    async with Bot(fake_telegram.token, base_url=fake_telegram.base_url) as bot:
+        async with Progress(bot, chat.id, None, private=True, draft_id=7) as p:
+            for _ in range(20):
+                await p("text", PARAGRAPH)
+        await asyncio.sleep(progress.FIRST_DRAFT_AFTER_S + 0.1)  # nothing left to fire later
+    assert fake_telegram.calls("sendMessageDraft") == []
+    assert fake_telegram.chat_actions(chat.id) == []
+
+
+async def test_a_run_that_goes_quiet_still_shows_typing_and_its_first_draft(
+        fake_telegram: FakeTelegram) -> None:
+    """The first draft falls due while no new text comes (a tool at work after the model's first
+    words): it is shown on time, without waiting for another piece."""
+    chat = fake_telegram.private_chat(fake_telegram.user("Dana"))
+    loop = asyncio.get_running_loop()
+    async with Bot(fake_telegram.token, base_url=fake_telegram.base_url) as bot:
+        async with Progress(bot, chat.id, None, private=True, draft_id=7) as p:
+            started = loop.time()
+            await p("text", "Let me look that up.")
+            await p("tool", "web_search")
+            await fake_telegram.wait_for(lambda: fake_telegram.drafts(chat.id), timeout=5)
+            shown = loop.time() - started
+    assert progress.FIRST_DRAFT_AFTER_S <= shown < progress.FIRST_DRAFT_AFTER_S + 1.0
+    assert [d["text"] for d in fake_telegram.drafts(chat.id)] == ["Let me look that up."]
+    assert [a["action"] for a in fake_telegram.chat_actions(chat.id)] == ["typing"]

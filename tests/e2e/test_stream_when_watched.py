@@ -44,6 +44,7 @@ async def test_an_answer_that_breaks_off_mid_stream_is_asked_once_more(
     # arrived. The SDK does not retry that; keel asks once more, and the person gets the whole
     # answer once. The broken call may be billed: it is charged at its worst case.
     monkeypatch.setattr(bot.progress, "DRAFT_EVERY_S", 0.0)  # a draft whenever none is on its way
+    monkeypatch.setattr(bot.progress, "FIRST_DRAFT_AFTER_S", 0.0)  # from the first piece on
     world = bot_world
     answer = "Green tea: two minutes at 80 °C. " * 20
     calls = iter([mid_stream_overload(answer, after_events=6, stream_delay=0.02),
