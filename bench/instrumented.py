@@ -182,9 +182,9 @@ class DbCounters:
             original_init(self, *args, **kwargs)
             self._lock = TimedLock()
 
-        async def fetchall(self: Any, sql: str, params: Any = ()) -> Any:
+        async def fetchall(self: Any, sql: str, params: Any = (), **kwargs: Any) -> Any:
             counters.reads[_caller()] += 1
-            return await original_fetchall(self, sql, params)
+            return await original_fetchall(self, sql, params, **kwargs)
 
         db.Database.__init__ = init  # type: ignore[method-assign]
         db.Database.fetchall = fetchall  # type: ignore[method-assign]
