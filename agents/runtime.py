@@ -116,6 +116,10 @@ class RunRequest:
     daily_caps_checked: bool = False
     """The caller checked the daily caps a moment ago and called no model since: the run's
     start does not read them again (each model call's hold still holds them)."""
+    chat_model: str | None = None
+    chat_model_known: bool = False
+    """The caller just read the chat's row: ``chat_model`` is its /model choice (None: none),
+    and the run does not read the row again."""
     purpose: Literal["turn", "compaction"] = "turn"
     """``compaction``: the agent summarises its own session over the prefix its last turn cached
     (``agents.sessions``): the chat's model, no graders, free text whatever its output type."""
@@ -603,7 +607,8 @@ class Runtime:
         KEEL_EXECUTOR_MODEL."""
         if (request.kind == "chat" or request.purpose == "compaction") \
                 and request.chat_id is not None:
-            chosen = await ConversationModels(self.db).get(request.chat_id, request.thread_id)
+            chosen = request.chat_model if request.chat_model_known else \
+                await ConversationModels(self.db).get(request.chat_id, request.thread_id)
             if chosen is not None and self.prices.get(chosen) is not None:
                 return chosen, "chat"
             if chosen is not None:

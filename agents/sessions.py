@@ -146,7 +146,8 @@ class Sessions:
             thread_id=thread_id, session_id=session_id, route=route, request_key=request_key,
             started=started, session_anchor=anchor,
             cache_forecast=await self._forecast(session_id, history, anchor), on_start=on_start,
-            daily_caps_checked=daily_caps_checked,
+            daily_caps_checked=daily_caps_checked, chat_model=conversation.model,
+            chat_model_known=True,
         )
 
         appended = 0

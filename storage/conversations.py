@@ -22,6 +22,8 @@ class Conversation:
     thread_id: int
     pinned_agent: str | None
     current_agent: str | None
+    model: str | None = None
+    """The model chosen for this chat with /model (``storage.conversation_model``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -225,7 +227,7 @@ class ConversationRepository:
 def _conversation(row: Any) -> Conversation:
     return Conversation(
         id=row["id"], chat_id=row["chat_id"], thread_id=row["thread_id"],
-        pinned_agent=row["pinned_agent"], current_agent=row["current_agent"],
+        pinned_agent=row["pinned_agent"], current_agent=row["current_agent"], model=row["model"],
     )
 
 

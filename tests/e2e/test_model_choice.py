@@ -4,6 +4,8 @@ own; a user cannot choose; a model without a price is refused, typed or forged."
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tests.e2e.conftest import BotWorld
@@ -35,7 +37,19 @@ async def test_model_is_chosen_per_chat_by_the_owner_and_only_priced(bot_world: 
                                and tg.sent(alice_chat.id)[-1])
     assert "claude-haiku-4-5" in edited["text"] and "reply_markup" not in edited
 
+    db = world.app.bot_data["runtime"].db
+    reads: list[str] = []
+    fetchall = db.fetchall  # (fetchone and fetchval read through it)
+
+    async def counted(sql: str, *args: Any, **kwargs: Any) -> Any:
+        reads.append(sql)
+        return await fetchall(sql, *args, **kwargs)
+
+    db.fetchall = counted
     assert await _answered(world, alice_chat.id, "hello") == "claude-haiku-4-5"
+    db.fetchall = fetchall
+    # the chat's row (its agent and its model) is read once a turn (issue 15: twice before)
+    assert sum("FROM conversations" in sql for sql in reads) == 1, reads
     assert await _answered(world, bob_chat.id, "hello") == DEFAULT_MODEL  # one chat only
 
     # the choice is in the trace of every run in that chat
