@@ -456,6 +456,8 @@ async def _serve(settings: Settings) -> int:
     gc.freeze()
     poller: Poller = app.bot_data["poller"]
     young = asyncio.create_task(_collect_young(poller))
+    # quick reads on the loop while it is not in a burst (storage.db.Database.inline)
+    app.bot_data["runtime"].db.inline = lambda: len(poller.tasks) < YOUNG_COLLECTION_BUSY
     stopped = asyncio.create_task(poller.stopped.wait())
     asked = asyncio.create_task(stop.wait())
     await asyncio.wait({stopped, asked}, return_when=asyncio.FIRST_COMPLETED)

@@ -53,6 +53,9 @@ async def test_a_quick_read_needs_no_thread_and_sees_the_last_commit(
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
         await db.fetchall("DELETE FROM t", quick=True)  # the loop's connection only reads
     assert await db.fetchval("SELECT COUNT(*) FROM t", quick=True) == 20
+    db.inline = lambda: False  # a burst in flight: quick reads go to a reader thread
+    assert await db.fetchval("SELECT v FROM t WHERE id = ?", (3,), quick=True) == "v3"
+    assert hops[1:] == ["SELECT v FROM t WHERE id = ?"]
 
 
 async def test_a_quick_read_sqlite_cannot_start_goes_to_a_reader_thread(
