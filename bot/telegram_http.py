@@ -17,6 +17,11 @@ Telegram may have received the request. Only a connection that was never made pr
 as their cause. Everything after the connection was made — a read timeout, a dropped or reset
 connection, a broken body — may have reached Telegram, and is reported as such. aiohttp never
 retries a POST on its own, so nothing is sent twice underneath keel.
+
+Proxies come from the environment (``HTTPS_PROXY``, ``NO_PROXY``, ...), read once per Telegram
+host, as python-telegram-bot's httpx client reads them once when it is made. aiohttp's own
+``trust_env`` would read them, and ``~/.netrc`` besides, in a thread on every call: two thread
+hops a call (issue 15), and a ~/.netrc login for the host sent along as a password.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ class TelegramRequest(BaseRequest):
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
         self._open = False
+        self._proxies: dict[str, tuple[Any, Any]] = {}
+        """scheme://host → (proxy URL, its headers), or (None, None) for a direct connection."""
 
     @property
     def read_timeout(self) -> float | None:
@@ -82,8 +89,7 @@ class TelegramRequest(BaseRequest):
         import aiohttp
 
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._connections, ssl=self._tls),
-            trust_env=True)  # proxies from the environment, as python-telegram-bot's httpx client
+            connector=aiohttp.TCPConnector(limit=self._connections, ssl=self._tls))
         log.info("Telegram calls go over aiohttp from now on")
 
     async def do_request(
@@ -109,7 +115,30 @@ class TelegramRequest(BaseRequest):
         connect = _given(connect_timeout, defaults.connect)
         pool = _given(pool_timeout, defaults.pool)
         return await _call(session, url, method, request_data, files, read=read, write=write,
-                           connect=connect, pool=pool, user_agent=self.USER_AGENT)
+                           connect=connect, pool=pool, user_agent=self.USER_AGENT,
+                           proxy=self._proxy(url))
+
+    def _proxy(self, url: str) -> tuple[Any, Any]:
+        """The environment's proxy for ``url``'s host (and its credentials), looked up once."""
+        slash = url.find("/", url.find("//") + 2)
+        origin = url if slash < 0 else url[:slash]
+        found = self._proxies.get(origin)
+        if found is None:
+            found = self._proxies[origin] = env_proxy(origin)
+        return found
+
+
+def env_proxy(origin: str) -> tuple[Any, Any]:
+    """(proxy URL, its headers) that the environment names for ``origin`` (``NO_PROXY``
+    counted), or (None, None)."""
+    from aiohttp.helpers import get_env_proxy_for_url
+    from yarl import URL
+
+    try:
+        proxy, auth = get_env_proxy_for_url(URL(origin))
+    except LookupError:  # no proxy for this scheme, or NO_PROXY names the host
+        return None, None
+    return proxy, None if auth is None else {"Proxy-Authorization": auth.encode()}
 
 
 def _given(value: ODVInput[float], default: float | None) -> float | None:
@@ -124,7 +153,8 @@ def _sum(*parts: float | None) -> float | None:
 async def _call(session: aiohttp.ClientSession, url: str, method: str,
                 request_data: RequestData | None, files: dict[str, Any] | None, *,
                 read: float | None, write: float | None, connect: float | None,
-                pool: float | None, user_agent: str) -> tuple[int, bytes]:
+                pool: float | None, user_agent: str,
+                proxy: tuple[Any, Any] = (None, None)) -> tuple[int, bytes]:
     import aiohttp
 
     fields = request_data.json_parameters if request_data else None
@@ -143,8 +173,12 @@ async def _call(session: aiohttp.ClientSession, url: str, method: str,
                                     connect=_sum(pool, connect), sock_connect=connect,
                                     sock_read=read)
     try:
-        async with session.request(method, url, data=body, headers={"User-Agent": user_agent},
-                                   timeout=timeout, allow_redirects=False) as response:
+        headers = {"User-Agent": user_agent}
+        if proxy[1] is not None and url.startswith("http:"):
+            headers.update(proxy[1])  # a plain-HTTP proxy reads them on the request itself
+        async with session.request(method, url, data=body, headers=headers,
+                                   timeout=timeout, allow_redirects=False,
+                                   proxy=proxy[0], proxy_headers=proxy[1]) as response:
             return response.status, await response.read()
     except aiohttp.ConnectionTimeoutError as exc:
         raise TimedOut(

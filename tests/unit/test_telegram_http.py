@@ -9,6 +9,7 @@ never left loses it (the chunk is kept as unconfirmed, not resent).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import socket
 import ssl
 from typing import Any
@@ -174,3 +175,88 @@ async def test_when_aiohttp_is_not_imported_yet_a_thread_imports_it_then_calls_m
         assert importers and importers[0] != threading.current_thread().name
     finally:
         await request.shutdown()
+
+
+class _CountingExecutor(concurrent.futures.ThreadPoolExecutor):
+    def __init__(self) -> None:
+        super().__init__(max_workers=2)
+        self.submitted: list[str] = []
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        self.submitted.append(getattr(fn, "__qualname__", repr(fn)))
+        return super().submit(fn, *args, **kwargs)
+
+
+def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ws_proxy",
+                            "wss_proxy", "netrc"):
+            monkeypatch.delenv(name)
+
+
+async def test_a_call_over_aiohttp_hands_nothing_to_a_thread(
+        fake_telegram: FakeTelegram, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every Telegram call used to hop to a thread twice (aiohttp's ``trust_env``: the proxy
+    variables and ~/.netrc read again on each call), ~0.1 ms of the loop's CPU a hop."""
+    _no_proxy_env(monkeypatch)
+    chat = fake_telegram.private_chat(fake_telegram.user("Alice", id=1001))
+    counting = _CountingExecutor()
+    asyncio.get_running_loop().set_default_executor(counting)
+    bot, request = await _upgraded_bot(fake_telegram)
+    try:
+        await bot.send_message(chat.id, "one")  # the first call looks up the proxy, once
+        counting.submitted.clear()
+        for n in range(5):
+            await bot.send_chat_action(chat.id, "typing")
+            await bot.send_message(chat.id, f"reply {n}")
+    finally:
+        await request.shutdown()
+    assert counting.submitted == []
+    assert fake_telegram.sent(chat.id)[-1]["text"] == "reply 4"
+    assert len(fake_telegram.chat_actions(chat.id)) == 5
+
+
+async def _a_proxy(seen: list[str]) -> tuple[Any, str]:
+    """An HTTP proxy that answers every call itself as Telegram would ("ok"), recording the
+    absolute URL and credentials it was asked for."""
+    from aiohttp import web
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(f"{request.headers.get('Proxy-Authorization', '-')} {request.url}")
+        return web.json_response({"ok": True, "result": True})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+async def test_proxies_from_the_environment_are_still_used_and_no_proxy_is_obeyed(
+        fake_telegram: FakeTelegram, monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+
+    _no_proxy_env(monkeypatch)
+    seen: list[str] = []
+    runner, proxy = await _a_proxy(seen)
+    monkeypatch.setenv("HTTP_PROXY", proxy.replace("http://", "http://keel:s3cret@"))
+    monkeypatch.setenv("NO_PROXY", "direct.invalid")
+    behind = "http://api.telegram.invalid/bot"  # only the proxy can reach it
+    bot, request = await _upgraded_bot(fake_telegram, base_url=behind)
+    direct, direct_request = await _upgraded_bot(fake_telegram, base_url="http://direct.invalid/bot")
+    try:
+        assert await bot.send_chat_action(1001, "typing")
+        assert await bot.send_chat_action(1001, "typing")
+        with pytest.raises(NetworkError):  # NO_PROXY: straight to a host that does not exist
+            await direct.send_chat_action(1001, "typing")
+    finally:
+        await request.shutdown()
+        await direct_request.shutdown()
+        await runner.cleanup()
+    auth = "Basic " + base64.b64encode(b"keel:s3cret").decode()
+    assert seen == [f"{auth} {behind}{fake_telegram.token}/sendChatAction"] * 2
