@@ -226,3 +226,30 @@ async def test_a_cancelled_call_leaves_the_client_usable(fake_anthropic: FakeAnt
 
 async def _ignore(piece: str) -> None:
     return None
+
+
+@pytest.mark.parametrize("environ", [{}, {"OTEL_TRACES_EXPORTER": "console"}])
+async def test_the_sdk_starts_no_span_unless_opentelemetry_is_set_up(
+        fake_anthropic: FakeAnthropic, monkeypatch: pytest.MonkeyPatch,
+        environ: dict[str, str]) -> None:
+    """Every call started a span through OpenTelemetry's no-op tracer, recorded by nobody."""
+    import os
+
+    from anthropic import _base_client
+
+    for name in list(os.environ):
+        if name.startswith(("OTEL_", "ANTHROPIC_OPEN_TELEMETRY")):
+            monkeypatch.delenv(name)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    spans: list[str] = []
+    real_start = _base_client.start_api_call_span
+
+    def counting_start(*args: Any, **kwargs: Any) -> Any:
+        spans.append("span")
+        return real_start(*args, **kwargs)
+
+    monkeypatch.setattr(_base_client, "start_api_call_span", counting_start)
+    plain, streamed = await _both(fake_anthropic, REPLIES["text"]())
+    assert plain.content == streamed.content
+    assert len(spans) == (2 if environ else 0)
