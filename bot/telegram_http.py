@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import ssl
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from telegram._utils.defaultvalue import DefaultValue
 from telegram._utils.types import ODVInput
@@ -158,8 +159,14 @@ async def _call(session: aiohttp.ClientSession, url: str, method: str,
     import aiohttp
 
     fields = request_data.json_parameters if request_data else None
-    body: Any = fields
-    if files:
+    headers = {"User-Agent": user_agent}
+    body: Any = None
+    if fields and not files:
+        # the form aiohttp would make of the dict, made here: aiohttp builds a multipart
+        # writer (and a random boundary) for every dict before it finds no file in it
+        body = urlencode(fields).encode()
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    elif files:
         form = aiohttp.FormData(quote_fields=False)
         for name, value in (fields or {}).items():
             form.add_field(name, value)
@@ -173,7 +180,6 @@ async def _call(session: aiohttp.ClientSession, url: str, method: str,
                                     connect=_sum(pool, connect), sock_connect=connect,
                                     sock_read=read)
     try:
-        headers = {"User-Agent": user_agent}
         if proxy[1] is not None and url.startswith("http:"):
             headers.update(proxy[1])  # a plain-HTTP proxy reads them on the request itself
         async with session.request(method, url, data=body, headers=headers,
