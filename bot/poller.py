@@ -38,6 +38,8 @@ CONFLICT_GIVE_UP_S = 60.0
 """How long getUpdates may keep answering 409 Conflict (another process takes this bot's
 updates) before keel stops with one line and a non-zero exit. Longer than one long poll, so an
 instance that was just stopped, whose last poll Telegram still holds, is waited out."""
+CROWD = 16
+"""Updates in flight at once from which the poller counts as crowded (``Poller.crowded``)."""
 
 Store = Callable[[list[InboxItem]], Coroutine[Any, Any, set[int]]]
 Dispatch = Callable[[Update], Coroutine[Any, Any, None]]
@@ -90,7 +92,7 @@ class Poller:
     def __init__(self, bot: Bot, *, store: Store, dispatch: Dispatch, order_key: OrderKey,
                  allowed_updates: list[str], timeout: int = POLL_TIMEOUT_S,
                  conflict_give_up_s: float | None = None, secrets: list[str] | None = None,
-                 warm_up: Callable[[], None] | None = None) -> None:
+                 warm_up: Callable[[], None] | None = None, crowd: int = CROWD) -> None:
         self.bot = bot
         self._warm_up = warm_up
         """Called once, with the first update handled: what only updates need (the model
@@ -104,6 +106,10 @@ class Poller:
         self.conflict_give_up_s = CONFLICT_GIVE_UP_S if conflict_give_up_s is None \
             else conflict_give_up_s
         self.tasks: set[asyncio.Task[None]] = set()
+        self.crowd = crowd
+        self.crowded = asyncio.Event()
+        """Set when ``crowd`` or more updates are being handled at once (a burst); whoever waits
+        for it clears it once the burst is over. Nothing needs to wake on a clock to notice."""
         self._tails: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self.fatal: BaseException | None = None
@@ -201,6 +207,8 @@ class Poller:
                                    name=f"update {update.update_id}")
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        if len(self.tasks) >= self.crowd:
+            self.crowded.set()
         if key is not None:
             self._tails[key] = task
 
