@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import queue
+import re
 import shutil
 import threading
 import time
@@ -56,11 +57,27 @@ needs no guess about its day."""
 _TAIL_CHUNK = 64 * 1024
 
 
+_JSON_ESCAPED = re.compile(r'["\\\x00-\x1f]')
+"""Characters ``json.dumps`` writes as escapes: a secret with one does not appear in JSON as is."""
+_SECRET_KEYS_JSON = tuple(f'"{key}"' for key in _SECRET_KEYS)
+
+
 class Redactor:
     """Replaces known secret values anywhere in an event, and drops values under secret-ish keys."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self.secrets = [s for s in secrets if s and len(s) >= 6]
+        self._readable_in_json = not any(_JSON_ESCAPED.search(s) for s in self.secrets)
+
+    def untouched(self, line: str) -> bool:
+        """Whether ``scrub`` would change nothing in the value that ``line`` is the JSON of: no
+        secret in it and no secret-ish key (a quoted name that only looks like one counts too).
+        Looking at the JSON once is cheaper than walking every string of a long history (issue
+        15: a run's first model request carries it all); where this says False, scrub decides."""
+        if not self._readable_in_json or any(secret in line for secret in self.secrets):
+            return False
+        lowered = line.lower()
+        return not any(key in lowered for key in _SECRET_KEYS_JSON)
 
     def scrub(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -70,7 +87,8 @@ class Redactor:
             return value
         if isinstance(value, dict):
             return {
-                k: (REDACTED if str(k).lower() in _SECRET_KEYS else self.scrub(v))
+                (self.scrub(k) if isinstance(k, str) else k):
+                    (REDACTED if str(k).lower() in _SECRET_KEYS else self.scrub(v))
                 for k, v in value.items()
             }
         if isinstance(value, list | tuple):
@@ -181,15 +199,19 @@ class TraceWriter:
             if self._closed:
                 raise ValueError(f"trace {self.trace_id} is closed")
             self._seq += 1
-            event = {
+            head = {
                 "ts": datetime.now(UTC).isoformat(timespec="microseconds"),
                 "trace_id": self.trace_id,
                 "run_id": self.run_id,
                 "seq": self._seq,
                 "type": type_,
-                **self._redactor.scrub(payload),
             }
-            self._pending.append(json.dumps(event, ensure_ascii=False, default=_json_default))
+            event = {**head, **payload}
+            line = json.dumps(event, ensure_ascii=False, default=_json_default)
+            if not self._redactor.untouched(line):
+                event = {**head, **self._redactor.scrub(payload)}
+                line = json.dumps(event, ensure_ascii=False, default=_json_default)
+            self._pending.append(line)
             if not self._scheduled:
                 self._scheduled = True
                 _SINK.schedule(self)

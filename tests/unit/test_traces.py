@@ -1,6 +1,7 @@
 import gzip
 import json
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -154,3 +155,64 @@ def test_housekeeping_gzips_old_days_and_deletes_past_retention(tmp_path: Path) 
         assert json.loads(fh.readline())["age"] == 1
     assert store.find("t40") is None
     assert not os.path.exists(tmp_path / (today - timedelta(days=40)).isoformat())
+
+
+SECRETS = ["sk-ant-secret-key", "123456:AAbot-token_x", 'pa"ss\\word\n!']
+
+
+def _old_line(redactor: Redactor, payload: dict) -> str:
+    """The line as every event was written before the JSON-first check: scrubbed, then dumped."""
+    from storage.traces import _json_default
+
+    return json.dumps(redactor.scrub(payload), ensure_ascii=False, default=_json_default)
+
+
+def _random_value(rng: random.Random, depth: int = 0) -> object:
+    pieces = ["hello", "sk-ant-secret-key", "123456:AAbot-token_x", 'pa"ss\\word\n!', "ä😀",
+              "token", "Authorization", "max_tokens", '"token"', "\x00ctl", "to\u212aen"]
+    kind = rng.randrange(6 if depth < 3 else 3)
+    if kind == 0:
+        return "".join(rng.choice(pieces) for _ in range(rng.randrange(4)))
+    if kind == 1:
+        return rng.choice([1, 2.5, None, True])
+    if kind == 2:
+        return (rng.choice(pieces), 3)  # a tuple: scrub makes it a list, as JSON does
+    if kind == 3:
+        return [_random_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+    keys = ["text", "role", "token", "TOKEN", "x-Api-Key", "api_key", "bot_token", "to\u212aen",
+            "authorization", "content", "tokens", "sk-ant-secret-key"]
+    return {rng.choice(keys): _random_value(rng, depth + 1) for _ in range(rng.randrange(4))}
+
+
+@pytest.mark.parametrize("secrets", [SECRETS[:2], SECRETS])
+def test_a_trace_line_is_the_scrubbed_one_whatever_the_payload(
+        tmp_path: Path, secrets: list[str]) -> None:
+    """Events are dumped first and walked by scrub only where the JSON shows a secret or a
+    secret-ish key (issue 15: a run's first model request carries the whole history). Every
+    line must still be exactly what scrubbing first gave: secrets inside any string, keys in
+    any case (Kelvin sign included), a secret JSON would write with escapes."""
+    rng = random.Random(15)
+    redactor = Redactor(secrets)
+    store = TraceStore(tmp_path, redactor=redactor)
+    w = store.writer(trace_id="t", run_id="r")
+    payloads = [{"body": _random_value(rng)} for _ in range(600)]
+    for payload in payloads:
+        w.emit("event", **payload)
+    w.close()
+    lines = store.find("t").path.read_text().splitlines()  # type: ignore[union-attr]
+    assert len(lines) == len(payloads)
+    for line, payload in zip(lines, payloads, strict=True):
+        body = line[line.index('"type": "event", ') + len('"type": "event", '):-1]
+        assert "{" + body + "}" == _old_line(redactor, payload)
+        for secret in secrets:
+            assert secret not in line and json.dumps(secret)[1:-1] not in line
+
+
+def test_untouched_is_only_said_of_json_scrub_would_leave_alone() -> None:
+    redactor = Redactor(SECRETS[:2])
+    assert redactor.untouched(json.dumps({"messages": [{"text": "hello", "max_tokens": 5}]}))
+    assert not redactor.untouched(json.dumps({"text": "key sk-ant-secret-key"}))
+    assert not redactor.untouched(json.dumps({"Authorization": "Bearer x"}))
+    assert not redactor.untouched(json.dumps({"to\u212aen": "x"}, ensure_ascii=False))
+    # a secret JSON escapes cannot be looked for in the JSON: scrub always decides
+    assert not Redactor(SECRETS).untouched(json.dumps({"text": "hello"}))
