@@ -260,3 +260,35 @@ async def test_proxies_from_the_environment_are_still_used_and_no_proxy_is_obeye
         await runner.cleanup()
     auth = "Basic " + base64.b64encode(b"keel:s3cret").decode()
     assert seen == [f"{auth} {behind}{fake_telegram.token}/sendChatAction"] * 2
+
+
+async def test_an_https_call_goes_through_the_proxys_connect_with_its_credentials(
+        fake_telegram: FakeTelegram, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Telegram's real API is https: behind a proxy, aiohttp tunnels with CONNECT, and the
+    proxy's credentials must be on that request."""
+    import base64
+
+    _no_proxy_env(monkeypatch)
+    seen: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")  # no tunnel today
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    monkeypatch.setenv("HTTPS_PROXY", f"http://keel:s3cret@127.0.0.1:{port}")
+    bot, request = await _upgraded_bot(fake_telegram, base_url="https://api.telegram.invalid/bot")
+    try:
+        with pytest.raises(NetworkError):
+            await bot.send_chat_action(1001, "typing")
+    finally:
+        await request.shutdown()
+        server.close()
+    [head] = seen
+    first, *rest = head.decode().split("\r\n")
+    assert first.startswith("CONNECT api.telegram.invalid:443 ")
+    headers = {name.lower(): value for name, _, value in (h.partition(": ") for h in rest if h)}
+    assert headers["proxy-authorization"] == "Basic " + base64.b64encode(b"keel:s3cret").decode()
