@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import inspect
 import json
 import os
 import time
@@ -109,9 +110,11 @@ class AnthropicModelClient:
         # takes a kept connection without the walk and parses HTTP in C.
         http = anthropic.DefaultAioHttpClient(verify=self._ssl, limits=httpx2.Limits(
             max_connections=MAX_CONNECTIONS, max_keepalive_connections=KEEP_ALIVE))
-        return anthropic.AsyncAnthropic(
-            **self._options, http_client=http,
-            open_telemetry=None if sdk_telemetry_wanted() else False)  # None: as the env says
+        options = dict(self._options)
+        if not sdk_telemetry_wanted() and "open_telemetry" in inspect.signature(
+                anthropic.AsyncAnthropic.__init__).parameters:  # an SDK without it: left as is
+            options["open_telemetry"] = False
+        return anthropic.AsyncAnthropic(**options, http_client=http)
 
     async def close(self) -> None:
         if self._client is not None:
