@@ -66,7 +66,7 @@ class Redactor:
     """Replaces known secret values anywhere in an event, and drops values under secret-ish keys."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self.secrets = [s for s in secrets if s and len(s) >= 6]
+        self.secrets = tuple(s for s in secrets if s and len(s) >= 6)  # fixed: see untouched
         self._readable_in_json = not any(_JSON_ESCAPED.search(s) for s in self.secrets)
 
     def untouched(self, line: str) -> bool:
