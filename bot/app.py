@@ -457,7 +457,7 @@ async def _serve(settings: Settings) -> int:
     poller: Poller = app.bot_data["poller"]
     young = asyncio.create_task(_collect_young(poller))
     # quick reads on the loop while it is not in a burst (storage.db.Database.inline)
-    app.bot_data["runtime"].db.inline = lambda: len(poller.tasks) < YOUNG_COLLECTION_BUSY
+    app.bot_data["runtime"].db.inline = lambda: len(poller.tasks) < poller.crowd
     stopped = asyncio.create_task(poller.stopped.wait())
     asked = asyncio.create_task(stop.wait())
     await asyncio.wait({stopped, asked}, return_when=asyncio.FIRST_COMPLETED)
@@ -473,7 +473,8 @@ async def _serve(settings: Settings) -> int:
 YOUNG_COLLECTION_S = 0.1
 """While updates are in flight, the youngest generation is collected this often."""
 YOUNG_COLLECTION_BUSY = CROWD
-"""Updates in flight from which the youngest generation is collected on the clock."""
+"""Updates in flight from which the youngest generation is collected on the clock: the poller's
+own ``crowd``, the one number both read."""
 
 
 async def _collect_young(poller: Poller) -> None:
@@ -487,9 +488,9 @@ async def _collect_young(poller: Poller) -> None:
         # asleep until a burst: an idle bot's loop has nothing to wake for (it woke 10 times a
         # second here, ~1 ms of CPU a second for nothing)
         await poller.crowded.wait()
-        while len(poller.tasks) >= YOUNG_COLLECTION_BUSY:
+        while len(poller.tasks) >= poller.crowd:
             await asyncio.sleep(YOUNG_COLLECTION_S)
-            if len(poller.tasks) >= YOUNG_COLLECTION_BUSY and gc.isenabled():
+            if len(poller.tasks) >= poller.crowd and gc.isenabled():
                 gc.collect(0)
         poller.crowded.clear()
 
