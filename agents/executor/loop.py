@@ -73,7 +73,7 @@ async def execute(
     """Run the loop over ``messages`` (history + this run's task). ``new_from`` is the index of
     the first message that belongs to this run."""
     hooks = hooks or Hooks()
-    prefix = Prefix.build(run.agent.system, catalog.schemas(), cache=caches(run.agent.name))
+    prefix = Prefix.of(run.agent.system, catalog, cache=caches(run.agent.name))
     run.trace.emit("prefix", sha256=prefix.sha256, model=run.model, system=prefix.system,
                    tools=prefix.tools, tokens_estimate=prefix.tokens)
     messages = list(messages)

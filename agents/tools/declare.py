@@ -25,7 +25,7 @@ import re
 import typing
 from collections.abc import Callable
 from datetime import date
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -55,6 +55,10 @@ class ToolArgs(BaseModel):
 
 class Tool:
     """One version of one tool, ready to be registered."""
+
+    definition_fixed: ClassVar[bool] = True
+    """``definition`` is the same for the object's whole life (it is made from what
+    ``__init__`` was given), so what is built from it can be kept (``Catalog.schemas_key``)."""
 
     def __init__(
         self,

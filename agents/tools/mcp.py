@@ -54,6 +54,8 @@ class McpArguments(BaseModel):
 class McpTool(Tool):
     """One allowed tool of one MCP server."""
 
+    definition_fixed = False  # a placeholder until the server lists it, then the server's
+
     def __init__(self, *, server: McpServer, tool: str, timeout_s: float | None = None,
                  side_effects: bool = False, idempotent: bool = True,
                  rate_limit: RateLimit | None = None, needs_approval: bool = False) -> None:

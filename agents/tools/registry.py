@@ -111,10 +111,21 @@ class Catalog:
     def names(self) -> list[str]:
         return list(self._tools)
 
-    def schemas(self) -> list[dict[str, Any]]:
+    def current(self) -> tuple[Tool, ...]:
+        """The version of each tool the model is offered today (retired ones left out)."""
         today = self._today()
-        return [versions[-1].definition() for versions in self._tools.values()
-                if not versions[-1].retired(today)]
+        return tuple(versions[-1] for versions in self._tools.values()
+                     if not versions[-1].retired(today))
+
+    def schemas(self) -> list[dict[str, Any]]:
+        return [tool.definition() for tool in self.current()]
+
+    def schemas_key(self) -> tuple[Tool, ...] | None:
+        """What ``schemas`` follows from, to share what is built from them
+        (``agents.executor.prepare.Prefix.of``): today's tools, when none of their definitions
+        can change (an MCP tool's can, when its server answers); None otherwise."""
+        current = self.current()
+        return current if all(tool.definition_fixed for tool in current) else None
 
     async def invoke(self, call: ToolCall, ctx: ToolContext) -> ToolOutcome:
         started = time.monotonic()
