@@ -74,8 +74,9 @@ async def execute(
     the first message that belongs to this run."""
     hooks = hooks or Hooks()
     prefix = Prefix.of(run.agent.system, catalog, cache=caches(run.agent.name))
-    run.trace.emit("prefix", sha256=prefix.sha256, model=run.model, system=prefix.system,
-                   tools=prefix.tools, tokens_estimate=prefix.tokens)
+    system, tools = prefix.encoded
+    run.trace.emit("prefix", sha256=prefix.sha256, model=run.model, system=system, tools=tools,
+                   tokens_estimate=prefix.tokens)
     messages = list(messages)
     # issue 13: start from the exact count the session kept from its last turn, if it still fits
     anchor = InputAnchor.seeded(run.session_anchor, prefix, messages)

@@ -6,6 +6,7 @@ import hashlib
 import json
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from agents.caching import system_blocks, tools_without_markers, with_breakpoints, with_ttl
@@ -13,6 +14,7 @@ from agents.model.types import ModelRequest
 from agents.run import Run
 from agents.tokens import estimate, request_bound
 from agents.tools.contract import ToolCatalog
+from storage.traces import Encoded
 
 PREFIXES_KEPT = 128
 """Prefixes ``Prefix.of`` keeps built: one for each system prompt and tool set in use."""
@@ -33,6 +35,12 @@ class Prefix:
     system prompt included."""
     cached: bool = True
     """Requests carry cache breakpoints (not for one-off requests: ``agents.caching.caches``)."""
+
+    @cached_property
+    def encoded(self) -> tuple[Encoded, Encoded]:
+        """System and tools for a trace's ``prefix`` event, encoded once for every run that
+        shares this prefix (``of``)."""
+        return Encoded(self.system), Encoded(self.tools)
 
     @classmethod
     def build(cls, system: str, tools: list[dict[str, Any]], *, cache: bool = True) -> Prefix:

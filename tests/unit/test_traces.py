@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.traces import REDACTED, Redactor, TraceStore
+from storage.traces import REDACTED, Encoded, Redactor, TraceStore
 
 
 def test_events_are_appended_with_sequence_and_secrets_scrubbed(tmp_path: Path) -> None:
@@ -204,6 +204,35 @@ def test_a_trace_line_is_the_scrubbed_one_whatever_the_payload(
     for line, payload in zip(lines, payloads, strict=True):
         body = line[line.index('"type": "event", ') + len('"type": "event", '):-1]
         assert "{" + body + "}" == _old_line(redactor, payload)
+        for secret in secrets:
+            assert secret not in line and json.dumps(secret)[1:-1] not in line
+
+
+@pytest.mark.parametrize("secrets", [SECRETS[:2], SECRETS])
+def test_fields_encoded_once_are_written_and_scrubbed_like_any_other(
+        tmp_path: Path, secrets: list[str]) -> None:
+    """A field passed as ``Encoded`` (a prefix's system and tools, encoded once for many runs)
+    gives the event the same fields and values, scrubbed wherever a secret shows."""
+    rng = random.Random(16)
+    redactor = Redactor(secrets)
+    store = TraceStore(tmp_path, redactor=redactor)
+    w = store.writer(trace_id="t", run_id="r")
+    payloads = [{key: _random_value(rng) for key in ("system", "sha256", "tools")}
+                for _ in range(600)]
+    returned = []
+    for payload in payloads:
+        wrapped = {k: Encoded(v) if rng.random() < 0.7 else v for k, v in payload.items()}
+        returned.append(w.emit("prefix", **wrapped))
+    w.close()
+    lines = store.find("t").path.read_text().splitlines()  # type: ignore[union-attr]
+    assert len(lines) == len(payloads)
+    head = ("ts", "trace_id", "run_id", "seq", "type")
+    for line, payload, event in zip(lines, payloads, returned, strict=True):
+        written = json.loads(line)
+        assert {k: v for k, v in written.items() if k not in head} == json.loads(
+            _old_line(redactor, payload))
+        assert json.loads(json.dumps({k: v for k, v in event.items() if k not in head})) == (
+            json.loads(json.dumps(redactor.scrub(payload))))
         for secret in secrets:
             assert secret not in line and json.dumps(secret)[1:-1] not in line
 
