@@ -26,13 +26,13 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, Self, TypeVar
 
 from storage.dialect import Dialect
+from storage.lane import Lane
 
 Params = Sequence[Any] | dict[str, Any]
 T = TypeVar("T")
@@ -288,8 +288,8 @@ class Database:
         self.path = Path(path) if str(path) != ":memory:" else path
         self._readers = readers
         self._writer: sqlite3.Connection | None = None
-        self._write_thread: ThreadPoolExecutor | None = None
-        self._read_threads: ThreadPoolExecutor | None = None
+        self._write_thread: Lane | None = None
+        self._read_threads: Lane | None = None
         self._read_conns: list[sqlite3.Connection] = []
         self._local = threading.local()
         self._lock = asyncio.Lock()
@@ -321,9 +321,9 @@ class Database:
     async def connect(self) -> None:
         if isinstance(self.path, Path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="keel-db-write")
-        self._writer = await asyncio.wrap_future(self._write_thread.submit(self._connect, True))
-        self._read_threads = ThreadPoolExecutor(self._readers, thread_name_prefix="keel-db-read")
+        self._write_thread = Lane(1, "keel-db-write")
+        self._writer = await self._write_thread.submit(self._connect, True)
+        self._read_threads = Lane(self._readers, "keel-db-read")
         if isinstance(self.path, Path):  # ":memory:" is a database of its own per connection
             here = self._connect()
             here.execute("PRAGMA busy_timeout=0").fetchall()  # never wait on the event loop
@@ -340,7 +340,7 @@ class Database:
     async def close(self) -> None:
         for pool in (self._read_threads, self._write_thread):
             if pool is not None:
-                await asyncio.to_thread(pool.shutdown, wait=True)
+                await asyncio.to_thread(pool.shutdown)
         self._read_threads = self._write_thread = None
         here = [self._here] if self._here is not None else []
         for conn in [*self._read_conns, *([self._writer] if self._writer else []), *here]:
@@ -387,7 +387,7 @@ class Database:
     def _on_writer(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
         conn = self._require(self._writer)
         assert self._write_thread is not None
-        return asyncio.wrap_future(self._write_thread.submit(fn, conn, *args, **kwargs))
+        return self._write_thread.submit(fn, conn, *args, **kwargs)
 
     async def execute_write(self, sql: str, params: Params = ()) -> int:
         """One statement, committed before this returns; returns the number of rows it changed.
@@ -471,7 +471,7 @@ class Database:
             except sqlite3.OperationalError as exc:
                 if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                     raise
-        cursor = await asyncio.wrap_future(self._read_threads.submit(self._read, sql, params))
+        cursor = await self._read_threads.submit(self._read, sql, params)
         return cursor._rows
 
     def _read(self, sql: str, params: Params) -> FetchedCursor:
