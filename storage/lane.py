@@ -36,24 +36,20 @@ class Lane:
         self._jobs: SimpleQueue[Any] = SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._start = threading.Lock()
-        self._done: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        self._done: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+        """Finished calls by the loop that awaits them; a loop's entry exists while a hand-back
+        of it is on its way to that loop."""
         self._done_lock = threading.Lock()
-        self._waking = False
-        """A hand-back of ``_done`` is already on its way to the loop."""
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
         """Run ``fn(*args, **kwargs)`` in one of the lane's threads; await the future for its
-        result or its exception. Called on the event loop, always the same one."""
+        result or its exception. Called on an event loop (the result comes back to it)."""
         if self._closed:
             raise RuntimeError(f"{self._name}: the lane is shut down")
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
         if len(self._threads) < self._size:
             self._grow()
-        future: asyncio.Future[T] = loop.create_future()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._jobs.put((future, fn, args, kwargs))
         return future
 
@@ -81,25 +77,23 @@ class Lane:
             del job, future, result  # nothing of the call is kept alive while idle
 
     def _hand_back(self, future: asyncio.Future[Any], ok: bool, result: Any) -> None:
+        loop = future.get_loop()
         with self._done_lock:
-            self._done.append((future, ok, result))
-            if self._waking:
+            waiting = self._done.get(loop)
+            if waiting is not None:  # a hand-back to that loop is on its way: join it
+                waiting.append((future, ok, result))
                 return
-            self._waking = True
-        loop = self._loop
-        assert loop is not None
+            self._done[loop] = [(future, ok, result)]
         try:
-            loop.call_soon_threadsafe(self._settle)
+            loop.call_soon_threadsafe(self._settle, loop)
         except RuntimeError:  # the loop is closed: nobody is left to hear the result
             with self._done_lock:
-                self._done.clear()
-                self._waking = False
+                self._done.pop(loop, None)
 
-    def _settle(self) -> None:
-        """On the loop: give every finished call its result."""
+    def _settle(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On ``loop``: give every call that finished for it its result."""
         with self._done_lock:
-            done, self._done = self._done, []
-            self._waking = False
+            done = self._done.pop(loop, [])
         for future, ok, result in done:
             if future.cancelled():
                 continue

@@ -39,11 +39,12 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
+
+from storage.lane import Lane
 
 log = logging.getLogger(__name__)
 
@@ -156,15 +157,15 @@ there, a burst's fsyncs held up the ``open`` of every new run's trace behind the
 DRAIN_THREADS = 2
 """Threads that write a run's queued lines while it waits (``TraceWriter.adrain``), apart from
 the closing ones, so a model request never waits behind other traces' fsyncs."""
-_pools: dict[str, ThreadPoolExecutor] = {}
+_pools: dict[str, Lane] = {}
 _pools_lock = threading.Lock()
 
 
-def _pool(name: str, threads: int) -> ThreadPoolExecutor:
+def _pool(name: str, threads: int) -> Lane:
     with _pools_lock:
         pool = _pools.get(name)
         if pool is None:
-            pool = _pools[name] = ThreadPoolExecutor(threads, thread_name_prefix=name)
+            pool = _pools[name] = Lane(threads, name)
         return pool
 
 
@@ -282,11 +283,11 @@ class TraceWriter:
             # it until they are in the file): every event emitted so far is written
             if not self._pending and not self._io.locked():
                 return
-        await asyncio.wrap_future(_pool("keel-trace-drain", DRAIN_THREADS).submit(self.drain))
+        await _pool("keel-trace-drain", DRAIN_THREADS).submit(self.drain)
 
     async def aclose(self) -> None:
         """``close`` in a thread of its own pool (it waits for the disk)."""
-        await asyncio.wrap_future(_pool("keel-trace-close", CLOSE_THREADS).submit(self.close))
+        await _pool("keel-trace-close", CLOSE_THREADS).submit(self.close)
 
     def close(self) -> None:
         with self._io:

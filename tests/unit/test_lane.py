@@ -111,3 +111,28 @@ async def test_the_database_hops_without_an_executor(tmp_path: Path, monkeypatch
         assert submitted == 0  # (closing waits for the threads in the default executor)
     finally:
         await db.close()
+
+
+def test_each_loop_gets_its_own_results_back() -> None:
+    """The trace lanes are shared by every loop in the process (a test's, a worker's)."""
+    lane = Lane(2, "test-lane")
+    gate = threading.Barrier(2)
+
+    async def use(tag: str) -> list[str]:
+        first = lane.submit(gate.wait)  # both loops have a call in the lane at once
+        rest = [lane.submit(str.upper, f"{tag}{n}") for n in range(50)]
+        await first
+        return await asyncio.gather(*rest)
+
+    results: dict[str, list[str]] = {}
+
+    def run(tag: str) -> None:
+        results[tag] = asyncio.run(use(tag))
+
+    threads = [threading.Thread(target=run, args=(tag,)) for tag in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert results == {tag: [f"{tag.upper()}{n}" for n in range(50)] for tag in ("a", "b")}
+    lane.shutdown()
