@@ -11,7 +11,8 @@ SYSTEM_USER = 0  # scheduled and command-line runs
 
 
 def today() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%d")
+    """The UTC day, ``YYYY-MM-DD``."""
+    return datetime.now(UTC).date().isoformat()
 
 
 @dataclass(frozen=True, kw_only=True)
