@@ -67,7 +67,7 @@ async def test_results_that_finish_together_wake_the_loop_once() -> None:
     loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
     try:
         futures = [lane.submit(int, n) for n in range(200)]
-        time.sleep(0.3)  # the loop is busy while every call finishes
+        time.sleep(0.3)  # noqa: ASYNC251 (on purpose: the loop is busy while every call finishes)
         assert await asyncio.gather(*futures) == list(range(200))
     finally:
         del loop.call_soon_threadsafe
