@@ -71,15 +71,19 @@ class ConversationLocks:
         return len(self._locks)
 
 
-INTAKE_AT_ONCE = 16
+INTAKE_AT_ONCE = 24
 """Messages between being taken and their first model call (the router's, or the run's) at once.
 Under a burst every message needs a few milliseconds of the event loop before its model call;
 with all of them interleaved, every one waited for nearly all the others (the first replies of a
 1,000-chat burst left after ~10 s, when the last model call had started). Taken in turn, the first
 model calls start, and their replies leave, while later messages are still being read. With 64 at
 once, the loop still had so many of them ready at a time that it ran late by over 50 ms 14 and 120
-times in two 1,000-chat bursts; with 16, once and twice, and the replies drained as fast. A message
-with files gives its slot back while they download (see ``_answer``)."""
+times in two 1,000-chat bursts; with 16, once and twice, and the replies drained as fast. Once a
+message's hops to the database got lighter (``storage/lane.py``), 24 started every model call of
+a 1,000-chat burst sooner than 16 in four pairs out of four (2.97 s against 3.14 s on average),
+with the longest stall 19-27 ms against 17-18 ms; 32 went a little further (2.88 s, two runs) with
+stalls of 28-30 ms, closer to the 50 ms that issue 15 allows. A message with files gives its slot
+back while they download (see ``_answer``)."""
 
 
 class IntakeGate:
