@@ -57,7 +57,6 @@ class Affordability:
         self.planner_model = planner_model
         self.conversations = conversations
         self.counts = counts
-        self._prefixes: dict[tuple[str, str], Prefix] = {}
 
     def price_of(self, spec: AgentSpec) -> tuple[str, Price]:
         """The model (and price) of a run's first call: the planner's for plan-then-execute."""
@@ -66,11 +65,8 @@ class Affordability:
         return model, self.prices.require(model)
 
     def prefix_of(self, spec: AgentSpec) -> Prefix:
-        key = (spec.name, spec.system)
-        if key not in self._prefixes:
-            self._prefixes[key] = Prefix.build(spec.system,
-                                               self.registry.catalog(list(spec.tools)).schemas())
-        return self._prefixes[key]
+        """The prefix the agent's runs share (``Prefix.of``: kept while its tools stay the same)."""
+        return Prefix.of(spec.system, self.registry.catalog(list(spec.tools)))
 
     async def first_call(self, spec: AgentSpec, task: dict[str, Any], *,
                          conversation_id: int | None, left_usd: float) -> FirstCall:

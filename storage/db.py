@@ -2,7 +2,8 @@
 
 Each database operation is one call into a thread that owns its SQLite connection, so a statement
 costs one hop off the event loop and back (the statement, its rows and its cursor's close travel
-together; the hop is a ``storage.lane.Lane``: one asyncio future, results handed back in batches). Writes go to one writer thread, only inside ``Database.write()``, under a lock, in a
+together; the hop is a ``storage.lane.Lane``: one asyncio future, results handed back in
+batches). Writes go to one writer thread, only inside ``Database.write()``, under a lock, in a
 transaction that ``BEGIN IMMEDIATE`` opens together with its first statement. Reads go to a small
 pool of reader threads, each with its own connection in autocommit mode: every read sees what was
 committed when it began (WAL lets readers run beside the writer and beside each other), and no

@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 _STOP = object()
+_Finished = tuple["asyncio.Future[Any]", bool, Any]
+"""A call's future, whether it returned, and what it returned or raised."""
 
 
 class Lane:
@@ -36,7 +38,7 @@ class Lane:
         self._jobs: SimpleQueue[Any] = SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._start = threading.Lock()
-        self._done: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+        self._done: dict[asyncio.AbstractEventLoop, list[_Finished]] = {}
         """Finished calls by the loop that awaits them; a loop's entry exists while a hand-back
         of it is on its way to that loop."""
         self._done_lock = threading.Lock()
