@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from agents.budget import MIN_USEFUL_OUTPUT_TOKENS
 from agents.caching import (
     SHORT_TTL_S,
     SUMMARY_TAG,
@@ -43,6 +44,7 @@ from agents.caching import (
 )
 from agents.executor.loop import OnProgress
 from agents.history import to_messages
+from agents.pricing import PER_MILLION, dearest_input_rate
 from agents.router import RouteDecision
 from agents.run import RunResult
 from agents.runtime import OnCommit, RunRequest, Runtime
@@ -85,6 +87,10 @@ class TurnResult:
     history_tokens: int | None = None
     """The session's history after the turn, by the stored estimates (``maybe_compact``'s
     test without reading the history again); None when unknown."""
+    outgrown: bool = False
+    """The history has outgrown the agent's run cap: the next turn's first call, with room for
+    a turn like the recent ones, would cost more than the cap (``maybe_compact`` compacts now,
+    below ``compact_at_tokens``)."""
 
 
 class Sessions:
@@ -164,12 +170,39 @@ class Sessions:
         result = await self.runtime.run(request, on_progress=on_progress, run_id=run_id,
                                         on_commit=commit)
         after = sum(m.tokens for m in history) + appended
+        outgrown = self.outgrows_cap(
+            agent, history_tokens=after, turns=len(split_turns(history)) + 1,
+            exact=result.anchor.tokens + appended if result.anchor is not None else None)
         compacted = False
         if compact if compact is not None else on_commit is None:
             compacted = await self.maybe_compact(session_id, user_id=user_id,
-                                                 history_tokens=after)
+                                                 history_tokens=after, outgrown=outgrown)
         return TurnResult(result=result, session_id=session_id, agent=agent, compacted=compacted,
-                          history_tokens=after)
+                          history_tokens=after, outgrown=outgrown)
+
+    def outgrows_cap(self, agent: str, *, history_tokens: int, turns: int,
+                     exact: int | None) -> bool:
+        """Whether the next turn's first call could no longer be paid from ``agent``'s run cap:
+        its input (``exact``: the last call's exact input plus what the turn appended; else the
+        prefix and the history by estimate) plus room for a turn like the average one, as
+        input for the question and as output for the answer, at the dearest rates.
+
+        Compaction waits for ``compact_at_tokens``; under a small cap the history would pass
+        what one run can pay first, and then every turn was refused before any call, for good:
+        a refused turn adds nothing, so the threshold was never reached (issue 13)."""
+        spec = self.runtime.agents.get(agent)
+        if spec is None:
+            return False
+        try:
+            affordability = self.runtime.affordability
+            _, price = affordability.price_of(spec)
+            prefix = affordability.prefix_of(spec).tokens if exact is None else 0
+        except Exception:  # an unknown price or tool is reported where the run needs it
+            return False
+        room = max(history_tokens / max(turns, 1), MIN_USEFUL_OUTPUT_TOKENS)
+        tokens = (exact if exact is not None else prefix + history_tokens) + room
+        need = (tokens * dearest_input_rate(price, "5m") + room * price.output) / PER_MILLION
+        return need > spec.limits.budget_usd
 
     async def _forecast(self, session_id: int, history: list[StoredMessage],
                         anchor: Any) -> CacheForecast:
@@ -240,22 +273,25 @@ class Sessions:
     # ------------------------------------------------------------------ compaction
 
     async def maybe_compact(self, session_id: int, *, user_id: int | None,
-                            history_tokens: int | None = None) -> bool:
+                            history_tokens: int | None = None, outgrown: bool = False) -> bool:
         """Summarise the oldest turns after the stable head once the history passes
         ``compact_at_tokens``, down to ``compact_to_fraction`` of it (the head counted).
         ``history_tokens``: the size the caller just knew it to have (``TurnResult``); below the
-        threshold the history is not read again."""
-        if history_tokens is not None and history_tokens <= self.compact_at_tokens:
+        threshold the history is not read again. ``outgrown``: the history has outgrown the
+        agent's run cap (``TurnResult.outgrown``): compacted now, down to the same fraction of
+        its present size."""
+        if not outgrown and history_tokens is not None \
+                and history_tokens <= self.compact_at_tokens:
             return False
         history = await self.repo.history(session_id)
         total = sum(m.tokens for m in history)
-        if total <= self.compact_at_tokens:
+        if not outgrown and total <= self.compact_at_tokens:
             return False
         head, rest = stable_head(history, compact_at_tokens=self.compact_at_tokens)
         turns = split_turns(rest)
         if len(turns) <= KEEP_RECENT_TURNS:
             return False
-        target = self.compact_at_tokens * self.compact_to_fraction
+        target = min(self.compact_at_tokens, total) * self.compact_to_fraction
         chosen: list[StoredMessage] = []
         remaining = total
         for turn in turns[:-KEEP_RECENT_TURNS]:

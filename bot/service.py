@@ -289,7 +289,8 @@ class KeelBot:
         # Compaction is its own step after the reply is committed and sent: a crash before it
         # loses nothing and repeats nothing (the next turn compacts instead).
         await self.sessions.maybe_compact(turn.session_id, user_id=message.user_id,
-                                          history_tokens=turn.history_tokens)
+                                          history_tokens=turn.history_tokens,
+                                          outgrown=turn.outgrown)
         return run_id
 
     async def _route(self, message: IncomingMessage, text: str, current: str | None,

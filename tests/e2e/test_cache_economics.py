@@ -184,3 +184,52 @@ async def test_turns_ten_minutes_apart_are_written_for_an_hour_and_replay(
     assert start["cache"]["forecast"]["gaps_s"][-1] == pytest.approx(600, abs=5)
     # the recorded cost (1-hour writes) is what replay recomputes the split from
     await assert_replays(fake_anthropic, monkeypatch, results[-1].result.trace_id)
+
+
+async def test_a_run_cap_below_the_compaction_threshold_compacts_before_the_chat_stops(
+    open_runtime: Callable[..., Any], fake_anthropic: FakeAnthropic,
+) -> None:
+    """At $0.05 a run affords ~12,000 input tokens; the default threshold (24,000 estimated) is
+    reached later, so the history outgrew the cap and every turn from the 22nd on was refused
+    before any call, for good: the refused turns added nothing, so it never compacted. The cap
+    now brings compaction forward, before the next turn's first call could not be paid."""
+    runtime: Runtime = await open_runtime(KEEL_RUN_BUDGET_USD="0.05")
+    sessions = Sessions(runtime, clock=fake_anthropic.now)
+    rng = random.Random(3)
+    results = []
+    for n in range(40):
+        turn = await chat_turn(runtime, sessions, question(rng, n))
+        assert turn.result.status == "completed", (n, turn.result.status, turn.result.detail)
+        assert turn.result.cost_usd <= 0.05
+        results.append(turn)
+        fake_anthropic.advance_clock(rng.uniform(20, 120))
+    assert sum(t.compacted for t in results) >= 1
+    assert max(t.history_tokens or 0 for t in results) < runtime.settings.compact_at_tokens
+
+
+async def test_a_chat_already_too_long_for_its_cap_is_compacted_after_one_refused_turn(
+    open_runtime: Callable[..., Any], fake_anthropic: FakeAnthropic,
+) -> None:
+    """A history that grew under a larger cap (or before this fix) and no longer fits: the turn
+    that finds it so is refused with nothing spent, the session is compacted after it (by the
+    compactor's cheaper model: the agent cannot afford to read it all), and the next turn is
+    answered."""
+    rng = random.Random(4)
+    first: Runtime = await open_runtime(KEEL_RUN_BUDGET_USD="1.00")
+    sessions = Sessions(first, clock=fake_anthropic.now)
+    for n in range(30):
+        turn = await chat_turn(first, sessions, question(rng, n))
+        assert turn.result.status == "completed", (n, turn.result.status)
+        assert not turn.compacted  # ~17,000 tokens by estimate: under the threshold
+        fake_anthropic.advance_clock(30)
+    await first.close()
+    runtime: Runtime = await open_runtime(KEEL_RUN_BUDGET_USD="0.05")
+    sessions = Sessions(runtime, clock=fake_anthropic.now)
+    refused = await chat_turn(runtime, sessions, question(rng, 30))
+    assert refused.result.status == "budget_exceeded", refused.result.status
+    assert refused.result.cost_usd == 0
+    assert refused.compacted
+    answered = await chat_turn(runtime, sessions, question(rng, 31))
+    assert answered.result.status == "completed", (answered.result.status,
+                                                   answered.result.detail)
+    assert answered.result.cost_usd <= 0.05
