@@ -318,3 +318,30 @@ async def test_a_budget_too_small_for_one_answer_says_so_and_spends_nothing(
     assert world.anthropic.message_requests == []
     assert "nothing was spent; " in message["text"]
     assert "this $0.0040 budget cannot cover one answer of at most 256 tokens" in message["text"]
+
+
+@pytest.mark.parametrize("small_budget_world", ["0.05"], indirect=True)
+async def test_a_long_chat_under_a_small_cap_is_answered_every_time(
+    small_budget_world: BotWorld,
+) -> None:
+    """Through the bot: at $0.05 a run pays for ~12,000 input tokens, half the default
+    compaction threshold. Every message is answered; the chat is compacted after a reply, once
+    the next turn would no longer fit the cap (before, from about the 22nd message on every one
+    was refused with "the budget is spent", for good)."""
+    world = small_budget_world
+    words = "soil compost tomato basil pepper water sun shade fence spring summer".split()
+
+    def answer(req: RecordedRequest) -> Any:
+        rng = random.Random(req.last_user_text)
+        return reply(" ".join(rng.choice(words) for _ in range(rng.randint(150, 350))) + ".")
+
+    world.answer(answer)
+    rng = random.Random(5)
+    for n in range(32):
+        world.telegram.inject_text(
+            world.alice_chat, f"q{n}: " + " ".join(rng.choice(words) for _ in range(60)) + "?")
+        message = await world.telegram.next_bot_message(world.alice_chat.id, timeout=10.0)
+        text = message["text"]
+        assert "budget" not in text and text.split()[0] in words, (n, text[:200])
+    assert any("Summary of the earlier conversation" in json.dumps(r.body)
+               for r in world.agent_requests), "no turn after a compaction"
