@@ -21,8 +21,10 @@ be long gone by then.
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 from dataclasses import dataclass, replace
+from statistics import NormalDist
 from typing import Any, Literal
 
 from agents.pricing import Price, ttl_pays
@@ -110,6 +112,9 @@ class CacheForecast:
     compact_at_tokens: int
     history_tokens: int
     """The history by the estimate compaction uses (it compacts past ``compact_at_tokens``)."""
+    prefix_tokens: int = 0
+    """The agent's tools and system. When the head's entry is gone at the next compaction, they
+    are written again with it, unless another session of the agent kept them cached."""
     head_new: bool = True
     """Whether this run writes the head: it is new (the first turn just became it, or a
     compaction just put a summary in it) or its entry has expired (the last gap was longer than
@@ -122,7 +127,8 @@ class CacheForecast:
                 "context_tokens": self.context_tokens, "head_tokens": self.head_tokens,
                 "turn_tokens": round(self.turn_tokens, 1),
                 "compact_at_tokens": self.compact_at_tokens,
-                "history_tokens": self.history_tokens, "head_new": self.head_new}
+                "history_tokens": self.history_tokens, "prefix_tokens": self.prefix_tokens,
+                "head_new": self.head_new}
 
 
 def plan_cache(price: Price, forecast: CacheForecast | None) -> CachePlan:
@@ -157,13 +163,32 @@ def plan_cache(price: Price, forecast: CacheForecast | None) -> CachePlan:
         return CachePlan(pin_tokens=pin, why=(
             f"5-minute writes: the head is already cached (its lifetime was chosen when it was "
             f"written); {gap_note}; next compaction in ~{eta / 60:.0f} min"))
-    if forecast.head_tokens and SHORT_TTL_S < eta <= LONG_TTL_S and ttl_pays(
-            price, chance=1.0, rewrite_tokens=forecast.head_tokens,
-            written_tokens=forecast.head_tokens):
+    chance = compaction_chance(eta, samples=len(gaps))
+    rewrite = forecast.head_tokens + forecast.prefix_tokens
+    if forecast.head_tokens and ttl_pays(price, chance=chance, rewrite_tokens=rewrite,
+                                         written_tokens=forecast.head_tokens):
         return CachePlan(head="1h", tail="5m", pin_tokens=pin, why=(
-            f"head 1 hour: the next compaction is expected in ~{eta / 60:.0f} min and reads its "
-            f"~{forecast.head_tokens} tokens; tail 5 min: {gap_note}"))
+            f"head 1 hour: the next compaction is expected in ~{eta / 60:.0f} min ({chance:.0%} "
+            f"likely 5-60 min from now, by {len(gaps)} gap(s)) and reads the head's "
+            f"~{forecast.head_tokens} tokens (~{rewrite} with tools and system); tail 5 min: "
+            f"{gap_note}"))
     return CachePlan(pin_tokens=pin, why=f"5-minute writes: {gap_note}; next compaction in ~{eta / 60:.0f} min")
+
+
+def compaction_chance(eta_s: float, *, samples: int) -> float:
+    """How likely the next compaction is 5-60 minutes away (when a head written now for 5 minutes
+    has expired and one written for an hour has not), when ``samples`` gaps between turns put it
+    ``eta_s`` away.
+
+    The forecast is the tokens left over the average turn, times the typical gap; with few gaps
+    seen it is a guess: people's gaps vary about as much as they last (a coefficient of variation
+    near 1), so the log of the real time is taken as normal around the log of the forecast with a
+    spread of 1/sqrt(samples). One gap of 112 s put a compaction 79 min away that came after 44
+    (the bench's seed 2): a 39% chance of being within the hour, not none."""
+    if eta_s <= 0 or samples <= 0:
+        return 0.0
+    spread = NormalDist(math.log(eta_s), 1 / math.sqrt(samples))
+    return spread.cdf(math.log(LONG_TTL_S)) - spread.cdf(math.log(SHORT_TTL_S))
 
 
 # ------------------------------------------------------------------ where the breakpoints go

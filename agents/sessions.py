@@ -151,7 +151,8 @@ class Sessions:
             kind="chat" if kind == "chat" else "cli", user_id=user_id, chat_id=chat_id,
             thread_id=thread_id, session_id=session_id, route=route, request_key=request_key,
             started=started, session_anchor=anchor,
-            cache_forecast=await self._forecast(session_id, history, anchor), on_start=on_start,
+            cache_forecast=await self._forecast(session_id, history, anchor, agent),
+            on_start=on_start,
             daily_caps_checked=daily_caps_checked, chat_model=conversation.model,
             chat_model_known=True,
         )
@@ -205,7 +206,7 @@ class Sessions:
         return need > spec.limits.budget_usd
 
     async def _forecast(self, session_id: int, history: list[StoredMessage],
-                        anchor: Any) -> CacheForecast:
+                        anchor: Any, agent: str) -> CacheForecast:
         """The session's rhythm as this turn starts: gaps between its recent turns, its size."""
         now = self.clock()
         starts = self._starts.get(session_id)
@@ -227,7 +228,18 @@ class Sessions:
         return CacheForecast(
             gaps_s=gaps, context_tokens=anchor.tokens if anchor is not None else total,
             head_tokens=sum(m.tokens for m in head), turn_tokens=total / len(turns) if turns else 0.0,
-            compact_at_tokens=self.compact_at_tokens, history_tokens=total, head_new=head_new)
+            compact_at_tokens=self.compact_at_tokens, history_tokens=total,
+            prefix_tokens=self._prefix_tokens(agent), head_new=head_new)
+
+    def _prefix_tokens(self, agent: str) -> int:
+        """The agent's tools and system by estimate (0 when they cannot be built here)."""
+        spec = self.runtime.agents.get(agent)
+        if spec is None:
+            return 0
+        try:
+            return self.runtime.affordability.prefix_of(spec).tokens
+        except Exception:  # an unknown tool is reported where the run needs it
+            return 0
 
     async def _seed_starts(self, session_id: int) -> list[float]:
         """When the session's last turns started, from its runs (after a restart, or on another

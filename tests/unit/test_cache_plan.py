@@ -123,3 +123,21 @@ def test_a_head_already_cached_keeps_the_lifetime_it_was_written_with() -> None:
     # long gaps still ask for a 1-hour tail, and a 1-hour marker may not follow a 5-minute one
     slow = replace(forecast((600.0, 900.0, 60.0), history=10_000), head_new=False)
     assert (plan_cache(SONNET, slow).head, plan_cache(SONNET, slow).tail) == ("1h", "1h")
+
+
+def test_one_gap_is_a_guess_and_tools_and_system_make_an_hour_for_the_head_pay() -> None:
+    # the bench's seed 2 at its second turn: one gap of 112 s and one turn of 555 tokens put the
+    # compaction ~79 min away, past the hour; it came after 44, and the turn after it wrote
+    # tools, system and head again. One gap says little: a 39% chance it is within the hour,
+    # against rewriting ~2,250 tokens at 1.25x for 555 written at 2x instead of 1.25x
+    guess = CacheForecast(gaps_s=(112.0,), context_tokens=2300, head_tokens=555,
+                          turn_tokens=555, compact_at_tokens=24_000, history_tokens=555,
+                          prefix_tokens=1700)
+    plan = plan_cache(SONNET, guess)
+    assert (plan.head, plan.tail) == ("1h", "5m"), plan.why
+    assert "~79 min (39% likely 5-60 min from now, by 1 gap(s))" in plan.why, plan.why
+    # the head alone (tools and system kept cached by other sessions) does not pay at 39%
+    assert plan_cache(SONNET, replace(guess, prefix_tokens=0)).head == "5m"
+    # eight gaps that agree the compaction is hours away: 5 minutes
+    sure = plan_cache(SONNET, replace(guess, gaps_s=(240.0,) * 8))
+    assert sure.head == "5m", sure.why
