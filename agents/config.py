@@ -114,7 +114,7 @@ class Settings(BaseSettings):
         description="Most one schedule's runs may spend in a UTC day (default: no such cap).",
     )
     escalation_ttl_s: float = Field(86_400, gt=0, validation_alias="KEEL_ESCALATION_TTL_S")
-    compact_at_tokens: int = Field(24_000, ge=1000, validation_alias="KEEL_COMPACT_AT_TOKENS")
+    compact_at_tokens: int = Field(32_000, ge=1000, validation_alias="KEEL_COMPACT_AT_TOKENS")
     router_continue_s: float = Field(
         120.0, ge=0, validation_alias="KEEL_ROUTER_CONTINUE_S",
         description="A message within this many seconds of its conversation's last turn stays "
