@@ -25,14 +25,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import budget_caps, concurrency, overhead, startup, token_economics, trace_open, workers
+from bench import (
+    budget_caps,
+    concurrency,
+    cost_caps,
+    overhead,
+    startup,
+    token_economics,
+    trace_open,
+    workers,
+)
 from bench.machine import machine_info
 from bench.report import table
 from bench.stage import Stage
 from bench.stats import median, ratio
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ALL = ("startup", "overhead", "concurrency", "tokens", "budget", "traces", "workers")
+ALL = ("startup", "overhead", "concurrency", "tokens", "budget", "caps", "traces", "workers")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -216,6 +225,14 @@ def _notes(results: dict[str, Any], plan: Plan) -> list[str]:
             "model call because even a 256-token answer's worst case (input estimated high and "
             "priced at the dearest input rate, plus output) did not fit the cap; they spent $0. "
             f"Statuses: {b['statuses']}.")
+    if "caps" in results:
+        notes.append(
+            "Caps: in process, keel's code through the real SDK against the fake server, judged "
+            "by what the server billed (its own usage at Anthropic's published prices, "
+            "tests/cost_harness.py). Daily caps: 20 conversations at once, six calls each, 0.02 s "
+            "a call; baseline: looking at the day's spend before each call (keel before issue "
+            "13). Hostile runs: control characters, CJK, emoji and JSON under a one-token-per-byte "
+            "tokenizer. The schedule fires every minute; its guard never finds news.")
     lost = {n: (sum(c["unanswered_per_repeat"]), len(c["pin_failures"]))
             for n, c in results.get("concurrency", {}).get("sizes", {}).items()}
     if any(a or b for a, b in lost.values()):
@@ -256,6 +273,8 @@ async def run(plan: Plan, only: set[str], profile: Path | None = None) -> dict[s
     if "budget" in only:
         await _section(results, "budget", lambda: budget_caps.measure(plan.budget_runs,
                                                                         plan.seed))
+    if "caps" in only:
+        await _section(results, "caps", lambda: cost_caps.measure(plan.budget_runs, plan.seed))
     if "traces" in only:
         await _section(results, "traces", lambda: trace_open.measure(list(plan.trace_stored),
                                                                      plan.trace_opens))

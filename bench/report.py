@@ -151,6 +151,25 @@ def _target_rows(results: dict[str, Any]) -> list[list[str]]:
     if high and high.get("turns") == 60 and high.get("min_cacheable_tokens") == 4096:
         row("60-turn chat at a 4,096-token minimum, cache hit ratio overall (issue 13)",
             f"{high['keel_cache_hit_ratio']:.1%}", "≥ 90%", high["keel_cache_hit_ratio"] >= 0.90)
+    caps = results.get("caps")
+    if caps is not None:
+        d = caps["daily"]
+        for name, what in (("overall", "20 people at once, overall daily cap"),
+                           ("per_user", "one person in 20 topics, daily cap per person")):
+            keel = d[name]["keel"]
+            held = (keel["billed_usd"] <= d["cap_usd"] + 1e-9
+                    and abs(keel["billed_usd"] - keel["recorded_usd"]) < 0.005)
+            row(f"{what}: billed ≤ the cap, and keel's record agrees to the cent (issue 13)",
+                f"{_usd(keel['billed_usd'])} (recorded {_usd(keel['recorded_usd'])})",
+                f"≤ {_usd(d['cap_usd'])}", held)
+        a, h, g = caps["adversarial"], caps["hello"], caps["guard"]["keel"]
+        row(f"{a['runs']} runs with hostile input, over their cap by the server's usage "
+            "(issue 13)", str(a["over_cap"]), "0", a["over_cap"] == 0)
+        row("\"hello\" completes under a $0.01 run cap (issue 13)",
+            f"{h['status']}, {_usd(h['billed_usd'])}", "completed, ≤ $0.01",
+            h["status"] == "completed" and h["billed_usd"] <= h["cap_usd"])
+        row(f"a schedule whose guard finds nothing new, model requests over {g['fires']} fires "
+            "(issue 13)", str(g["model_requests"]), "0", g["model_requests"] == 0)
     return rows
 
 
@@ -219,6 +238,30 @@ def _budget_rows(r: dict[str, Any]) -> list[list[str]]:
     ]
 
 
+def _caps_rows(r: dict[str, Any]) -> list[list[str]]:
+    d, a, h, g = r["daily"], r["adversarial"], r["hello"], r["guard"]
+    rows = []
+    for name, what in (("overall", "20 people at once, a $0.05 overall daily cap"),
+                       ("per_user", "one person in 20 topics, a $0.05 daily cap per person")):
+        keel, base = d[name]["keel"], d[name]["baseline"]
+        rows.append([f"Caps: {what} — billed by the server · recorded by keel",
+                     f"{_usd(keel['billed_usd'])} · {_usd(keel['recorded_usd'])}",
+                     f"{_usd(base['billed_usd'])} (checked before each call, not held)",
+                     _x(base["billed_usd"] / d["cap_usd"]) + " the cap"])
+    rows.append([f"Caps: {a['runs']} runs with hostile input, one token per byte — over their "
+                 "cap by the server's usage", f"{a['over_cap']}",
+                 f"must be 0; {a['model_calls']} calls, {a['refused_before_any_call']} runs "
+                 "refused before any call", f"max billed/cap {a['max_billed_over_cap']:.2f}"])
+    rows.append([f"Caps: 'hello' to the built-in assistant under a {_usd(h['cap_usd'])} run cap",
+                 f"{h['status']}, billed {_usd(h['billed_usd'])}", "", ""])
+    keel, base = g["keel"], g["baseline"]
+    rows.append([f"Caps: a schedule whose guard finds nothing new, {keel['fires']} fires — model "
+                 "requests · billed",
+                 f"{keel['model_requests']} · {_usd(keel['billed_usd'])}",
+                 f"{base['model_requests']} · {_usd(base['billed_usd'])} (no guard)", ""])
+    return rows
+
+
 def _workers_rows(r: dict[str, Any]) -> list[list[str]]:
     rows = []
     shapes = r.get("shapes", [])
@@ -235,7 +278,8 @@ def _workers_rows(r: dict[str, Any]) -> list[list[str]]:
 
 SECTIONS = (("overhead", _overhead_rows), ("concurrency", _concurrency_rows),
             ("memory", None), ("startup", _startup_rows), ("tokens", _token_rows),
-            ("budget", _budget_rows), ("workers", _workers_rows), ("targets", None))
+            ("budget", _budget_rows), ("caps", _caps_rows), ("workers", _workers_rows),
+            ("targets", None))
 
 
 def table(results: dict[str, Any]) -> str:
