@@ -105,6 +105,7 @@ async def _keel(conv: Conversation, workdir: Path, min_cache: int | None = None)
         try:
             sessions = Sessions(runtime, clock=fake.now)  # keel sees the gaps the cache sees
             compactions = 0
+            dearest_turn, completed = 0.0, 0
             for question, gap in zip(conv.questions, conv.gaps, strict=True):
                 conversation = await runtime.conversations.get_or_create(CHAT_ID, None)
                 run_id = new_id()  # as the bot does: the router is held under the run's id
@@ -117,7 +118,9 @@ async def _keel(conv: Conversation, workdir: Path, min_cache: int | None = None)
                     content=[{"type": "text", "text": question}], user_id=USER_ID, route=route)
                 if turn.result.status != "completed":
                     raise RuntimeError(f"turn ended {turn.result.status}: {turn.result.detail}")
+                completed += 1
                 compactions += turn.compacted
+                dearest_turn = max(dearest_turn, turn.result.cost_usd)
                 fake.advance_clock(gap)
         finally:
             await runtime.close()
@@ -126,6 +129,7 @@ async def _keel(conv: Conversation, workdir: Path, min_cache: int | None = None)
                         if kind_of(r) == "agent"]
         first_agent = next(r for r in records if kind_of(r) == "agent")
         return {"records": records, "compactions": compactions, "agent_inputs": agent_inputs,
+                "dearest_turn_usd": dearest_turn, "completed": completed,
                 "first_agent_body": first_agent.body, "unexpected": len(fake.unexpected)}
 
 
@@ -169,6 +173,8 @@ async def conversation(turns: int, seed: int, min_cache: int | None = None) -> d
     total = _summarise(everything, turns)
     return {
         "turns": turns, "seed": seed, "compactions": keel["compactions"],
+        "turns_completed": keel["completed"], "run_budget_usd": float(RUN_BUDGET_USD),
+        "dearest_turn_usd": round(keel["dearest_turn_usd"], 6),
         "agent_model": keel["first_agent_body"]["model"],
         "keel": total,
         "keel_agent_only": _summarise(parts["agent"], turns),
