@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from telegram import BotCommand, Update
+from telegram import BotCommand, Message, Update
 from telegram.ext import ContextTypes
 
 from agents.approvals import code_block
@@ -152,9 +152,28 @@ async def cost(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
                         per_user_cap=settings.daily_budget_usd_per_user)
     if everyone and message.chat.type != "private":
         lines.append("_Everyone's figures: ask me in a private chat._")
+    lines += await _session_lines(keel, message)
     lines.append(f"Each run is capped at ${settings.run_budget_usd:.2f} unless its agent says "
                  "otherwise.")
     await _reply(update, context, "\n".join(lines))
+
+
+async def _session_lines(keel: KeelBot, message: Message) -> list[str]:
+    """The prompt cache of this chat's (or topic's) live conversation, per agent: what share of
+    its input was read from the cache, and what it wrote and sent uncached."""
+    thread = message.message_thread_id if message.is_topic_message else None
+    where = "this topic" if thread is not None else "this chat"
+    lines = []
+    for agent, stats in await keel.runtime.conversations.live_session_stats(message.chat_id,
+                                                                             thread):
+        total = stats.input_tokens + stats.cache_read_tokens + stats.cache_write_tokens
+        if not total:
+            continue
+        lines.append(
+            f"Prompt cache, {where} with `{agent}`: {stats.cache_hit_ratio:.0%} of "
+            f"{total:,} input tokens read from it ({stats.cache_write_tokens:,} written, "
+            f"{stats.input_tokens:,} sent uncached); {stats.compactions} compaction(s).")
+    return lines
 
 
 async def _scope(keel: KeelBot, update: Update) -> tuple[Scope, bool]:

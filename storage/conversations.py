@@ -139,6 +139,21 @@ class ConversationRepository:
             raise KeyError(f"no session {session_id}")
         return SessionStats(**dict(row))
 
+    async def live_session_stats(self, chat_id: int,
+                                 thread_id: int | None) -> list[tuple[str, SessionStats]]:
+        """The live sessions of a chat (or topic), by agent, with their token counters (oldest
+        first); nothing is created."""
+        rows = await self.db.fetchall(
+            "SELECT s.agent, s.input_tokens, s.cache_read_tokens, s.cache_write_tokens,"
+            " s.output_tokens, s.compactions FROM sessions s"
+            " JOIN conversations c ON c.id = s.conversation_id"
+            " WHERE c.chat_id = ? AND c.thread_id = ? AND s.archived_at IS NULL ORDER BY s.id",
+            (chat_id, thread_id or NO_THREAD))
+        return [(str(r["agent"]), SessionStats(
+            input_tokens=int(r["input_tokens"]), cache_read_tokens=int(r["cache_read_tokens"]),
+            cache_write_tokens=int(r["cache_write_tokens"]), output_tokens=int(r["output_tokens"]),
+            compactions=int(r["compactions"]))) for r in rows]
+
     async def session_owner(self, session_id: int) -> tuple[str, int, int | None] | None:
         """(agent, chat_id, thread_id) of a session; None when there is no such session."""
         row = await self.db.fetchone(

@@ -147,6 +147,15 @@ async def test_commands_pin_an_agent_and_report_cost(bot_world: BotWorld) -> Non
     w.telegram.inject_text(w.alice_chat, "/cost")
     msg = await w.telegram.next_bot_message(w.alice_chat.id, timeout=10)
     assert "You: $" in msg["text"]
+    # the chat's own conversation: its prompt cache, by the session's counters (one cold turn:
+    # everything written, nothing read yet)
+    agent = [r for r in w.anthropic.message_requests if r.usage and not is_router(r)]
+    written = sum(r.usage["cache_creation_input_tokens"] for r in agent)
+    assert written > 0
+    total = written + sum(r.usage["input_tokens"] for r in agent)
+    line = (f"Prompt cache, this chat with researcher: 0% of {total:,} input tokens read from "
+            f"it ({written:,} written")
+    assert line in msg["text"], msg["text"]
     w.telegram.inject_text(w.alice_chat, "/runs")
     msg = await w.telegram.next_bot_message(w.alice_chat.id, timeout=10)
     assert "researcher" in msg["text"] and "completed" in msg["text"]
