@@ -27,7 +27,8 @@ from dataclasses import dataclass, replace
 from statistics import NormalDist
 from typing import Any, Literal
 
-from agents.pricing import Price, ttl_pays
+from agents.budget import MIN_USEFUL_OUTPUT_TOKENS
+from agents.pricing import PER_MILLION, Price, dearest_input_rate, ttl_pays
 from agents.tokens import TOOLS_PROMPT_TOKENS, bound, estimate
 
 EPHEMERAL: dict[str, str] = {"type": "ephemeral"}
@@ -131,7 +132,8 @@ class CacheForecast:
                 "head_new": self.head_new}
 
 
-def plan_cache(price: Price, forecast: CacheForecast | None) -> CachePlan:
+def plan_cache(price: Price, forecast: CacheForecast | None, *,
+               budget_usd: float | None = None) -> CachePlan:
     """The cheapest TTLs for a session's next run, by its own gaps between turns and the price.
 
     Tail: a gap of 5-60 minutes makes a 5-minute entry expire and the next turn rewrite the whole
@@ -150,7 +152,8 @@ def plan_cache(price: Price, forecast: CacheForecast | None) -> CachePlan:
     long = sum(1 for g in gaps if SHORT_TTL_S < g <= LONG_TTL_S)
     share = long / len(gaps)
     if long and ttl_pays(price, chance=share, rewrite_tokens=forecast.context_tokens,
-                         written_tokens=forecast.turn_tokens):
+                         written_tokens=forecast.turn_tokens) \
+            and _hour_fits(price, forecast, budget_usd, hour_tokens=None):
         return CachePlan(head="1h", tail="1h", pin_tokens=pin, why=(
             f"1-hour writes: {long} of the last {len(gaps)} gaps between turns were 5-60 min; "
             f"rewriting ~{forecast.context_tokens} tokens after such a gap costs more than "
@@ -166,13 +169,30 @@ def plan_cache(price: Price, forecast: CacheForecast | None) -> CachePlan:
     chance = compaction_chance(eta, samples=len(gaps))
     rewrite = forecast.head_tokens + forecast.prefix_tokens
     if forecast.head_tokens and ttl_pays(price, chance=chance, rewrite_tokens=rewrite,
-                                         written_tokens=forecast.head_tokens):
+                                         written_tokens=forecast.head_tokens) \
+            and _hour_fits(price, forecast, budget_usd, hour_tokens=rewrite):
         return CachePlan(head="1h", tail="5m", pin_tokens=pin, why=(
             f"head 1 hour: the next compaction is expected in ~{eta / 60:.0f} min ({chance:.0%} "
             f"likely 5-60 min from now, by {len(gaps)} gap(s)) and reads the head's "
             f"~{forecast.head_tokens} tokens (~{rewrite} with tools and system); tail 5 min: "
             f"{gap_note}"))
     return CachePlan(pin_tokens=pin, why=f"5-minute writes: {gap_note}; next compaction in ~{eta / 60:.0f} min")
+
+
+def _hour_fits(price: Price, forecast: CacheForecast, budget_usd: float | None, *,
+               hour_tokens: float | None) -> bool:
+    """Whether the run's first call still fits ``budget_usd`` with 1-hour markers: its worst case
+    prices every token up to the last 1-hour marker (``hour_tokens``; None: all of them) at the
+    1-hour write rate (2x input, against 1.25x). A cheaper cache is not worth a refused turn:
+    under a cap the 5-minute plan fits, the 1-hour one may not."""
+    if budget_usd is None:
+        return True
+    tokens = max(forecast.context_tokens, forecast.prefix_tokens + forecast.history_tokens) \
+        + forecast.turn_tokens
+    hour = tokens if hour_tokens is None else min(hour_tokens, tokens)
+    usd = (hour * dearest_input_rate(price, "1h") + (tokens - hour) * dearest_input_rate(price, "5m")
+           + MIN_USEFUL_OUTPUT_TOKENS * price.output) / PER_MILLION
+    return usd <= budget_usd
 
 
 def compaction_chance(eta_s: float, *, samples: int) -> float:

@@ -320,7 +320,8 @@ class Runtime:
             run.started = request.started
         run.session_anchor = request.session_anchor
         if request.cache_forecast is not None:  # issue 13: 1-hour writes only where they pay
-            run.cache_plan = plan_cache(price, request.cache_forecast)
+            run.cache_plan = plan_cache(price, request.cache_forecast,
+                                        budget_usd=limits.budget_usd)
         # issue 13: every call held against the daily caps (and its schedule's)
         self.attach_ledger(run, schedule=request.schedule)
 

@@ -141,3 +141,19 @@ def test_one_gap_is_a_guess_and_tools_and_system_make_an_hour_for_the_head_pay()
     # eight gaps that agree the compaction is hours away: 5 minutes
     sure = plan_cache(SONNET, replace(guess, gaps_s=(240.0,) * 8))
     assert sure.head == "5m", sure.why
+
+
+def test_an_hour_is_never_chosen_where_its_worst_case_would_not_fit_the_run_cap() -> None:
+    # a 13,000-token system prompt and a 46-token first turn, the next turn a second later: the
+    # hour pays for the head, but the run's first call must then hold every token up to the head
+    # at the 1-hour rate (2x input): ~$0.082 against a $0.06 cap, so the turn would be refused
+    # before any call (the 5-minute plan fits). Under $0.50 it fits.
+    quick = CacheForecast(gaps_s=(0.9,), context_tokens=9937, head_tokens=46, turn_tokens=46,
+                          compact_at_tokens=32_000, history_tokens=46, prefix_tokens=13_001)
+    assert plan_cache(SONNET, quick).head == "1h"
+    assert plan_cache(SONNET, quick, budget_usd=0.50).head == "1h"
+    assert plan_cache(SONNET, quick, budget_usd=0.06).head == "5m"
+    # the same for the whole context after long gaps: 1 hour pays, and fits only a larger cap
+    slow = forecast((600.0, 900.0, 60.0), history=10_000)
+    assert plan_cache(SONNET, slow, budget_usd=0.50).tail == "1h"
+    assert plan_cache(SONNET, slow, budget_usd=0.06).tail == "5m"
