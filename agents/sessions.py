@@ -173,7 +173,8 @@ class Sessions:
         after = sum(m.tokens for m in history) + appended
         outgrown = self.outgrows_cap(
             agent, history_tokens=after, turns=len(split_turns(history)) + 1,
-            exact=result.anchor.tokens + appended if result.anchor is not None else None)
+            exact=result.anchor.tokens + appended if result.anchor is not None else None,
+            model=conversation.model if kind == "chat" else None, budget_usd=result.budget_usd)
         compacted = False
         if compact if compact is not None else on_commit is None:
             compacted = await self.maybe_compact(session_id, user_id=user_id,
@@ -182,7 +183,8 @@ class Sessions:
                           history_tokens=after, outgrown=outgrown)
 
     def outgrows_cap(self, agent: str, *, history_tokens: int, turns: int,
-                     exact: int | None) -> bool:
+                     exact: int | None, model: str | None = None,
+                     budget_usd: float | None = None) -> bool:
         """Whether the next turn's first call could no longer be paid from ``agent``'s run cap:
         its input (``exact``: the last call's exact input plus what the turn appended; else the
         prefix and the history by estimate) plus room for a turn like the average one, as
@@ -190,20 +192,25 @@ class Sessions:
 
         Compaction waits for ``compact_at_tokens``; under a small cap the history would pass
         what one run can pay first, and then every turn was refused before any call, for good:
-        a refused turn adds nothing, so the threshold was never reached (issue 13)."""
+        a refused turn adds nothing, so the threshold was never reached (issue 13).
+
+        ``model``: the chat's /model choice, whose price is used while it has one (as the run
+        does); ``budget_usd``: the run's own cap (else the agent's)."""
         spec = self.runtime.agents.get(agent)
         if spec is None:
             return False
         try:
             affordability = self.runtime.affordability
-            _, price = affordability.price_of(spec)
+            chosen = self.runtime.prices.get(model) if model else None
+            price = chosen if chosen is not None else affordability.price_of(spec)[1]
             prefix = affordability.prefix_of(spec).tokens if exact is None else 0
         except Exception:  # an unknown price or tool is reported where the run needs it
             return False
+        cap = budget_usd if budget_usd else spec.limits.budget_usd
         room = max(history_tokens / max(turns, 1), MIN_USEFUL_OUTPUT_TOKENS)
         tokens = (exact if exact is not None else prefix + history_tokens) + room
         need = (tokens * dearest_input_rate(price, "5m") + room * price.output) / PER_MILLION
-        return need > spec.limits.budget_usd
+        return need > cap
 
     async def _forecast(self, session_id: int, history: list[StoredMessage],
                         anchor: Any, agent: str) -> CacheForecast:

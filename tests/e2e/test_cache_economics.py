@@ -25,6 +25,7 @@ from agents.pricing import PriceTable
 from agents.run import new_id
 from agents.runtime import Runtime
 from agents.sessions import Sessions, TurnResult, is_compaction_request
+from storage.conversation_model import ConversationModels
 from tests.fakes.anthropic import FakeAnthropic, RecordedRequest, Reply, reply, tool_use
 from tests.unit.test_replay_shapes import assert_replays
 
@@ -233,3 +234,24 @@ async def test_a_chat_already_too_long_for_its_cap_is_compacted_after_one_refuse
     assert answered.result.status == "completed", (answered.result.status,
                                                    answered.result.detail)
     assert answered.result.cost_usd <= 0.05
+
+
+async def test_a_chat_on_a_dearer_model_compacts_by_that_models_price(
+    open_runtime: Callable[..., Any], fake_anthropic: FakeAnthropic,
+) -> None:
+    """/model chose Opus 4.7 (1.67x Sonnet's prices) for this chat: at $0.08 a run pays for
+    ~10,000 input tokens on it, ~19,000 on the agent's own Sonnet. Compaction is brought forward
+    by the price the chat's runs really pay, so no turn is refused."""
+    runtime: Runtime = await open_runtime(KEEL_RUN_BUDGET_USD="0.08")
+    await ConversationModels(runtime.db).set(CHAT, None, "claude-opus-4-7")
+    sessions = Sessions(runtime, clock=fake_anthropic.now)
+    rng = random.Random(6)
+    results = []
+    for n in range(40):
+        turn = await chat_turn(runtime, sessions, question(rng, n))
+        assert turn.result.status == "completed", (n, turn.result.status, turn.result.detail)
+        results.append(turn)
+        fake_anthropic.advance_clock(rng.uniform(20, 120))
+    assert {r.model for r in fake_anthropic.message_requests if r.usage and kind(r) == "agent"} \
+        == {"claude-opus-4-7"}
+    assert sum(t.compacted for t in results) >= 1
