@@ -145,13 +145,14 @@ class Sessions:
         history, anchor = await asyncio.gather(self.repo.history(session_id),
                                                self.counts.anchor(session_id))
         messages = to_messages(history)
+        turns = split_turns(history)
         task = {"role": "user", "content": content}
         request = RunRequest(
             agent=agent, messages=[*messages, task], new_from=len(messages),
             kind="chat" if kind == "chat" else "cli", user_id=user_id, chat_id=chat_id,
             thread_id=thread_id, session_id=session_id, route=route, request_key=request_key,
             started=started, session_anchor=anchor,
-            cache_forecast=await self._forecast(session_id, history, anchor, agent),
+            cache_forecast=await self._forecast(session_id, history, turns, anchor, agent),
             on_start=on_start,
             daily_caps_checked=daily_caps_checked, chat_model=conversation.model,
             chat_model_known=True,
@@ -172,7 +173,7 @@ class Sessions:
                                         on_commit=commit)
         after = sum(m.tokens for m in history) + appended
         outgrown = self.outgrows_cap(
-            agent, history_tokens=after, turns=len(split_turns(history)) + 1,
+            agent, history_tokens=after, turns=len(turns) + 1,
             exact=result.anchor.tokens + appended if result.anchor is not None else None,
             model=conversation.model if kind == "chat" else None, budget_usd=result.budget_usd)
         compacted = False
@@ -200,21 +201,22 @@ class Sessions:
         if spec is None:
             return False
         try:
-            affordability = self.runtime.affordability
             chosen = self.runtime.prices.get(model) if model else None
-            price = chosen if chosen is not None else affordability.price_of(spec)[1]
-            prefix = affordability.prefix_of(spec).tokens if exact is None else 0
-        except Exception:  # an unknown price or tool is reported where the run needs it
+            price = chosen if chosen is not None else self.runtime.affordability.price_of(spec)[1]
+        except Exception:  # an unknown price is reported where the run needs it
             return False
         cap = budget_usd if budget_usd else spec.limits.budget_usd
         room = max(history_tokens / max(turns, 1), MIN_USEFUL_OUTPUT_TOKENS)
-        tokens = (exact if exact is not None else prefix + history_tokens) + room
+        tokens = (exact if exact is not None else self._prefix_tokens(agent) + history_tokens) \
+            + room
         need = (tokens * dearest_input_rate(price, "5m") + room * price.output) / PER_MILLION
         return need > cap
 
     async def _forecast(self, session_id: int, history: list[StoredMessage],
-                        anchor: Any, agent: str) -> CacheForecast:
-        """The session's rhythm as this turn starts: gaps between its recent turns, its size."""
+                        turns: list[list[StoredMessage]], anchor: Any,
+                        agent: str) -> CacheForecast:
+        """The session's rhythm as this turn starts: gaps between its recent turns, its size.
+        ``turns``: ``split_turns(history)``."""
         now = self.clock()
         starts = self._starts.get(session_id)
         if starts is None:
@@ -223,7 +225,6 @@ class Sessions:
         self._starts[session_id] = starts
         gaps = tuple(b - a for a, b in zip(starts, starts[1:], strict=False) if b >= a)
         total = sum(m.tokens for m in history)
-        turns = split_turns(history)
         head, rest = stable_head(history, compact_at_tokens=self.compact_at_tokens,
                                  continued=True)
         # written by this run: a head nothing followed yet (the first turn just became it), a

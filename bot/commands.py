@@ -166,12 +166,11 @@ async def _session_lines(keel: KeelBot, message: Message) -> list[str]:
     lines = []
     for agent, stats in await keel.runtime.conversations.live_session_stats(message.chat_id,
                                                                              thread):
-        total = stats.input_tokens + stats.cache_read_tokens + stats.cache_write_tokens
-        if not total:
+        if not stats.total_input_tokens:
             continue
         lines.append(
             f"Prompt cache, {where} with `{agent}`: {stats.cache_hit_ratio:.0%} of "
-            f"{total:,} input tokens read from it ({stats.cache_write_tokens:,} written, "
+            f"{stats.total_input_tokens:,} input tokens read from it ({stats.cache_write_tokens:,} written, "
             f"{stats.input_tokens:,} sent uncached); {stats.compactions} compaction(s).")
     return lines
 

@@ -46,8 +46,12 @@ class SessionStats:
     compactions: int
 
     @property
+    def total_input_tokens(self) -> int:
+        return self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+    @property
     def cache_hit_ratio(self) -> float:
-        total = self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
+        total = self.total_input_tokens
         return self.cache_read_tokens / total if total else 0.0
 
 
@@ -149,10 +153,11 @@ class ConversationRepository:
             " JOIN conversations c ON c.id = s.conversation_id"
             " WHERE c.chat_id = ? AND c.thread_id = ? AND s.archived_at IS NULL ORDER BY s.id",
             (chat_id, thread_id or NO_THREAD))
-        return [(str(r["agent"]), SessionStats(
-            input_tokens=int(r["input_tokens"]), cache_read_tokens=int(r["cache_read_tokens"]),
-            cache_write_tokens=int(r["cache_write_tokens"]), output_tokens=int(r["output_tokens"]),
-            compactions=int(r["compactions"]))) for r in rows]
+        out = []
+        for row in rows:
+            counters = dict(row)
+            out.append((str(counters.pop("agent")), SessionStats(**counters)))
+        return out
 
     async def session_owner(self, session_id: int) -> tuple[str, int, int | None] | None:
         """(agent, chat_id, thread_id) of a session; None when there is no such session."""

@@ -96,6 +96,18 @@ async def chat_turn(runtime: Runtime, sessions: Sessions, text: str) -> TurnResu
 def question(rng: random.Random, n: int) -> str:
     return f"q{n}: " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(30, 90))) + "?"
 
+async def answered_turns(runtime: Runtime, sessions: Sessions, fake: FakeAnthropic,
+                         rng: random.Random, count: int, cap: float) -> list[TurnResult]:
+    """``count`` questions 20-120 s apart, each asserted answered within ``cap``."""
+    results = []
+    for n in range(count):
+        turn = await chat_turn(runtime, sessions, question(rng, n))
+        assert turn.result.status == "completed", (n, turn.result.status, turn.result.detail)
+        assert turn.result.cost_usd <= cap
+        results.append(turn)
+        fake.advance_clock(rng.uniform(20, 120))
+    return results
+
 
 def agent_usage(fake: FakeAnthropic) -> list[Any]:
     return [usage_from_api(r.usage) for r in fake.message_requests
@@ -107,14 +119,7 @@ async def test_sixty_turns_under_a_ten_cent_run_cap_and_the_head_survives_compac
 ) -> None:
     runtime: Runtime = await open_runtime(KEEL_RUN_BUDGET_USD="0.10")
     sessions = Sessions(runtime, clock=fake_anthropic.now)
-    rng = random.Random(1)
-    results = []
-    for n in range(60):
-        turn = await chat_turn(runtime, sessions, question(rng, n))
-        assert turn.result.status == "completed", (n, turn.result.status, turn.result.detail)
-        assert turn.result.cost_usd <= 0.10
-        results.append(turn)
-        fake_anthropic.advance_clock(rng.uniform(20, 120))
+    results = await answered_turns(runtime, sessions, fake_anthropic, random.Random(1), 60, 0.10)
     assert sum(t.compacted for t in results) >= 1
     usages = agent_usage(fake_anthropic)
     agent_requests = [r for r in fake_anthropic.message_requests if r.usage and kind(r) == "agent"]
@@ -196,14 +201,7 @@ async def test_a_run_cap_below_the_compaction_threshold_compacts_before_the_chat
     now brings compaction forward, before the next turn's first call could not be paid."""
     runtime: Runtime = await open_runtime(KEEL_RUN_BUDGET_USD="0.05")
     sessions = Sessions(runtime, clock=fake_anthropic.now)
-    rng = random.Random(3)
-    results = []
-    for n in range(40):
-        turn = await chat_turn(runtime, sessions, question(rng, n))
-        assert turn.result.status == "completed", (n, turn.result.status, turn.result.detail)
-        assert turn.result.cost_usd <= 0.05
-        results.append(turn)
-        fake_anthropic.advance_clock(rng.uniform(20, 120))
+    results = await answered_turns(runtime, sessions, fake_anthropic, random.Random(3), 40, 0.05)
     assert sum(t.compacted for t in results) >= 1
     assert max(t.history_tokens or 0 for t in results) < runtime.settings.compact_at_tokens
 
@@ -245,13 +243,7 @@ async def test_a_chat_on_a_dearer_model_compacts_by_that_models_price(
     runtime: Runtime = await open_runtime(KEEL_RUN_BUDGET_USD="0.08")
     await ConversationModels(runtime.db).set(CHAT, None, "claude-opus-4-7")
     sessions = Sessions(runtime, clock=fake_anthropic.now)
-    rng = random.Random(6)
-    results = []
-    for n in range(40):
-        turn = await chat_turn(runtime, sessions, question(rng, n))
-        assert turn.result.status == "completed", (n, turn.result.status, turn.result.detail)
-        results.append(turn)
-        fake_anthropic.advance_clock(rng.uniform(20, 120))
+    results = await answered_turns(runtime, sessions, fake_anthropic, random.Random(6), 40, 0.08)
     assert {r.model for r in fake_anthropic.message_requests if r.usage and kind(r) == "agent"} \
         == {"claude-opus-4-7"}
     assert sum(t.compacted for t in results) >= 1
