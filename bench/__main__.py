@@ -115,13 +115,13 @@ async def _section(results: dict[str, Any], name: str,
 
 
 async def _live(results: dict[str, Any], plan: Plan, only: set[str], deadline: float,
-                profile: Path | None = None) -> None:
+                profile: Path | None = None, profile_window_s: float | None = None) -> None:
     """Overhead and concurrency share one long-lived bot process."""
     capacity = 2 * plan.overhead_chats + sum(plan.concurrency_sizes)
     with tempfile.TemporaryDirectory(prefix="keel-bench-live-") as tmp:
         stage = Stage(Path(tmp), capacity=capacity, latency=plan.overhead_latency_s,
                       idle_settle_s=plan.idle_settle_s, give_up_idle_s=plan.give_up_idle_s,
-                      profile=profile)
+                      profile=profile, profile_window_s=profile_window_s)
         await stage.open()
         try:
             if "overhead" in only:
@@ -257,7 +257,8 @@ def _notes(results: dict[str, Any], plan: Plan) -> list[str]:
     return [f"- {n}" for n in notes]
 
 
-async def run(plan: Plan, only: set[str], profile: Path | None = None) -> dict[str, Any]:
+async def run(plan: Plan, only: set[str], profile: Path | None = None,
+              profile_window_s: float | None = None) -> dict[str, Any]:
     started = time.monotonic()
     results: dict[str, Any] = {"bench": "keel", "mode": plan.mode, "machine": machine_info(),
                                "plan": dataclasses.asdict(plan), "section_durations_s": {}}
@@ -266,7 +267,7 @@ async def run(plan: Plan, only: set[str], profile: Path | None = None) -> dict[s
             plan.startup_repeats, plan.idle_settle_s, warm=plan.startup_warm))
     if only & {"overhead", "concurrency"}:
         deadline = started + plan.time_limit_s - AFTER_LIVE_S * (plan.mode == "full")
-        await _live(results, plan, only, deadline, profile)
+        await _live(results, plan, only, deadline, profile, profile_window_s)
     if "tokens" in only:
         await _section(results, "tokens", lambda: token_economics.measure(
             list(plan.token_turns), list(plan.token_seeds)))
@@ -308,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, help="the live bot writes a sampling profile of "
                         "its event loop here at exit (read it with python -m bench.profile_view); "
                         "a name ending in .prof gets cProfile's exact counts instead (pstats)")
+    parser.add_argument("--profile-window", type=float, metavar="SECONDS",
+                        help="with --profile: only the first SECONDS of each concurrency burst "
+                        "(intake; a .prof covers the first burst, written when it ends)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the results")
     parser.add_argument("--name", help="file name stem (default latest, or quick with --quick)")
     parser.add_argument("--render", action="store_true",
@@ -344,7 +348,10 @@ def main(argv: list[str] | None = None) -> int:
     from tests import netguard
 
     netguard.install()  # loopback only: the bench never reaches the internet
-    results = asyncio.run(run(plan, only, args.profile.resolve() if args.profile else None))
+    if args.profile_window is not None and args.profile is None:
+        parser.error("--profile-window needs --profile")
+    results = asyncio.run(run(plan, only, args.profile.resolve() if args.profile else None,
+                              args.profile_window))
     markdown = table(results)
     args.out.mkdir(parents=True, exist_ok=True)
     _write(args.out / f"{stem}.json", json.dumps(results, indent=2, default=str) + "\n")

@@ -8,6 +8,10 @@
   thread's stack every ``SAMPLE_S`` and counts each (file, function, line) chain; at exit the
   counts are written as JSON. This is how the issue's profile was taken: a coroutine waiting is
   not on the stack, so the samples show where the loop spends its CPU.
+* With ``KEEL_BENCH_PROFILE_WINDOW_S``, either profile covers only the first that many seconds
+  of each concurrency burst (from SIGUSR1): intake, without the half minute of paced replies
+  after it. A cProfile (``KEEL_BENCH_CPROFILE``) then covers the first burst and is written when
+  its window ends.
 
 Neither changes what keel does; the start-up and memory figures use the plain ``bot.cli``.
 """
@@ -24,6 +28,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -34,6 +39,13 @@ SAMPLE_S = 0.005
 IDLE = "selectors.py:select:"
 """The innermost frame of a loop waiting for I/O (any line)."""
 MAX_BUSY = 400_000
+WINDOW_S = float(os.environ.get("KEEL_BENCH_PROFILE_WINDOW_S") or 0)
+_burst: list[float] = []
+"""When the last burst began (``LagMonitor.start``), for the profiles' window."""
+
+
+def _in_window() -> bool:
+    return not WINDOW_S or bool(_burst) and time.time() - _burst[0] < WINDOW_S
 
 
 class LagMonitor:
@@ -49,6 +61,7 @@ class LagMonitor:
         self.active = False
 
     def start(self) -> None:
+        _burst[:] = [time.time()]
         if not self.active:
             self.active = True
             self.due = self.loop.time() + TICK_S
@@ -104,7 +117,7 @@ class Sampler(threading.Thread):
         while True:
             time.sleep(SAMPLE_S)
             frame = sys._current_frames().get(self.target or 0)
-            if frame is None:
+            if frame is None or not _in_window():
                 continue
             self.samples += 1
             stack = _stack(frame)
@@ -213,10 +226,39 @@ class _Policy(asyncio.DefaultEventLoopPolicy):
         lag_file = os.environ.get("KEEL_BENCH_LAG_FILE")
         if lag_file:
             monitor = LagMonitor(loop, Path(lag_file))
-            loop.add_signal_handler(signal.SIGUSR1, monitor.start)
+            cprofile = os.environ.get("KEEL_BENCH_CPROFILE")
+            if cprofile and WINDOW_S:
+                loop.add_signal_handler(signal.SIGUSR1, _profiled_burst(loop, monitor,
+                                                                        Path(cprofile)))
+            else:
+                loop.add_signal_handler(signal.SIGUSR1, monitor.start)
             loop.add_signal_handler(signal.SIGUSR2, monitor.stop)
             gc.callbacks.append(GcTimer(monitor.out))
         return loop
+
+
+def _profiled_burst(loop: asyncio.AbstractEventLoop, monitor: LagMonitor,
+                    path: Path) -> Callable[[], None]:
+    """SIGUSR1's handler with a windowed cProfile: the first burst's first ``WINDOW_S``
+    seconds, every call of the loop's thread counted, written to ``path`` when they end."""
+    import cProfile
+
+    profiler = cProfile.Profile()
+    done = False
+
+    def stop() -> None:
+        profiler.disable()
+        profiler.dump_stats(str(path))
+
+    def start() -> None:
+        nonlocal done
+        monitor.start()
+        if not done:
+            done = True
+            profiler.enable()
+            loop.call_later(WINDOW_S, stop)
+
+    return start
 
 
 class GarbageCensus:
@@ -266,7 +308,7 @@ def main() -> int:
     from bot.cli import main as keel_main
 
     cprofile = os.environ.get("KEEL_BENCH_CPROFILE")
-    if cprofile:  # every call counted (slower, but CPU is attributed exactly, GIL or not)
+    if cprofile and not WINDOW_S:  # every call counted (slower, but CPU is attributed exactly, GIL or not)
         import cProfile
 
         profiler = cProfile.Profile()

@@ -56,6 +56,8 @@ class Stage:
     idle_rss_kb: int | None = None
     profile: Path | None = None
     """Where the bot writes a sampling profile of its event loop at exit (bench.instrumented)."""
+    profile_window_s: float | None = None
+    """Profile only the first seconds of each concurrency burst (bench.instrumented)."""
     module: tuple[str, ...] = ("bench.instrumented", "run")
     """The bot: keel under bench.instrumented, or ``("bench.baseline_bot",)``."""
     _next_id: int = FIRST_USER_ID
@@ -77,6 +79,8 @@ class Stage:
             env["KEEL_BENCH_CPROFILE"] = str(self.profile)  # cProfile's stats (pstats)
         elif self.profile is not None:
             env["KEEL_BENCH_PROFILE"] = str(self.profile)
+        if self.profile is not None and self.profile_window_s:
+            env["KEEL_BENCH_PROFILE_WINDOW_S"] = str(self.profile_window_s)
         self.bot = BotProcess(self.telegram, self.anthropic, self.workdir, allowed_ids=ids,
                               extra_env=env, module=self.module)
         await self.bot.start()
