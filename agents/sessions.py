@@ -93,6 +93,10 @@ class TurnResult:
     below ``compact_at_tokens``)."""
 
 
+async def _nothing() -> None:
+    return None
+
+
 class Sessions:
     def __init__(
         self,
@@ -141,9 +145,12 @@ class Sessions:
         if conversation is None:
             conversation = await self.repo.get_or_create(chat_id, thread_id)
         session_id = await self.repo.live_session(conversation.id, agent)
-        # two reads at once (the database has several readers)
-        history, anchor = await asyncio.gather(self.repo.history(session_id),
-                                               self.counts.anchor(session_id))
+        # the reads at once (the database has several readers): under a burst each read is a
+        # hop to a reader thread and back, and a message waits for its hops one after another
+        # while it holds an intake slot (issue 15)
+        history, anchor, seeded = await asyncio.gather(
+            self.repo.history(session_id), self.counts.anchor(session_id),
+            self._seed_starts(session_id) if session_id not in self._starts else _nothing())
         messages = to_messages(history)
         turns = split_turns(history)
         task = {"role": "user", "content": content}
@@ -152,7 +159,8 @@ class Sessions:
             kind="chat" if kind == "chat" else "cli", user_id=user_id, chat_id=chat_id,
             thread_id=thread_id, session_id=session_id, route=route, request_key=request_key,
             started=started, session_anchor=anchor,
-            cache_forecast=await self._forecast(session_id, history, turns, anchor, agent),
+            cache_forecast=await self._forecast(session_id, history, turns, anchor, agent,
+                                                seeded=seeded),
             on_start=on_start,
             daily_caps_checked=daily_caps_checked, chat_model=conversation.model,
             chat_model_known=True,
@@ -214,13 +222,13 @@ class Sessions:
 
     async def _forecast(self, session_id: int, history: list[StoredMessage],
                         turns: list[list[StoredMessage]], anchor: Any,
-                        agent: str) -> CacheForecast:
+                        agent: str, *, seeded: list[float] | None = None) -> CacheForecast:
         """The session's rhythm as this turn starts: gaps between its recent turns, its size.
-        ``turns``: ``split_turns(history)``."""
+        ``turns``: ``split_turns(history)``; ``seeded``: ``_seed_starts`` read beside them."""
         now = self.clock()
         starts = self._starts.get(session_id)
         if starts is None:
-            starts = await self._seed_starts(session_id)
+            starts = seeded if seeded is not None else await self._seed_starts(session_id)
         starts = [*starts, now][-(GAPS_KEPT + 1):]
         self._starts[session_id] = starts
         gaps = tuple(b - a for a, b in zip(starts, starts[1:], strict=False) if b >= a)

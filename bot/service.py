@@ -236,12 +236,13 @@ class KeelBot:
             await self.media.close_parts(exc.parts)
             return None
         text = intake.text
-        conversation = await self.runtime.conversations.get_or_create(message.chat_id,
-                                                                      message.thread_id)
-        try:
-            await self.runtime.check_daily_caps(message.user_id)
-        except DailyCapExceeded as exc:
-            await self.say(message, f"⚠️ {exc}")
+        # two reads at once: each is a hop to a reader thread under a burst, waited for while
+        # the message holds its intake slot (issue 15)
+        conversation, refused = await asyncio.gather(
+            self.runtime.conversations.get_or_create(message.chat_id, message.thread_id),
+            self._caps_refusal(message.user_id))
+        if refused is not None:
+            await self.say(message, f"⚠️ {refused}")
             return None
         route = None
         run_id = new_id()
@@ -292,6 +293,14 @@ class KeelBot:
                                           history_tokens=turn.history_tokens,
                                           outgrown=turn.outgrown)
         return run_id
+
+    async def _caps_refusal(self, user_id: int | None) -> DailyCapExceeded | None:
+        """Why a daily cap refuses this person a run now, or None."""
+        try:
+            await self.runtime.check_daily_caps(user_id)
+        except DailyCapExceeded as exc:
+            return exc
+        return None
 
     async def _route(self, message: IncomingMessage, text: str, current: str | None,
                      conversation_id: int, started: float, run_id: str,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -247,3 +248,26 @@ async def test_a_chat_on_a_dearer_model_compacts_by_that_models_price(
     assert {r.model for r in fake_anthropic.message_requests if r.usage and kind(r) == "agent"} \
         == {"claude-opus-4-7"}
     assert sum(t.compacted for t in results) >= 1
+
+
+async def test_a_restarted_process_reads_the_sessions_rhythm_from_its_runs(
+    open_runtime: Callable[..., Any], fake_anthropic: FakeAnthropic,
+) -> None:
+    """The gaps between a session's turns survive a restart: its first turn in a new process
+    reads when the last turns started from the runs table (beside its history, at once)."""
+    runtime: Runtime = await open_runtime()
+    before = Sessions(runtime)  # on the wall clock, as the bot runs it
+    first = await chat_turn(runtime, before, "hello")
+    await chat_turn(runtime, before, "and again")
+    assert first.result.status == "completed", first.result.detail
+    after = Sessions(runtime)  # what a new process knows: nothing in memory
+    third = await chat_turn(runtime, after, "once more")
+    assert third.session_id == first.session_id
+    rows = await runtime.db.fetchall(
+        "SELECT started_at FROM runs WHERE session_id = ? ORDER BY started_at",
+        (first.session_id,))
+    stored = [datetime.fromisoformat(str(r["started_at"])).timestamp() for r in rows]
+    starts = after._starts[first.session_id]
+    assert len(starts) == 3, starts
+    assert starts[:2] == pytest.approx(stored[:2], abs=1e-3)
+    assert starts[2] >= stored[1]

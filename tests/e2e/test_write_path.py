@@ -17,6 +17,7 @@ import pytest
 from agents.model.anthropic_client import AnthropicModelClient
 from agents.runtime import Runtime
 from storage.db import Database
+from storage.usage import today
 from tests.e2e.conftest import BotWorld
 from tests.fakes.anthropic import RecordedRequest, Reply, reply
 
@@ -216,6 +217,30 @@ async def test_a_pinned_turn_reads_the_daily_caps_once(
     assert (await w.telegram.next_bot_message(w.alice_chat.id, timeout=20))["text"] == \
         "echo: hello"
     assert checks == [w.alice.id]
+
+
+async def test_a_person_whose_day_is_spent_is_told_so_and_nothing_is_called(
+        bot_world: BotWorld) -> None:
+    """The conversation and the day's caps are read together; a spent day still refuses the
+    turn before any model call, with one clear reply, and the message is answered (not retried
+    after a restart)."""
+    w = bot_world
+    w.telegram.inject_text(w.alice_chat, "/agent assistant")
+    await w.telegram.next_bot_message(w.alice_chat.id, timeout=20)
+    runtime = w.app.bot_data["runtime"]
+    cap = runtime.daily_caps().per_user_usd
+    assert cap is not None
+    await runtime.db.execute_write(
+        "INSERT INTO usage_ledger (day, user_id, agent, cost_usd) VALUES (?, ?, ?, ?)",
+        (today(), w.alice.id, "assistant", cap))
+    calls = len(w.anthropic.requests)
+    update = w.telegram.inject_text(w.alice_chat, "hello")
+    text = (await w.telegram.next_bot_message(w.alice_chat.id, timeout=20))["text"]
+    assert text.startswith("⚠️ The daily budget for user") and "is spent" in text, text
+    assert len(w.anthropic.requests) == calls
+    status = await runtime.db.fetchval("SELECT status FROM inbox WHERE update_id = ?",
+                                       (update["update_id"],))
+    assert status == "done"
 
 
 async def test_a_slow_download_holds_no_other_chat_back(bot_world: BotWorld) -> None:
