@@ -161,7 +161,8 @@ def _stack(frame: FrameType | None) -> str:
 
 class DbCounters:
     """Per caller (the first frame outside storage/db.py and contextlib): write transactions, the
-    time they waited for the write lock and held it, and reads. Installed with the profile."""
+    time they waited for the write lock and held it, and reads. Installed with the profile (and
+    kept to its window, if it has one)."""
 
     def __init__(self) -> None:
         self.writes: dict[str, list[float]] = {}
@@ -183,6 +184,9 @@ class DbCounters:
 
             def release(self) -> None:
                 caller, asked, got = self._entry
+                if not _in_window():
+                    super().release()
+                    return
                 line = counters.writes.setdefault(caller, [0, 0.0, 0.0])
                 line[0] += 1
                 line[1] += got - asked
@@ -196,7 +200,8 @@ class DbCounters:
             self._lock = TimedLock()
 
         async def fetchall(self: Any, sql: str, params: Any = (), **kwargs: Any) -> Any:
-            counters.reads[_caller()] += 1
+            if _in_window():
+                counters.reads[_caller()] += 1
             return await original_fetchall(self, sql, params, **kwargs)
 
         db.Database.__init__ = init  # type: ignore[method-assign]
