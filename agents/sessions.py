@@ -93,6 +93,11 @@ class TurnResult:
     below ``compact_at_tokens``)."""
 
 
+SEED_STARTS_SQL = ("SELECT started_at FROM runs WHERE session_id = ?"
+                   " ORDER BY started_at DESC LIMIT ?")
+"""When a session's last turns started (``runs_by_session`` answers it)."""
+
+
 async def _nothing() -> None:
     return None
 
@@ -262,9 +267,7 @@ class Sessions:
         worker); only on the wall clock."""
         if self.clock is not time.time:
             return []
-        rows = await self.runtime.db.fetchall(
-            "SELECT started_at FROM runs WHERE session_id = ? ORDER BY started_at DESC LIMIT ?",
-            (session_id, GAPS_KEPT))
+        rows = await self.runtime.db.fetchall(SEED_STARTS_SQL, (session_id, GAPS_KEPT))
         out: list[float] = []
         for row in rows:
             try:
