@@ -164,8 +164,8 @@ class Sessions:
             kind="chat" if kind == "chat" else "cli", user_id=user_id, chat_id=chat_id,
             thread_id=thread_id, session_id=session_id, route=route, request_key=request_key,
             started=started, session_anchor=anchor,
-            cache_forecast=await self._forecast(session_id, history, turns, anchor, agent,
-                                                seeded=seeded),
+            cache_forecast=self._forecast(session_id, history, turns, anchor, agent,
+                                          seeded=seeded),
             on_start=on_start,
             daily_caps_checked=daily_caps_checked, chat_model=conversation.model,
             chat_model_known=True,
@@ -225,15 +225,16 @@ class Sessions:
         need = (tokens * dearest_input_rate(price, "5m") + room * price.output) / PER_MILLION
         return need > cap
 
-    async def _forecast(self, session_id: int, history: list[StoredMessage],
+    def _forecast(self, session_id: int, history: list[StoredMessage],
                         turns: list[list[StoredMessage]], anchor: Any,
                         agent: str, *, seeded: list[float] | None = None) -> CacheForecast:
         """The session's rhythm as this turn starts: gaps between its recent turns, its size.
-        ``turns``: ``split_turns(history)``; ``seeded``: ``_seed_starts`` read beside them."""
+        ``turns``: ``split_turns(history)``; ``seeded``: ``_seed_starts``, read beside them
+        when this process has not seen the session yet."""
         now = self.clock()
         starts = self._starts.get(session_id)
         if starts is None:
-            starts = seeded if seeded is not None else await self._seed_starts(session_id)
+            starts = seeded or []
         starts = [*starts, now][-(GAPS_KEPT + 1):]
         self._starts[session_id] = starts
         gaps = tuple(b - a for a, b in zip(starts, starts[1:], strict=False) if b >= a)
