@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal, assert_never
 
@@ -11,6 +10,7 @@ from pydantic import BaseModel
 
 from agents.budget import BudgetMeter
 from agents.caching import CachePlan
+from agents.ids import new_id
 from agents.pricing import Price, Usage
 from agents.spec import AgentSpec, Limits
 from agents.tools.contract import EscalationRequest
@@ -53,10 +53,6 @@ def describe(status: RunStatus) -> str:
             return "failed"
         case _:
             assert_never(status)
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
 
 
 @dataclass(kw_only=True)

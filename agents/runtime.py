@@ -33,11 +33,12 @@ from agents.errors import ConfigError, DailyCapExceeded, KeelError, ModelCallErr
 from agents.executor import Hooks, execute
 from agents.executor.loop import OnProgress
 from agents.executor.plan import execute_plan, resume_plan
+from agents.ids import new_id
 from agents.model.types import ModelClient, ModelRequest, ModelResponse, OnText
 from agents.patterns import Patterns
 from agents.pricing import PriceTable, Usage
 from agents.router import ROUTER_AGENT, RouteDecision, routable, route
-from agents.run import Run, RunKind, RunResult, new_id
+from agents.run import Run, RunKind, RunResult
 from agents.spec import AgentSpec, Limits
 from agents.tools import ToolRegistry
 from agents.tools.contract import ToolContext

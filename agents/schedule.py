@@ -37,7 +37,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from agents.config import ScheduleConfig
 from agents.errors import ConfigError
-from agents.run import new_id
+from agents.ids import new_id
 from agents.spec import AgentSpec
 from storage.db import Database, iso
 

@@ -24,8 +24,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from agents.config import load_settings
+from agents.ids import new_id
 from agents.model.anthropic_client import AnthropicModelClient
-from agents.run import new_id
 from agents.runtime import Runtime
 from agents.schedule import ScheduledJob
 from agents.scheduled import ScheduledRunner

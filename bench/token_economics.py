@@ -26,9 +26,9 @@ from typing import Any
 import anthropic
 
 from agents.config import load_settings
+from agents.ids import new_id
 from agents.model.types import usage_from_api
 from agents.pricing import PriceTable, Usage
-from agents.run import new_id
 from agents.runtime import Runtime
 from agents.sessions import Sessions
 from bench.stats import median, ratio

@@ -14,7 +14,7 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import httpx
@@ -45,7 +45,7 @@ from bot.events import from_update
 from bot.model_choice import MODEL_BUTTONS, on_model_button
 from bot.poller import CROWD, Poller
 from bot.service import KeelBot
-from bot.telegram_http import TelegramRequest
+from bot.telegram_http import TelegramRequest, UpdatesRequest
 from storage.retention import housekeep
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def build_application(settings: Settings, *, runtime: Runtime | None = None) -> 
     tls = tls_context()
     # httpx until the first update has aiohttp imported, then aiohttp (bot/telegram_http.py)
     calls = TelegramRequest(telegram_request(tls), tls=tls, connections=TELEGRAM_CONNECTIONS)
-    updates = TelegramRequest(HTTPXRequest(connection_pool_size=1, httpx_kwargs={
+    updates = UpdatesRequest(HTTPXRequest(connection_pool_size=1, httpx_kwargs={
         "verify": tls, "event_hooks": {"response": [unbind_response]}}), tls=tls, connections=1)
     app = (
         ApplicationBuilder()
@@ -181,7 +181,8 @@ async def _post_init(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
                     dispatch=app.bot_data.get("dispatch") or _dispatcher(app, keel),
                     order_key=conversation_key, allowed_updates=ALLOWED_UPDATES,
                     secrets=settings.secrets(), warm_up=lambda: _warm_up(runtime.model,
-                                                     app.bot_data.get("telegram_requests", ())))
+                                                     app.bot_data.get("telegram_requests", ())),
+                    sent=_sent_updates(app))
     app.bot_data["poller"] = poller
     keel.dispatch = poller.submit
     if role != "all":  # several processes: each role recovers its own part (bot/workers.py)
@@ -200,6 +201,15 @@ async def _post_init(app: Application[Any, Any, Any, Any, Any, Any]) -> None:
     # issue 13: a cap too small for one answer says so once, at start-up
     for line in budget_warnings(settings, runtime.agents, runtime.prices, runtime.registry):
         log.warning("budget: %s", line)
+
+
+def _sent_updates(app: Application[Any, Any, Any, Any, Any, Any]) -> Callable[[], list[Any]] | None:
+    """The getUpdates connection's last batch as Telegram sent it, for the poller to store."""
+    for request in app.bot_data.get("telegram_requests", ()):
+        if isinstance(request, UpdatesRequest):
+            kept: UpdatesRequest = request
+            return lambda: kept.batch
+    return None
 
 
 def _warm_up(model: object, telegram: Sequence[TelegramRequest] = ()) -> None:

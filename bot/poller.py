@@ -43,21 +43,22 @@ CROWD = 16
 
 Store = Callable[[list[InboxItem]], Coroutine[Any, Any, set[int]]]
 Dispatch = Callable[[Update], Coroutine[Any, Any, None]]
+Sent = Callable[[], list[Any]]
+"""The last getUpdates answer's updates as Telegram sent them (``UpdatesRequest.batch``)."""
 OrderKey = Callable[[Update], tuple[int, int] | None]
 
 
 REDACTED = "[redacted secret]"
 
 
-def scrub(update: Update, secrets: list[str]) -> Update:
-    """The update with every known secret (the bot token, the API key) replaced: a person who
-    pastes one into a chat must not have it stored, sent to the model or shown in a trace."""
-    return scrubbed(update, secrets)[0]
-
-
-def scrubbed(update: Update, secrets: list[str]) -> tuple[Update, dict[str, Any]]:
-    """``scrub``, and the update's payload as stored (built once: it is most of intake's CPU)."""
-    payload = update.to_dict()
+def scrubbed(update: Update, secrets: list[str], sent: dict[str, Any] | None = None
+             ) -> tuple[Update, dict[str, Any]]:
+    """The update with every known secret (the bot token, the API key) replaced, and its
+    payload as stored: a person who pastes one into a chat must not have it stored, sent to the
+    model or shown in a trace. The payload is ``sent``, the update as Telegram sent it, when the
+    caller has it (rebuilding it from the object is most of intake's CPU per update), else
+    rebuilt once."""
+    payload = update.to_dict() if sent is None else sent
     if not secrets:
         return update, payload
     text = json.dumps(payload, ensure_ascii=False)
@@ -67,9 +68,10 @@ def scrubbed(update: Update, secrets: list[str]) -> tuple[Update, dict[str, Any]
         text = text.replace(json.dumps(secret, ensure_ascii=False)[1:-1], REDACTED)
     log.warning("update %s carried a secret of this bot (its token or API key); it was redacted "
                 "before storage. Revoke it if it was sent on purpose.", update.update_id)
-    cleaned = Update.de_json(json.loads(text), update.get_bot())
+    payload = json.loads(text)
+    cleaned = Update.de_json(payload, update.get_bot())
     assert cleaned is not None
-    return cleaned, cleaned.to_dict()
+    return cleaned, payload
 
 
 def inbox_item(update: Update, payload: dict[str, Any] | None = None) -> InboxItem:
@@ -92,8 +94,12 @@ class Poller:
     def __init__(self, bot: Bot, *, store: Store, dispatch: Dispatch, order_key: OrderKey,
                  allowed_updates: list[str], timeout: int = POLL_TIMEOUT_S,
                  conflict_give_up_s: float | None = None, secrets: list[str] | None = None,
-                 warm_up: Callable[[], None] | None = None, crowd: int = CROWD) -> None:
+                 warm_up: Callable[[], None] | None = None, crowd: int = CROWD,
+                 sent: Sent | None = None) -> None:
         self.bot = bot
+        self._sent = sent
+        """Where the batch's updates are as Telegram sent them, stored as they came; without it
+        (or for an update it lacks) each is rebuilt from its object."""
         self._warm_up = warm_up
         """Called once, with the first update handled: what only updates need (the model
         client's SDK) starts loading then, not at start-up."""
@@ -177,7 +183,8 @@ class Poller:
                     log.info("receiving this bot's updates again (the other process stopped)")
                 if not updates:
                     continue
-                cleaned = [scrubbed(u, self.secrets) for u in updates]
+                sent = self._sent_by_id()
+                cleaned = [scrubbed(u, self.secrets, sent.get(u.update_id)) for u in updates]
                 updates = tuple(u for u, _ in cleaned)
                 try:
                     fresh = await self.store([inbox_item(u, payload) for u, payload in cleaned])
@@ -192,6 +199,12 @@ class Poller:
                         self.submit(update)
         finally:
             self.stopped.set()
+
+    def _sent_by_id(self) -> dict[int, dict[str, Any]]:
+        if self._sent is None:
+            return {}
+        return {item["update_id"]: item for item in self._sent()
+                if isinstance(item, dict) and isinstance(item.get("update_id"), int)}
 
     def submit(self, update: Update) -> asyncio.Task[None]:
         """Handle a stored update (fresh, or found unfinished at start-up)."""

@@ -21,9 +21,10 @@ from typing import Any
 from telegram import Bot
 
 from agents.errors import DailyCapExceeded, KeelError
+from agents.ids import new_id
 from agents.notify import DeliveryError
 from agents.router import RouteDecision
-from agents.run import RunResult, describe, new_id
+from agents.run import RunResult, describe
 from agents.runtime import OnCommit, Runtime
 from agents.sessions import Sessions
 from agents.tools.send_file import files_sent

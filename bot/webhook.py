@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from telegram import Bot, Update
 
-from bot.poller import Store, inbox_item, scrub
+from bot.poller import Store, inbox_item, scrubbed
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +99,9 @@ class WebhookIngress:
         if update is None:
             await _answer(send, 400, {"error": "not an update"})
             return
-        update = scrub(update, self.secrets)
+        update, payload = scrubbed(update, self.secrets, data)
         try:
-            fresh = await self.store([inbox_item(update)])
+            fresh = await self.store([inbox_item(update, payload)])
         except Exception:
             # not stored: an error answer, and Telegram sends the update again
             log.exception("webhook: could not store update %s; Telegram will resend it",

@@ -411,7 +411,7 @@ class TraceStore:
         return writer
 
     def new_writer(self, *, trace_id: str, run_id: str) -> TraceWriter:
-        """Start the trace of a fresh id (``agents.run.new_id``: no file can have it yet): no
+        """Start the trace of a fresh id (``agents.ids.new_id``: no file can have it yet): no
         look-up, no tail to read, and no I/O here: the file is created by the first write, off
         the event loop (``TraceWriter._opened``), with one ``open``."""
         if not _valid_id(trace_id):

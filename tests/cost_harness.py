@@ -16,9 +16,10 @@ from pathlib import Path
 from agents.budget import BudgetHalt, LedgerGate
 from agents.executor.call import InputAnchor, call_model
 from agents.executor.prepare import Prefix
+from agents.ids import new_id
 from agents.model.anthropic_client import AnthropicModelClient
 from agents.pricing import PriceTable, Usage
-from agents.run import Run, new_id
+from agents.run import Run
 from agents.spec import AgentSpec, Limits
 from storage.db import Database
 from storage.ledger import DailyCaps, Ledger

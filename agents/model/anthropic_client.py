@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from agents.errors import ModelCallError
+from agents.ids import new_id
 from agents.model.types import ModelRequest, ModelResponse, OnText, usage_from_api
 
 if TYPE_CHECKING:
@@ -38,6 +39,10 @@ FIRST_REQUEST_IMPORTS = ("aiohttp", "anthropic._vendor.httpx_aiohttp.transport")
 2.14: 68 modules; these pull in the rest), imported by ``warm_up``'s thread instead."""
 TELEMETRY_IMPORTS = ("opentelemetry.propagate",)
 """What the SDK's first request imports besides, when its OpenTelemetry spans are on."""
+
+
+def _retry_key() -> str:
+    return f"stainless-python-retry-{new_id()}"
 
 
 def sdk_telemetry_wanted(environ: Mapping[str, str] | None = None) -> bool:
@@ -114,7 +119,14 @@ class AnthropicModelClient:
         if not sdk_telemetry_wanted() and "open_telemetry" in inspect.signature(
                 anthropic.AsyncAnthropic.__init__).parameters:  # an SDK without it: left as is
             options["open_telemetry"] = False
-        return anthropic.AsyncAnthropic(**options, http_client=http)
+        client = anthropic.AsyncAnthropic(**options, http_client=http)
+        if callable(getattr(client, "_idempotency_key", None)):
+            # the SDK makes a retry key for every request (which the Messages API does not
+            # read) with ``uuid.uuid4``: a read of the OS's randomness that gives the
+            # interpreter lock away, 1.6% of the event loop in a 1,000-chat burst. The same
+            # key, made from keel's ids (agents/ids.py).
+            client._idempotency_key = _retry_key  # type: ignore[method-assign]
+        return client
 
     async def close(self) -> None:
         if self._client is not None:

@@ -21,9 +21,9 @@ import pytest
 import pytest_asyncio
 
 from agents.config import load_settings
+from agents.ids import new_id
 from agents.model.types import usage_from_api
 from agents.pricing import PriceTable
-from agents.run import new_id
 from agents.runtime import Runtime
 from agents.sessions import Sessions, TurnResult, is_compaction_request
 from storage.conversation_model import ConversationModels

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from agents.run import new_id
+from agents.ids import new_id
 from tests.e2e.conftest import BotWorld, is_router
 from tests.fakes.anthropic import RecordedRequest, Reply, reply, tool_use
 

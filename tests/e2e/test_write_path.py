@@ -243,6 +243,38 @@ async def test_a_person_whose_day_is_spent_is_told_so_and_nothing_is_called(
     assert status == "done"
 
 
+async def test_a_polled_update_is_stored_as_telegram_sent_it(
+        bot_world: BotWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inbox keeps each update as it came in the getUpdates answer, not rebuilt from its
+    parsed object (``Update.to_dict`` was the largest single cost of taking a message in). A
+    pasted secret is still redacted before it is stored (that update alone is rebuilt)."""
+    from telegram import Update
+
+    w = bot_world
+    w.telegram.inject_text(w.alice_chat, "/agent assistant")
+    await w.telegram.next_bot_message(w.alice_chat.id, timeout=20)
+    rebuilt: list[int] = []
+    to_dict = Update.to_dict
+
+    def counted(self: Update, recursive: bool = True) -> Any:
+        rebuilt.append(self.update_id)
+        return to_dict(self, recursive)
+
+    monkeypatch.setattr(Update, "to_dict", counted)
+    plain = w.telegram.inject_text(w.alice_chat, "a plain message, émoji 🦀 and \"quotes\"")
+    await w.telegram.next_bot_message(w.alice_chat.id, timeout=20)
+    secret = w.telegram.inject_text(w.alice_chat, f"here: {w.telegram.token}")
+    await w.telegram.next_bot_message(w.alice_chat.id, timeout=20)
+    runtime = w.app.bot_data["runtime"]
+    stored = {row["update_id"]: json.loads(row["payload"]) for row in await runtime.db.fetchall(
+        "SELECT update_id, payload FROM inbox WHERE update_id IN (?, ?)",
+        (plain["update_id"], secret["update_id"]))}
+    assert stored[plain["update_id"]] == plain
+    assert w.telegram.token not in json.dumps(stored[secret["update_id"]])
+    assert stored[secret["update_id"]]["message"]["text"] == "here: [redacted secret]"
+    assert plain["update_id"] not in rebuilt
+
+
 async def test_a_slow_download_holds_no_other_chat_back(bot_world: BotWorld) -> None:
     """A message's intake slot is given back while its files download: with the slots few (16),
     a handful of photos on a slow connection to Telegram's file server would otherwise hold

@@ -11,10 +11,11 @@ import pytest
 
 from agents.executor import Hooks
 from agents.executor.plan import MAX_REPLANS, execute_plan, resume_plan
+from agents.ids import new_id
 from agents.model.types import ModelRequest, ModelResponse
 from agents.planner import SUBMIT_PLAN, thinking_config, thinking_era
 from agents.pricing import cost_of
-from agents.run import Run, RunResult, new_id
+from agents.run import Run, RunResult
 from agents.runtime import Runtime, answer_escalation
 from agents.spec import Limits
 from agents.trace_view import reconstruct_requests
