@@ -245,3 +245,31 @@ def test_untouched_is_only_said_of_json_scrub_would_leave_alone() -> None:
     assert not redactor.untouched(json.dumps({"to\u212aen": "x"}, ensure_ascii=False))
     # a secret JSON escapes cannot be looked for in the JSON: scrub always decides
     assert not Redactor(SECRETS).untouched(json.dumps({"text": "hello"}))
+
+
+def test_an_encoded_field_is_looked_through_for_secret_keys_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prefix's tools and system (~6 KB, the same run after run) are searched for secret-ish
+    keys when encoded, not again in every run's ``prefix`` event; known secret values are
+    still looked for in the whole line every time."""
+    import storage.traces
+
+    searched: list[str] = []
+    keys_clean = storage.traces.keys_clean
+
+    def counted(line: str) -> bool:
+        searched.append(line)
+        return keys_clean(line)
+
+    monkeypatch.setattr(storage.traces, "keys_clean", counted)
+    tools = Encoded([{"name": f"tool_{n}", "description": "d" * 200} for n in range(20)])
+    redactor = Redactor(SECRETS[:2])
+    w = TraceStore(tmp_path, redactor=redactor).writer(trace_id="t", run_id="r")
+    for _ in range(50):
+        w.emit("prefix", sha256="abc", tools=tools)
+    leaky = Encoded({"text": "the key is sk-ant-secret-key"})
+    event = w.emit("prefix", sha256="abc", tools=tools, system=leaky)
+    w.close()
+    assert sum(tools.json in line for line in searched) == 1
+    assert event["system"] == {"text": f"the key is {REDACTED}"}
+    assert "sk-ant-secret-key" not in w.path.read_text()
