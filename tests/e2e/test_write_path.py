@@ -246,8 +246,8 @@ async def test_a_person_whose_day_is_spent_is_told_so_and_nothing_is_called(
 async def test_a_polled_update_is_stored_as_telegram_sent_it(
         bot_world: BotWorld, monkeypatch: pytest.MonkeyPatch) -> None:
     """The inbox keeps each update as it came in the getUpdates answer, not rebuilt from its
-    parsed object (``Update.to_dict`` was the largest single cost of taking a message in). A
-    pasted secret is still redacted before it is stored (that update alone is rebuilt)."""
+    parsed object (``Update.to_dict``: 47 µs an update, and every false default stored). A
+    pasted secret is still redacted before it is stored (that update alone is re-parsed)."""
     from telegram import Update
 
     w = bot_world
