@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -42,6 +43,18 @@ async def ask(w: BotWorld, chat: Chat, text: str, **kwargs: object) -> dict:  # 
     return await w.telegram.next_bot_message(chat.id, timeout=30)
 
 
+def unnamed(text: str, wanted: str) -> str:
+    """The reply with the id it names blanked out, only where it stands as a whole id:
+    a two-character prefix such as "ce" must not also blank the "ce" of "trace"."""
+    return re.sub(rf"(?<![0-9a-f-]){re.escape(wanted)}(?![0-9a-f-])", "?", text)
+
+
+def test_an_id_is_blanked_only_where_it_stands_whole() -> None:
+    # trace ids are random: one in 128 starts with "ce" or "ac", both inside "trace"
+    assert unnamed("No trace ce. /runs lists yours.", "ce") == "No trace ?. /runs lists yours."
+    assert unnamed("No trace ac. /runs lists yours.", "ac") == "No trace ?. /runs lists yours."
+
+
 async def test_a_user_sees_only_their_own_runs_traces_and_spend_the_owner_sees_all(
         fake_telegram: FakeTelegram, fake_anthropic: FakeAnthropic,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,7 +77,7 @@ async def test_a_user_sees_only_their_own_runs_traces_and_spend_the_owner_sees_a
         for wanted in (alices.trace_id[:2], alices.trace_id[:8], alices.trace_id, alices.id[:8]):
             said = (await ask(w, bob, f"/trace {wanted}"))["text"]
             other = (await ask(w, bob, f"/trace {unknown[:len(wanted)]}"))["text"]
-            assert said.replace(wanted, "?") == other.replace(unknown[:len(wanted)], "?")
+            assert unnamed(said, wanted) == unnamed(other, unknown[:len(wanted)])
         assert "diagnosis" not in str(w.telegram.sent(bob.id))
         cost = (await ask(w, bob, f"/cost {ALICE_ID}"))["text"]
         assert f"{bob_spent:.4f}" in cost
