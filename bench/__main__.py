@@ -179,8 +179,9 @@ def _notes(results: dict[str, Any], plan: Plan) -> list[str]:
         "someone watches. That is keel's real behaviour and is left on. The fake Telegram's "
         "flood control is off. The floor for N replies is N ÷ 30 s plus one model latency.",
         "The live bot runs under bench/instrumented.py: it records event-loop stalls (a "
-        "callback due every 5 ms; each delay of 10 ms or more is logged, and garbage "
-        "collections of 10 ms or more) and, with --profile, samples the loop's stack.",
+        "callback due every 5 ms; each delay of 10 ms or more is logged) and every garbage "
+        "collection (their total in the burst; those of 10 ms or more as stalls) and, with "
+        "--profile, samples the loop's stack.",
         "Token economics run in process (keel's Runtime + Sessions + router against the fake "
         "through the real SDK); the naive baseline sends the same conversation with no cache "
         "breakpoints, the full history every turn, no router. Token counts are the fake's "

@@ -91,9 +91,11 @@ def _concurrency_rows(r: dict[str, Any]) -> list[list[str]]:
                 f"floor {_s(c['floor_s'])} ({n} ÷ 30/s + one model latency); Telegram ~30/s",
                 f"{_x(c['wall_over_floor'])} floor"])
             rows.append([
-                f"… {n} chat(s): bot CPU per turn · longest event-loop stall · stalls over 50 ms",
+                f"… {n} chat(s): bot CPU per turn · longest event-loop stall · stalls over 50 ms"
+                " · garbage collection in the burst",
                 f"{c['bot_cpu_ms_per_turn']:.1f} ms · {c['loop_lag_max_ms']:.0f} ms · "
-                f"{c['loop_stalls_over_50ms']}", "", ""])
+                f"{c['loop_stalls_over_50ms']} · {c.get('gc_total_ms', 0):.0f} ms in "
+                f"{c.get('gc_collections', 0):.0f} collection(s)", "", ""])
         lost, pins = sum(c["unanswered_per_repeat"]), len(c["pin_failures"])
         if lost or pins:
             rows.append([f"… {n} chat(s): replies never delivered · `/agent` pins that failed",

@@ -1,21 +1,24 @@
-"""While many updates are in flight the youngest generation is collected on the clock
-(bot/app.py ``_collect_young``), not only when Python's own trigger fires (issue 15).
+"""While many updates are in flight Python's cyclic collector is paused (bot/app.py
+``_pause_collector``), and one young collection frees the cycles made meanwhile when the burst
+ends (issue 15).
 
-Python collects generation 0 when allocations minus deallocations pass its threshold, and
-deallocations of objects of any age count: in a 1,000-chat burst, chats finishing freed older
-objects while the young generation grew to ~80,000 live objects, and the collection that finally
-walked them stopped the event loop for 40-60 ms."""
+In a burst each update keeps its objects alive for seconds: young collections every 0.1 s walked
+each of them once, 540 ms of the event loop's time in a 1,000-chat burst, and freed nothing;
+left to Python's own trigger (allocations minus deallocations of objects of any age), the young
+generation grew to ~80,000 live objects and its collection stopped the loop for 40-60 ms."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import weakref
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from bot.app import YOUNG_COLLECTION_BUSY, YOUNG_COLLECTION_S, _collect_young
+from bot import app
+from bot.app import CROWD_CHECK_S, _pause_collector
 from bot.poller import Poller
 
 
@@ -46,31 +49,109 @@ def _poller() -> tuple[Poller, asyncio.Event]:
                   order_key=lambda update: None, allowed_updates=[]), done
 
 
-async def _young_after(in_flight: int) -> int:
+def _crowd(poller: Poller, n: int | None = None) -> None:
+    for i in range(poller.crowd if n is None else n):
+        poller.submit(SimpleNamespace(update_id=i))  # type: ignore[arg-type]
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+@pytest.mark.usefixtures("no_automatic_collection")
+async def test_a_burst_pauses_the_collector_and_its_end_frees_the_cycles_it_made() -> None:
     poller, done = _poller()
-    for n in range(in_flight):
-        poller.submit(SimpleNamespace(update_id=n))  # type: ignore[arg-type]
-    collector = asyncio.create_task(_collect_young(poller))
+    collector = asyncio.create_task(_pause_collector(poller))
     try:
+        _crowd(poller)
+        await asyncio.sleep(CROWD_CHECK_S / 2)
+        assert not gc.isenabled()
+        cycle = _Cycle()
+        made = weakref.ref(cycle)
+        del cycle
         live = [[i] for i in range(20_000)]  # what updates in flight keep alive (tracked)
-        await asyncio.sleep(YOUNG_COLLECTION_S * 3)
-        young = len(gc.get_objects(generation=0))
+        await asyncio.sleep(CROWD_CHECK_S * 3)
+        assert len(gc.get_objects(generation=0)) >= 20_000  # never walked during the burst
+        assert made() is not None
+        done.set()
+        await asyncio.gather(*poller.tasks)
+        await asyncio.sleep(CROWD_CHECK_S * 1.5)  # the collector sees the burst is over
+        assert gc.isenabled()
+        assert made() is None  # freed without waiting for Python's own trigger
+        assert len(gc.get_objects(generation=0)) < 2_000
         assert len(live) == 20_000
-        return young
     finally:
         collector.cancel()
         done.set()
+        await asyncio.gather(*poller.tasks, collector, return_exceptions=True)
+        gc.enable()
+
+
+@pytest.mark.usefixtures("no_automatic_collection")
+async def test_a_quiet_loop_leaves_the_collector_on() -> None:
+    poller, done = _poller()
+    collector = asyncio.create_task(_pause_collector(poller))
+    try:
+        _crowd(poller, poller.crowd - 1)
+        await asyncio.sleep(CROWD_CHECK_S * 2)
+        assert gc.isenabled()
+    finally:
+        collector.cancel()
+        done.set()
+        await asyncio.gather(*poller.tasks, collector, return_exceptions=True)
+
+
+@pytest.mark.usefixtures("no_automatic_collection")
+async def test_a_long_burst_still_collects_at_the_pause_limit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(app, "COLLECTOR_PAUSE_MAX_S", CROWD_CHECK_S * 3)
+    poller, done = _poller()
+    collector = asyncio.create_task(_pause_collector(poller))
+    try:
+        _crowd(poller)
+        await asyncio.sleep(CROWD_CHECK_S / 2)
+        cycle = _Cycle()
+        made = weakref.ref(cycle)
+        del cycle
+        await asyncio.sleep(CROWD_CHECK_S * 5)
+        assert poller.crowded.is_set() and not gc.isenabled()  # the burst goes on
+        assert made() is None
+    finally:
+        collector.cancel()
+        done.set()
+        await asyncio.gather(*poller.tasks, collector, return_exceptions=True)
+        gc.enable()
+
+
+@pytest.mark.usefixtures("no_automatic_collection")
+async def test_a_collector_turned_off_elsewhere_stays_off_and_a_cancel_turns_ours_back_on(
+        ) -> None:
+    poller, done = _poller()
+    gc.disable()
+    try:
+        collector = asyncio.create_task(_pause_collector(poller))
+        _crowd(poller)
+        await asyncio.sleep(CROWD_CHECK_S / 2)
+        done.set()
         await asyncio.gather(*poller.tasks)
+        await asyncio.sleep(CROWD_CHECK_S * 1.5)
+        assert not gc.isenabled()
+        collector.cancel()
+        await asyncio.gather(collector, return_exceptions=True)
+    finally:
+        gc.enable()
 
-
-@pytest.mark.usefixtures("no_automatic_collection")
-async def test_a_busy_loop_collects_its_young_generation_on_the_clock() -> None:
-    assert await _young_after(YOUNG_COLLECTION_BUSY) < 2_000
-
-
-@pytest.mark.usefixtures("no_automatic_collection")
-async def test_a_quiet_loop_leaves_it_to_python() -> None:
-    assert await _young_after(YOUNG_COLLECTION_BUSY - 1) >= 20_000
+    poller, done = _poller()
+    collector = asyncio.create_task(_pause_collector(poller))
+    _crowd(poller)
+    await asyncio.sleep(CROWD_CHECK_S / 2)
+    assert not gc.isenabled()
+    collector.cancel()  # the bot stops in the middle of a burst
+    await asyncio.gather(collector, return_exceptions=True)
+    assert gc.isenabled()
+    done.set()
+    await asyncio.gather(*poller.tasks)
 
 
 def test_an_idle_bot_is_not_woken_by_the_collector() -> None:
@@ -86,19 +167,19 @@ def test_an_idle_bot_is_not_woken_by_the_collector() -> None:
 
     async def wakeups_while_idle() -> tuple[int, int]:
         poller, done = _poller()
-        collector = asyncio.create_task(_collect_young(poller))
+        collector = asyncio.create_task(_pause_collector(poller))
         await asyncio.sleep(0.01)  # the collector starts waiting
         before = Counting.turns
-        await asyncio.sleep(YOUNG_COLLECTION_S * 5)
+        await asyncio.sleep(CROWD_CHECK_S * 5)
         idle = Counting.turns - before
-        for n in range(YOUNG_COLLECTION_BUSY):  # a burst, then its end
+        for n in range(poller.crowd):  # a burst, then its end
             poller.submit(SimpleNamespace(update_id=n))  # type: ignore[arg-type]
-        await asyncio.sleep(YOUNG_COLLECTION_S * 2)
+        await asyncio.sleep(CROWD_CHECK_S * 2)
         done.set()
         await asyncio.gather(*poller.tasks)
-        await asyncio.sleep(YOUNG_COLLECTION_S * 1.5)  # the collector sees the burst is over
+        await asyncio.sleep(CROWD_CHECK_S * 1.5)  # the collector sees the burst is over
         before = Counting.turns
-        await asyncio.sleep(YOUNG_COLLECTION_S * 5)
+        await asyncio.sleep(CROWD_CHECK_S * 5)
         after_burst = Counting.turns - before
         collector.cancel()
         return idle, after_burst
