@@ -53,6 +53,25 @@ def test_a_catalog_keeps_the_agents_order() -> None:
     assert [s["name"] for s in catalog.schemas()] == ["c", "a"]
 
 
+def test_a_catalog_is_built_once_per_list_of_names_until_a_tool_is_registered() -> None:
+    """Every run of an agent asks for its catalog two or three times (issue 15); a new tool or
+    version (an MCP server's, a tool module's) is seen by the next catalog asked for."""
+    registry = ToolRegistry([make("a"), make("b")])
+    first = registry.catalog(["a", "b"])
+    assert registry.catalog(["a", "b"]) is first
+    assert registry.catalog(("a", "b")) is first
+    assert registry.catalog(["b", "a"]) is not first  # another order is another catalog
+    assert [t.version for t in first.current()] == [1, 1]
+    registry.register(make("a", version=2))
+    again = registry.catalog(["a", "b"])
+    assert again is not first
+    assert [t.version for t in again.current()] == [2, 1]
+    with pytest.raises(ConfigError, match="unknown tool"):  # refusals are never kept as catalogs
+        registry.catalog(["a", "c"])
+    registry.register(make("c"))
+    assert [t.name for t in registry.catalog(["a", "c"]).current()] == ["a", "c"]
+
+
 def test_a_catalog_over_ten_tools_is_refused() -> None:
     registry = ToolRegistry([make(f"t{i}") for i in range(MAX_CATALOG_TOOLS + 1)])
     registry.catalog(registry.names()[:MAX_CATALOG_TOOLS])
