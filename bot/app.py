@@ -465,7 +465,7 @@ async def _serve(settings: Settings) -> int:
     # (a gen-2 collection up to 126 ms at 1,000 chats). Again once the model SDK is imported.
     gc.freeze()
     poller: Poller = app.bot_data["poller"]
-    young = asyncio.create_task(_pause_collector(poller))
+    collector = asyncio.create_task(_pause_collector(poller))
     # quick reads on the loop while it is not in a burst (storage.db.Database.inline)
     app.bot_data["runtime"].db.inline = lambda: len(poller.tasks) < poller.crowd
     stopped = asyncio.create_task(poller.stopped.wait())
@@ -473,7 +473,7 @@ async def _serve(settings: Settings) -> int:
     await asyncio.wait({stopped, asked}, return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
     asked.cancel()
-    young.cancel()
+    collector.cancel()
     await stop_app(app)
     if poller.fatal is not None:
         raise poller.fatal
@@ -501,10 +501,11 @@ async def _pause_collector(poller: Poller) -> None:
     Paused, the collection after the burst walks only what outlived it and the cycles made
     meanwhile: 1-11 ms, freeing 1,300-2,000 objects, after 1,000 chats with a 1 s model; 30 ms,
     freeing 8,000, when a 10 s model had kept all 1,000 model connections open at once (a whole
-    run's census of what was freed: mostly the sockets and transports of closed connections). A burst longer than ``COLLECTOR_PAUSE_MAX_S`` gets a young
-    collection that often, which walks everything still alive that was made since the last one:
-    at the peak of a 1,000-chat burst up to 83 ms (measured with the limit at 2 s), so at most
-    one such stall a minute, against cycles held for as long as the burst lasts.
+    run's census of what was freed: mostly the sockets and transports of closed connections).
+    A burst longer than ``COLLECTOR_PAUSE_MAX_S`` gets a young collection that often, which
+    walks everything still alive that was made since the last one: at the peak of a 1,000-chat
+    burst up to 83 ms (measured with the limit at 2 s), so at most one such stall a minute,
+    against cycles held for as long as the burst lasts.
     """
     while True:
         # asleep until a burst: an idle bot's loop has nothing to wake for
