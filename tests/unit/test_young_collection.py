@@ -172,8 +172,7 @@ def test_an_idle_bot_is_not_woken_by_the_collector() -> None:
         before = Counting.turns
         await asyncio.sleep(CROWD_CHECK_S * 5)
         idle = Counting.turns - before
-        for n in range(poller.crowd):  # a burst, then its end
-            poller.submit(SimpleNamespace(update_id=n))  # type: ignore[arg-type]
+        _crowd(poller)  # a burst, then its end
         await asyncio.sleep(CROWD_CHECK_S * 2)
         done.set()
         await asyncio.gather(*poller.tasks)
@@ -195,8 +194,7 @@ def test_an_idle_bot_is_not_woken_by_the_collector() -> None:
 
 async def test_the_poller_is_crowded_from_crowd_updates_in_flight() -> None:
     poller, done = _poller()
-    for n in range(poller.crowd - 1):
-        poller.submit(SimpleNamespace(update_id=n))  # type: ignore[arg-type]
+    _crowd(poller, poller.crowd - 1)
     assert not poller.crowded.is_set()
     poller.submit(SimpleNamespace(update_id=poller.crowd))  # type: ignore[arg-type]
     assert poller.crowded.is_set()
